@@ -1,0 +1,41 @@
+"""Build script: the Python package plus the optional compiled extension ``zrcore._C``.
+
+C++ sources in ``csrc/*.cpp`` (CPU kernels and bindings) are always compiled when present; CUDA sources in
+``csrc/cuda/*.cu`` are added when a CUDA toolkit is found at build time. Environment switches:
+
+- ``ZRCORE_BUILD_EXT=0``   skip the extension entirely (pure Python install).
+- ``ZRCORE_BUILD_CUDA=0|1`` force the CUDA sources off or on (default: on when ``CUDA_HOME`` is found).
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+
+def _extensions():
+    if os.environ.get("ZRCORE_BUILD_EXT", "1") == "0":
+        return [], {}
+    cpp_sources = sorted(glob.glob("csrc/*.cpp"))
+    if not cpp_sources:
+        return [], {}
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    want_cuda = os.environ.get("ZRCORE_BUILD_CUDA")
+    use_cuda = CUDA_HOME is not None if want_cuda is None else want_cuda == "1"
+    cxx_flags = ["-O3", "-std=c++17"]
+    if use_cuda:
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+        ext = CUDAExtension(
+            "zrcore._C",
+            cpp_sources + cuda_sources,
+            define_macros=[("ZRCORE_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+        )
+    else:
+        ext = CppExtension("zrcore._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,0 +1,40 @@
+"""Choice between the Triton kernels and the torch reference paths (``impl="auto" | "triton" | "torch"``)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+IMPLS = ("auto", "triton", "torch")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
+    """``auto``: Triton for CUDA tensors (when Triton imports), torch otherwise. ``triton`` on CPU tensors needs
+    ``TRITON_INTERPRET=1`` (set before Triton is first imported)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {list(IMPLS)}, got {impl!r}")
+    on_cuda = any(t is not None and t.is_cuda for t in tensors)
+    if impl == "auto":
+        return "triton" if on_cuda and triton_available() else "torch"
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("impl='triton' needs the triton package, which failed to import")
+        if not on_cuda and not interpret_mode():
+            raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 in the environment")
+    return impl
