@@ -64,3 +64,22 @@ def non_negative(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     return float(value)
+
+
+def check_values() -> bool:
+    """Whether value checks that read tensor contents (a host sync) should run: not while torch.compile traces."""
+    try:
+        return not torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - older torch
+        return True
+
+
+def index_vector(name: str, ids: torch.Tensor, upper: int, what: str, distinct: bool = False) -> None:
+    """Range (and optionally distinctness) check of a small index vector; names the argument."""
+    if not check_values() or ids.numel() == 0:
+        return
+    vals = ids.tolist()
+    if min(vals) < 0 or max(vals) >= upper:
+        raise ValueError(f"{name} must lie in [0, {upper}) ({what}), got values in [{min(vals)}, {max(vals)}]")
+    if distinct and len(set(vals)) != len(vals):
+        raise ValueError(f"{name} must hold distinct ids, got {vals}")

@@ -19,7 +19,7 @@ def _inputs(gen, p, m, g, masked=True, tie_prob=0.3):
     return mean, scores, mask
 
 
-@pytest.mark.parametrize("p,m,g", [(1, 2, 1), (3, 2, 5), (4, 3, 5), (2, 5, 3), (1, 4, 16)])
+@pytest.mark.parametrize("p,m,g", [(1, 2, 1), (3, 2, 5), (4, 3, 5), (2, 5, 3), (1, 4, 16), (1, 5, 17)])
 @pytest.mark.parametrize("include_ties", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_matches_loop_reference(gen, impl, p, m, g, include_ties, masked):

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
+try:  # Triton is a Linux dependency; elsewhere only the torch paths exist
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except Exception:  # pragma: no cover
+    triton = tl = None
+    HAS_TRITON = False
+
 IMPLS = ("auto", "triton", "torch")
 
 
-@functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return HAS_TRITON
 
 
 def interpret_mode() -> bool:
@@ -38,3 +40,4 @@ def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
         if not on_cuda and not interpret_mode():
             raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 in the environment")
     return impl
+

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import resolve_impl
+from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
 
 DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -179,6 +179,216 @@ def fused_linear_kl_torch(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperatu
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Triton path: per row chunk, the two logit blocks come from cuBLAS matmuls; one Triton launch per chunk reads both
+# (bias and temperature fused), does the online log-sum-exp of each side over vocabulary tiles, the KL, and writes
+# dL/dz_S in place of the student logits; dh and dW then come from two more matmuls (dW accumulated in place).
+# ----------------------------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _lse_pass(ptr, b_ptr, V, inv_t, HAS_BIAS: tl.constexpr, BLOCK_V: tl.constexpr):
+        m = -1e30
+        acc = 0.0
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            cm = cols < V
+            x = tl.load(ptr + cols, mask=cm, other=float("-inf")).to(tl.float32)
+            if HAS_BIAS:
+                x += tl.load(b_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+            x = x * inv_t
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        return m + tl.log(acc)
+
+    @triton.jit
+    def _kl_rows_kernel(zs_ptr, zt_ptr, bs_ptr, bt_ptr, kl_ptr, rw_ptr, V, stride_s, stride_t, inv_t, scale,
+                        FORWARD: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_RW: tl.constexpr,
+                        WANT_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        zs_row = zs_ptr + row * stride_s
+        zt_row = zt_ptr + row * stride_t
+        lse_s = _lse_pass(zs_row, bs_ptr, V, inv_t, HAS_BS, BLOCK_V)
+        lse_t = _lse_pass(zt_row, bt_ptr, V, inv_t, HAS_BT, BLOCK_V)
+        w = scale
+        if HAS_RW:
+            w = w * tl.load(rw_ptr + row)
+        kl = 0.0
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            cm = cols < V
+            xs = tl.load(zs_row + cols, mask=cm, other=0.0).to(tl.float32)
+            xt = tl.load(zt_row + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_BS:
+                xs += tl.load(bs_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+            if HAS_BT:
+                xt += tl.load(bt_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+            ls = xs * inv_t - lse_s
+            lt = xt * inv_t - lse_t
+            qs = tl.where(cm, tl.exp(ls), 0.0)
+            qt = tl.where(cm, tl.exp(lt), 0.0)
+            if FORWARD:
+                kl += tl.sum(tl.where(qt > 0, qt * (lt - ls), 0.0), axis=0)
+                if WANT_GRAD:
+                    tl.store(zs_row + cols, (qs - qt) * (inv_t * w), mask=cm)
+            else:
+                kl += tl.sum(tl.where(qs > 0, qs * (ls - lt), 0.0), axis=0)
+        if not FORWARD:
+            if WANT_GRAD:
+                for v0 in range(0, V, BLOCK_V):
+                    cols = v0 + tl.arange(0, BLOCK_V)
+                    cm = cols < V
+                    xs = tl.load(zs_row + cols, mask=cm, other=0.0).to(tl.float32)
+                    xt = tl.load(zt_row + cols, mask=cm, other=0.0).to(tl.float32)
+                    if HAS_BS:
+                        xs += tl.load(bs_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+                    if HAS_BT:
+                        xt += tl.load(bt_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+                    ls = xs * inv_t - lse_s
+                    lt = xt * inv_t - lse_t
+                    qs = tl.where(cm, tl.exp(ls), 0.0)
+                    dz = tl.where(qs > 0, qs * (ls - lt - kl), 0.0) * (inv_t * w)
+                    tl.store(zs_row + cols, dz, mask=cm)
+        tl.store(kl_ptr + row, kl)
+
+
+def triton_chunk_rows(n: int, h: int, v: int) -> int:
+    """Rows per chunk for the Triton path: 2 x next_pow2(N / ceil(V / H)), at least 16, at most N."""
+    if n == 0:
+        return 1
+    inc = max(1, -(-v // max(h, 1)))
+    rows = 2 * triton.next_power_of_2(max(1, -(-n // inc)))
+    return max(1, min(n, max(16, rows)))
+
+
+def _select(t, ids):
+    return None if t is None else (t if ids is None else t.index_select(0, ids))
+
+
+def _kl_chunks(h_s, w_s, teacher, w_t, b_s, b_t, forward_kl: bool, temperature: float, chunk: int,
+               row_weight, scale: float, need_h: bool, need_w: bool, need_b: bool):
+    """One pass over row chunks. Returns per-row KL [N] (fp32) and the gradients of sum_n w_n KL_n (w_n =
+    scale * row_weight[n]) w.r.t. h_s, the (selected) student rows and their bias; None where not needed."""
+    n = h_s.shape[0]
+    v = w_s.shape[0]
+    dev = h_s.device
+    kl = torch.empty(n, dtype=torch.float32, device=dev)
+    want = need_h or need_w or need_b
+    gh = torch.empty_like(h_s) if need_h else None
+    gw = torch.zeros_like(w_s) if need_w else None
+    gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
+    block_v = min(4096 if h_s.is_cuda else 256, triton.next_power_of_2(max(v, 16)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        h = h_s[start:stop]
+        zs = h @ w_s.t()
+        zt = teacher[start:stop] @ w_t.t() if w_t is not None else teacher[start:stop]
+        rw = None if row_weight is None else row_weight[start:stop].float().contiguous()
+        _kl_rows_kernel[(stop - start,)](
+            zs, zt, b_s if b_s is not None else zs, b_t if b_t is not None else zt, kl[start:stop],
+            rw if rw is not None else kl, v, zs.stride(0), zt.stride(0), 1.0 / temperature, scale,
+            FORWARD=forward_kl, HAS_BS=b_s is not None, HAS_BT=b_t is not None, HAS_RW=rw is not None,
+            WANT_GRAD=want, BLOCK_V=block_v, num_warps=8 if h_s.is_cuda else 1)
+        if not want:
+            continue
+        if need_h:
+            torch.matmul(zs, w_s, out=gh[start:stop])
+        if need_w:
+            gw.addmm_(zs.t(), h)
+        if need_b:
+            gb += zs.float().sum(0)
+    return kl, gh, gw, gb
+
+
+@torch.library.custom_op("zrcore::fused_linear_kl", mutates_args=())
+def _kl_op(h_s: torch.Tensor, w_s: torch.Tensor, teacher: torch.Tensor, w_t: torch.Tensor | None,
+           b_s: torch.Tensor | None, b_t: torch.Tensor | None, token_ids: torch.Tensor | None,
+           row_weight: torch.Tensor | None, forward_kl: bool, temperature: float, scale: float, chunk: int,
+           need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                              torch.Tensor]:
+    """Returns (sum_n scale * KL_n, KL rows [N], grad_h, grad_w, grad_b) with the gradients of the first output
+    (empty tensors where not requested)."""
+    ws, bs = _select(w_s, token_ids), _select(b_s, token_ids)
+    wt, bt = _select(w_t, token_ids), _select(b_t, token_ids)
+    kl, gh, gw, gb = _kl_chunks(h_s.contiguous(), ws.contiguous(), teacher.contiguous(),
+                                None if wt is None else wt.contiguous(), bs, bt, forward_kl, temperature, chunk,
+                                row_weight, scale, need_h, need_w, need_b)
+    if gw is not None and token_ids is not None:
+        gw = torch.zeros_like(w_s).index_add_(0, token_ids, gw)
+    if gb is not None:
+        if token_ids is not None:
+            gb = torch.zeros(w_s.shape[0], dtype=torch.float32, device=gb.device).index_add_(0, token_ids, gb)
+        gb = gb.to(b_s.dtype)
+    loss = (kl * scale).sum()
+    return (loss, kl, gh if gh is not None else h_s.new_empty(0), gw if gw is not None else h_s.new_empty(0),
+            gb if gb is not None else h_s.new_empty(0))
+
+
+@_kl_op.register_fake
+def _(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk, need_h,
+      need_w, need_b):
+    return (h_s.new_empty((), dtype=torch.float32), h_s.new_empty(h_s.shape[0], dtype=torch.float32),
+            torch.empty_like(h_s) if need_h else h_s.new_empty(0),
+            torch.empty_like(w_s) if need_w else h_s.new_empty(0),
+            b_s.new_empty(w_s.shape[0]) if need_b else h_s.new_empty(0))
+
+
+def _kl_setup_context(ctx, inputs, output):
+    ctx.flags = inputs[12:15]
+    ctx.save_for_backward(*output[2:])
+
+
+def _kl_backward(ctx, grad_loss, *_):
+    gh, gw, gb = ctx.saved_tensors
+    need_h, need_w, need_b = ctx.flags
+    g = grad_loss if grad_loss is not None else gh.new_zeros(())
+    return (gh * g.to(gh.dtype) if need_h else None, gw * g.to(gw.dtype) if need_w else None, None,
+            None, gb * g.to(gb.dtype) if need_b else None, *([None] * 10))
+
+
+if HAS_TRITON:
+    _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+
+
+class _RowKLRecompute(torch.autograd.Function):
+    """reduction="none": per-row KL; the backward recomputes each chunk with the incoming per-row weights."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, chunk):
+        _, kl, *_ = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature, 1.0, chunk,
+                           False, False, False)
+        ctx.save_for_backward(h_s, w_s, b_s, teacher, w_t, b_t, token_ids)
+        ctx.meta = (forward_kl, temperature, chunk)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        h_s, w_s, b_s, teacher, w_t, b_t, token_ids = ctx.saved_tensors
+        forward_kl, temperature, chunk = ctx.meta
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = b_s is not None and ctx.needs_input_grad[2]
+        _, _, gh, gw, gb = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, grad_kl.contiguous(), forward_kl,
+                                  temperature, 1.0, chunk, need_h, need_w, need_b)
+        return (gh if need_h else None, gw if need_w else None, gb if need_b else None, *([None] * 7))
+
+
+def fused_linear_kl_triton(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk):
+    n = h_s.shape[0]
+    forward_kl = direction == "forward"
+    if reduction == "none":
+        return _RowKLRecompute.apply(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, chunk)
+    scale = 1.0 / max(n, 1) if reduction == "batchmean" else 1.0
+    grad_on = torch.is_grad_enabled()
+    need_h = grad_on and h_s.requires_grad
+    need_w = grad_on and w_s.requires_grad
+    need_b = grad_on and b_s is not None and b_s.requires_grad
+    loss, *_ = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature, scale, chunk,
+                      need_h, need_w, need_b)
+    return loss
+
+
 def validate_kl_inputs(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction):
     _checks.tensor("student_hidden", h_s, ndim=2, floating=True)
     _checks.tensor("student_weight", w_s, ndim=2, floating=True)
@@ -194,8 +404,7 @@ def validate_kl_inputs(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature,
         _checks.tensor("token_ids", token_ids, ndim=1, floating=False)
         if token_ids.numel() == 0:
             raise ValueError("token_ids must not be empty")
-        if int(token_ids.min()) < 0 or int(token_ids.max()) >= v:
-            raise ValueError(f"token_ids must lie in [0, {v}) (rows of student_weight)")
+        _checks.index_vector("token_ids", token_ids, v, "rows of student_weight", distinct=True)
     width = v if token_ids is None else token_ids.shape[0]
     if teacher.shape[0] != n:
         raise ValueError(f"teacher must have {n} rows (one per student row), got {teacher.shape[0]}")
@@ -259,14 +468,17 @@ def fused_linear_kl(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     which = resolve_impl(impl, student_hidden, student_weight)
+    if which == "triton" and student_hidden.dtype == torch.float64:
+        if impl == "triton":
+            raise TypeError("impl='triton' supports float32, bfloat16 and float16 inputs; use impl='torch' for float64")
+        which = "torch"
     if which == "torch":
         chunk = chunk_size or default_chunk_rows(n, h, width)
         return fused_linear_kl_torch(student_hidden, student_weight, teacher, teacher_weight, student_bias,
                                      teacher_bias, direction, temperature, token_ids, reduction, chunk)
-    from zrcore.ops import _fused_linear_kl_triton as tk
-
-    return tk.fused_linear_kl_triton(student_hidden, student_weight, teacher, teacher_weight, student_bias,
-                                     teacher_bias, direction, float(temperature), token_ids, reduction, chunk_size)
+    chunk = chunk_size or triton_chunk_rows(n, h, width)
+    return fused_linear_kl_triton(student_hidden, student_weight, teacher, teacher_weight, student_bias,
+                                  teacher_bias, direction, float(temperature), token_ids, reduction, chunk)
 
 
 class FusedLinearKLLoss(torch.nn.Module):

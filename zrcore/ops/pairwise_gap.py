@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import resolve_impl
+from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
 
 
 class PairwiseGap(NamedTuple):
@@ -34,7 +34,7 @@ def validate_pairwise_inputs(mean, scores, score_range, mask):
     _checks.positive("score_range", score_range)
     _checks.bool_mask("mask", mask, mean.shape)
     _checks.same_device(mean=mean, scores=scores, mask=mask)
-    if scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
+    if _checks.check_values() and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
         raise ValueError("scores must be finite")
 
 
@@ -77,6 +77,175 @@ def pairwise_gap_torch(mean, scores, score_range, mask=None, include_ties=False)
     return PairwiseGap(loss, reward.detach().to(torch.float64 if compute == torch.float64 else torch.float32), has_pair)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Triton: one program per prompt walks the (M*G) x (M*G) gap block in tiles held in registers; it writes the
+# reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab. A second
+# one-program launch reduces the per-prompt losses; the backward is one elementwise launch.
+# ----------------------------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _candidate_stats(mask_ptr, s_ptr, p, idx, MG, G, HAS_MASK: tl.constexpr, BLOCK_G: tl.constexpr):
+        """For flat sample indices idx of prompt p: candidate id, its score, sample validity, valid count."""
+        inb = idx < MG
+        cand = idx // G
+        score = tl.load(s_ptr + p * (MG // G) + cand, mask=inb, other=0.0).to(tl.float32)
+        if HAS_MASK:
+            valid = tl.load(mask_ptr + p * MG + idx, mask=inb, other=0).to(tl.int1)
+            gs = tl.arange(0, BLOCK_G)
+            rows = tl.load(mask_ptr + p * MG + cand[:, None] * G + gs[None, :],
+                           mask=inb[:, None] & (gs[None, :] < G), other=0).to(tl.float32)
+            count = tl.sum(rows, axis=1)
+        else:
+            valid = inb
+            count = tl.where(inb, G * 1.0, 0.0)
+        return cand, score, valid & inb, count
+
+    @triton.jit
+    def _pairwise_fwd_kernel(mu_ptr, s_ptr, mask_ptr, reward_ptr, has_ptr, gsum_ptr, loss_ptr, npairs_ptr,
+                             MG, G, inv_r, HAS_MASK: tl.constexpr, TIES: tl.constexpr,
+                             BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr):
+        p = tl.program_id(0).to(tl.int64)
+        loss_acc = 0.0
+        pair_acc = 0.0
+        for a0 in range(0, MG, BLOCK_A):
+            ia = a0 + tl.arange(0, BLOCK_A)
+            cand_a, s_a, valid_a, cnt_a = _candidate_stats(mask_ptr, s_ptr, p, ia, MG, G, HAS_MASK, BLOCK_G)
+            mu_a = tl.load(mu_ptr + p * MG + ia, mask=ia < MG, other=0.0).to(tl.float32)
+            abs_sum = tl.zeros([BLOCK_A], dtype=tl.float32)
+            sign_sum = tl.zeros([BLOCK_A], dtype=tl.float32)
+            partners = tl.zeros([BLOCK_A], dtype=tl.float32)
+            for b0 in range(0, MG, BLOCK_B):
+                ib = b0 + tl.arange(0, BLOCK_B)
+                cand_b, s_b, valid_b, cnt_b = _candidate_stats(mask_ptr, s_ptr, p, ib, MG, G, HAS_MASK, BLOCK_G)
+                mu_b = tl.load(mu_ptr + p * MG + ib, mask=ib < MG, other=0.0).to(tl.float32)
+                pair = (cand_a[:, None] != cand_b[None, :]) & (cnt_a[:, None] > 0) & valid_b[None, :]
+                if not TIES:
+                    pair = pair & (s_a[:, None] != s_b[None, :])
+                w = tl.where(pair, 1.0 / tl.maximum(cnt_b, 1.0)[None, :], 0.0)
+                gap = (mu_a[:, None] - mu_b[None, :]) - (s_a[:, None] - s_b[None, :])
+                abs_sum += tl.sum(tl.abs(gap) * w, axis=1)
+                sgn = tl.where(gap > 0, 1.0, tl.where(gap < 0, -1.0, 0.0))
+                sign_sum += tl.sum(sgn * w, axis=1)
+                partners += tl.sum(w, axis=1)
+            row_w = tl.where(valid_a, 1.0 / tl.maximum(cnt_a, 1.0), 0.0)
+            has = partners > 0.5
+            reward = tl.where(has & valid_a, 1.0 - abs_sum * inv_r / tl.maximum(partners, 1.0), 0.0)
+            tl.store(reward_ptr + p * MG + ia, reward, mask=ia < MG)
+            tl.store(gsum_ptr + p * MG + ia, 2.0 * row_w * sign_sum * inv_r, mask=ia < MG)
+            first = (ia % G == 0) & (ia < MG)
+            tl.store(has_ptr + p * (MG // G) + cand_a, has.to(tl.int8), mask=first)
+            loss_acc += tl.sum(row_w * abs_sum, axis=0) * inv_r
+            pair_acc += tl.sum(row_w * partners, axis=0)
+        tl.store(loss_ptr + p, loss_acc / tl.maximum(pair_acc, 1.0))
+        tl.store(npairs_ptr + p, pair_acc)
+
+    @triton.jit
+    def _pairwise_reduce_kernel(loss_p_ptr, npairs_ptr, out_ptr, P, BLOCK: tl.constexpr):
+        total = 0.0
+        count = 0.0
+        for p0 in range(0, P, BLOCK):
+            idx = p0 + tl.arange(0, BLOCK)
+            m = idx < P
+            n = tl.load(npairs_ptr + idx, mask=m, other=0.0)
+            lp = tl.load(loss_p_ptr + idx, mask=m, other=0.0)
+            has = n > 0.5
+            total += tl.sum(tl.where(has, lp, 0.0), axis=0)
+            count += tl.sum(tl.where(has, 1.0, 0.0), axis=0)
+        tl.store(out_ptr, total / tl.maximum(count, 1.0))
+        tl.store(out_ptr + 1, count)
+
+    @triton.jit
+    def _pairwise_bwd_kernel(gsum_ptr, npairs_ptr, stats_ptr, gout_ptr, grad_ptr, MG, total,
+                             BLOCK: tl.constexpr):
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = idx < total
+        p = idx // MG
+        n = tl.load(npairs_ptr + p, mask=m, other=1.0)
+        count = tl.load(stats_ptr + 1)
+        g = tl.load(gout_ptr)
+        gs = tl.load(gsum_ptr + idx, mask=m, other=0.0)
+        tl.store(grad_ptr + idx, gs / tl.maximum(n, 1.0) * g / tl.maximum(count, 1.0), mask=m)
+
+
+def _pairwise_blocks(mg: int, g: int):
+    block = min(64, max(16, triton.next_power_of_2(mg)))
+    return block, block, max(2, triton.next_power_of_2(g))
+
+
+@torch.library.custom_op("zrcore::pairwise_gap", mutates_args=())
+def _pairwise_op(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
+                 include_ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor]:
+    p, m, g = mean.shape
+    dev = mean.device
+    reward = torch.empty(p, m, g, dtype=torch.float32, device=dev)
+    has = torch.zeros(p, m, dtype=torch.int8, device=dev)
+    gsum = torch.empty(p, m, g, dtype=torch.float32, device=dev)
+    loss_p = torch.empty(p, dtype=torch.float32, device=dev)
+    npairs = torch.empty(p, dtype=torch.float32, device=dev)
+    stats = torch.zeros(2, dtype=torch.float32, device=dev)
+    if p == 0 or m * g == 0:
+        return stats[0].clone(), reward, has.bool(), gsum, npairs, stats
+    ba, bb, bg = _pairwise_blocks(m * g, g)
+    mu = mean.contiguous()
+    s = scores.to(torch.float32).contiguous()
+    mk = mask.contiguous() if mask is not None else mu
+    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, m * g, g, 1.0 / score_range,
+                               HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba, BLOCK_B=bb, BLOCK_G=bg)
+    _pairwise_reduce_kernel[(1,)](loss_p, npairs, stats, p, BLOCK=1024)
+    return stats[0].clone(), reward, has.bool(), gsum, npairs, stats
+
+
+@_pairwise_op.register_fake
+def _(mean, scores, mask, score_range, include_ties):
+    p, m, g = mean.shape
+    f32 = torch.float32
+    return (mean.new_empty((), dtype=f32), mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, m, dtype=torch.bool),
+            mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, dtype=f32), mean.new_empty(2, dtype=f32))
+
+
+@torch.library.custom_op("zrcore::pairwise_gap_backward", mutates_args=())
+def _pairwise_backward_op(grad_loss: torch.Tensor, gsum: torch.Tensor, npairs: torch.Tensor,
+                          stats: torch.Tensor) -> torch.Tensor:
+    grad = torch.empty_like(gsum)
+    total = gsum.numel()
+    if total:
+        p, m, g = gsum.shape
+        _pairwise_bwd_kernel[(triton.cdiv(total, 1024),)](gsum, npairs, stats, grad_loss.reshape(1).float(), grad,
+                                                          m * g, total, BLOCK=1024)
+    return grad
+
+
+@_pairwise_backward_op.register_fake
+def _(grad_loss, gsum, npairs, stats):
+    return torch.empty_like(gsum)
+
+
+def _pairwise_setup_context(ctx, inputs, output):
+    _, _, gsum, npairs, stats = output[1:]
+    ctx.save_for_backward(gsum, npairs, stats)
+    ctx.mean_dtype = inputs[0].dtype
+
+
+def _pairwise_backward(ctx, grad_loss, *_):
+    gsum, npairs, stats = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None
+    grad = _pairwise_backward_op(grad_loss, gsum, npairs, stats)
+    return grad.to(ctx.mean_dtype), None, None, None, None
+
+
+if HAS_TRITON:
+    _pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
+
+
+def pairwise_gap_triton(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
+    loss, reward, has_pair, *_ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
+    return PairwiseGap(loss, reward.detach(), has_pair)
+
+
 def pairwise_gap(
     mean: torch.Tensor,
     scores: torch.Tensor,
@@ -93,8 +262,10 @@ def pairwise_gap(
     """
     validate_pairwise_inputs(mean, scores, score_range, mask)
     which = resolve_impl(impl, mean)
+    if which == "triton" and mean.dtype == torch.float64:
+        if impl == "triton":
+            raise TypeError("impl='triton' supports float32, bfloat16 and float16 mean; use impl='torch' for float64")
+        which = "torch"
     if which == "torch":
         return pairwise_gap_torch(mean, scores, float(score_range), mask, include_ties)
-    from zrcore.ops import _pairwise_gap_triton as tk
-
-    return tk.pairwise_gap_triton(mean, scores, float(score_range), mask, include_ties)
+    return pairwise_gap_triton(mean, scores, float(score_range), mask, include_ties)

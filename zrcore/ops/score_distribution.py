@@ -15,7 +15,7 @@ import torch
 
 from zrcore import _checks
 from zrcore.bins import ScoreBins, ScoreDistribution
-from zrcore.ops._dispatch import resolve_impl
+from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
 
 
 def _as_values(values, device) -> torch.Tensor:
@@ -50,8 +50,7 @@ def validate_score_inputs(hidden, weight, token_ids, values, bias, temperature):
         _checks.tensor("token_ids", token_ids, ndim=1, floating=False)
         if token_ids.shape[0] != k:
             raise ValueError(f"token_ids has {token_ids.shape[0]} entries but values has K={k}")
-        if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= weight.shape[0]):
-            raise ValueError(f"token_ids must lie in [0, {weight.shape[0]}) (rows of weight)")
+        _checks.index_vector("token_ids", token_ids, weight.shape[0], "rows of weight", distinct=True)
         rows = weight.shape[0]
     if bias is not None:
         _checks.tensor("bias", bias, ndim=1, floating=True)
@@ -102,11 +101,13 @@ def score_distribution(
     """
     v, _ = validate_score_inputs(hidden, weight, token_ids, values, bias, temperature)
     which = resolve_impl(impl, hidden, weight)
+    if which == "triton" and hidden.dtype == torch.float64:
+        if impl == "triton":
+            raise TypeError("impl='triton' supports float32, bfloat16 and float16 inputs; use impl='torch' for float64")
+        which = "torch"
     if which == "torch":
         return score_distribution_torch(hidden, weight, token_ids, v, bias, temperature)
-    from zrcore.ops import _score_distribution_triton as tk
-
-    return tk.score_distribution_triton(hidden, weight, token_ids, v, bias, temperature)
+    return score_distribution_triton(hidden, weight, token_ids, v, bias, temperature)
 
 
 def score_distribution_from_logits(
@@ -123,13 +124,232 @@ def score_distribution_from_logits(
         raise ValueError(f"token_ids has {token_ids.shape[0]} entries but values has K={v.shape[0]}")
     if v.shape[0] == 0:
         raise ValueError("values must hold at least one bin")
-    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= logits.shape[-1]):
-        raise ValueError(f"token_ids must lie in [0, {logits.shape[-1]}) (the vocabulary of logits)")
+    _checks.index_vector("token_ids", token_ids, logits.shape[-1], "the vocabulary of logits")
     _checks.positive("temperature", temperature)
     _checks.same_device(logits=logits, token_ids=token_ids)
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.index_select(-1, token_ids).to(compute) / temperature
     return distribution_from_score_logits(z, v.to(compute))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels: forward (one launch), backward (dz + dh, then dW_S + db: two launches)
+# ----------------------------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _score_fwd_kernel(h_ptr, w_ptr, ids_ptr, b_ptr, val_ptr, logq_ptr, mean_ptr, var_ptr,
+                          N, H, K, stride_hn, stride_hh, stride_wv, stride_wh, inv_t,
+                          HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        ks = tl.arange(0, BLOCK_K)
+        rmask = rows < N
+        kmask = ks < K
+        if HAS_IDS:
+            wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
+        else:
+            wrow = ks.to(tl.int64)
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            hs = h0 + tl.arange(0, BLOCK_H)
+            hmask = hs < H
+            x = tl.load(h_ptr + rows[:, None] * stride_hn + hs[None, :] * stride_hh,
+                        mask=rmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + wrow[None, :] * stride_wv + hs[:, None] * stride_wh,
+                        mask=kmask[None, :] & hmask[:, None], other=0.0).to(tl.float32)
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + wrow, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        z = tl.where(kmask[None, :], acc * inv_t, float("-inf"))
+        zmax = tl.max(z, axis=1)
+        e = tl.exp(z - zmax[:, None])
+        total = tl.sum(e, axis=1)
+        logq = z - zmax[:, None] - tl.log(total)[:, None]
+        q = e / total[:, None]
+        v = tl.load(val_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+        mean = tl.sum(q * v[None, :], axis=1)
+        dev = v[None, :] - mean[:, None]
+        var = tl.sum(q * dev * dev, axis=1)
+        tl.store(logq_ptr + rows[:, None] * K + ks[None, :], logq, mask=rmask[:, None] & kmask[None, :])
+        tl.store(mean_ptr + rows, mean, mask=rmask)
+        tl.store(var_ptr + rows, var, mask=rmask)
+
+    @triton.jit
+    def _score_bwd_dz_dh_kernel(gl_ptr, gmu_ptr, gvar_ptr, logq_ptr, mean_ptr, val_ptr, w_ptr, ids_ptr,
+                                dz_ptr, dh_ptr, N, H, K, stride_wv, stride_wh, inv_t,
+                                HAS_IDS: tl.constexpr, NEED_DH: tl.constexpr, PRECISION: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        ks = tl.arange(0, BLOCK_K)
+        rmask = rows < N
+        kmask = ks < K
+        m2 = rmask[:, None] & kmask[None, :]
+        logq = tl.load(logq_ptr + rows[:, None] * K + ks[None, :], mask=m2, other=float("-inf"))
+        q = tl.where(m2, tl.exp(logq), 0.0)
+        gl = tl.load(gl_ptr + rows[:, None] * K + ks[None, :], mask=m2, other=0.0)
+        gmu = tl.load(gmu_ptr + rows, mask=rmask, other=0.0)
+        gvar = tl.load(gvar_ptr + rows, mask=rmask, other=0.0)
+        mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
+        v = tl.load(val_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+        dev = v[None, :] - mean[:, None]
+        dq = gmu[:, None] * v[None, :] + gvar[:, None] * dev * dev
+        dz = (gl - q * tl.sum(gl, axis=1)[:, None]) + q * (dq - tl.sum(q * dq, axis=1)[:, None])
+        dz = tl.where(m2, dz * inv_t, 0.0)
+        tl.store(dz_ptr + rows[:, None] * BLOCK_K + ks[None, :], dz, mask=rmask[:, None])
+        if NEED_DH:
+            if HAS_IDS:
+                wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
+            else:
+                wrow = ks.to(tl.int64)
+            for h0 in range(0, H, BLOCK_H):
+                hs = h0 + tl.arange(0, BLOCK_H)
+                hmask = hs < H
+                w = tl.load(w_ptr + wrow[:, None] * stride_wv + hs[None, :] * stride_wh,
+                            mask=kmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+                dh = tl.dot(dz, w, input_precision=PRECISION)
+                tl.store(dh_ptr + rows[:, None] * H + hs[None, :], dh, mask=rmask[:, None] & hmask[None, :])
+
+    @triton.jit
+    def _score_bwd_dw_kernel(dz_ptr, h_ptr, ids_ptr, dw_ptr, db_ptr, N, H, K, stride_hn, stride_hh,
+                             stride_dwv, HAS_IDS: tl.constexpr, NEED_DB: tl.constexpr, PRECISION: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+        pid = tl.program_id(0)
+        hs = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+        ks = tl.arange(0, BLOCK_K)
+        hmask = hs < H
+        kmask = ks < K
+        acc = tl.zeros([BLOCK_K, BLOCK_H], dtype=tl.float32)
+        db = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+            rmask = rows < N
+            dz = tl.load(dz_ptr + rows[:, None] * BLOCK_K + ks[None, :], mask=rmask[:, None], other=0.0)
+            x = tl.load(h_ptr + rows[:, None] * stride_hn + hs[None, :] * stride_hh,
+                        mask=rmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+            acc = tl.dot(tl.trans(dz), x, acc, input_precision=PRECISION)
+            if NEED_DB:
+                db += tl.sum(dz, axis=0)
+        if HAS_IDS:
+            wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
+        else:
+            wrow = ks.to(tl.int64)
+        tl.store(dw_ptr + wrow[:, None] * stride_dwv + hs[None, :], acc, mask=kmask[:, None] & hmask[None, :])
+        if NEED_DB:
+            if pid == 0:
+                tl.store(db_ptr + wrow, db, mask=kmask)
+
+
+def _blocks(n: int, k: int):
+    block_k = max(16, triton.next_power_of_2(k))
+    return 16 if n <= 4096 else 32, block_k, 64
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """Operands are upcast to fp32 in the kernels; bf16/fp16 values are exact in tf32, fp32 ones need ieee."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@torch.library.custom_op("zrcore::score_distribution", mutates_args=())
+def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None, values: torch.Tensor,
+              bias: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, h = hidden.shape
+    k = values.shape[0]
+    logq = torch.empty(n, k, dtype=torch.float32, device=hidden.device)
+    mean = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    var = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    if n == 0:
+        return logq, mean, var
+    bn, bk, bh = _blocks(n, k)
+    ids = token_ids if token_ids is not None else values  # placeholder pointer when HAS_IDS is False
+    _score_fwd_kernel[(triton.cdiv(n, bn),)](
+        hidden, weight, ids, bias if bias is not None else values, values, logq, mean, var,
+        n, h, k, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
+        HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype),
+        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+    return logq, mean, var
+
+
+@_score_op.register_fake
+def _(hidden, weight, token_ids, values, bias, temperature):
+    n, k = hidden.shape[0], values.shape[0]
+    new = hidden.new_empty
+    return new(n, k, dtype=torch.float32), new(n, dtype=torch.float32), new(n, dtype=torch.float32)
+
+
+@torch.library.custom_op("zrcore::score_distribution_backward", mutates_args=())
+def _score_backward_op(grad_logq: torch.Tensor, grad_mean: torch.Tensor, grad_var: torch.Tensor,
+                       hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
+                       values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor, temperature: float,
+                       need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, h = hidden.shape
+    k = values.shape[0]
+    dev = hidden.device
+    dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
+    dw = torch.zeros_like(weight) if need_w else weight.new_empty(0)
+    db = torch.zeros(weight.shape[0], dtype=weight.dtype, device=dev) if need_b else weight.new_empty(0)
+    if n == 0 or not (need_h or need_w or need_b):
+        return dh, dw, db
+    bn, bk, bh = _blocks(n, k)
+    dz = torch.empty(n, bk, dtype=torch.float32, device=dev)
+    ids = token_ids if token_ids is not None else values
+    prec = _precision(hidden.dtype)
+    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
+        grad_logq.contiguous(), grad_mean.contiguous(), grad_var.contiguous(), logq, mean, values, weight, ids,
+        dz, dh if need_h else dz, n, h, k, weight.stride(0), weight.stride(1), 1.0 / temperature,
+        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+    if need_w or need_b:
+        db_buf = torch.empty(weight.shape[0] if token_ids is None else k, dtype=torch.float32, device=dev)
+        dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
+        _score_bwd_dw_kernel[(triton.cdiv(h, bh),)](
+            dz, hidden, ids, dw_target, db if need_b else db_buf, n, h, k, hidden.stride(0), hidden.stride(1),
+            dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=prec,
+            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+    return dh, dw, db
+
+
+@_score_backward_op.register_fake
+def _(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean, temperature, need_h,
+      need_w, need_b):
+    dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
+    dw = torch.empty_like(weight) if need_w else weight.new_empty(0)
+    db = weight.new_empty(weight.shape[0]) if need_b else weight.new_empty(0)
+    return dh, dw, db
+
+
+def _score_setup_context(ctx, inputs, output):
+    hidden, weight, token_ids, values, bias, temperature = inputs
+    logq, mean, _ = output
+    ctx.save_for_backward(hidden, weight, token_ids, values, logq, mean)
+    ctx.temperature = temperature
+    ctx.has_bias = bias is not None
+
+
+def _score_backward(ctx, grad_logq, grad_mean, grad_var):
+    hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_b = ctx.has_bias and ctx.needs_input_grad[4]
+    grad_logq = torch.zeros_like(logq) if grad_logq is None else grad_logq
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+    dh, dw, db = _score_backward_op(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq,
+                                    mean, ctx.temperature, need_h, need_w, need_b)
+    return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
+
+
+if HAS_TRITON:
+    _score_op.register_autograd(_score_backward, setup_context=_score_setup_context)
+
+
+def score_distribution_triton(hidden, weight, token_ids, values, bias=None, temperature=1.0) -> ScoreDistribution:
+    """Triton path: one forward launch; hidden [..., H] is flattened to rows (strided rows are read in place)."""
+    lead = hidden.shape[:-1]
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    v = values.to(device=hidden.device, dtype=torch.float32).contiguous()
+    logq, mean, var = _score_op(h2, weight, token_ids, v, bias, float(temperature))
+    k = v.shape[0]
+    return ScoreDistribution(logq.reshape(*lead, k), mean.reshape(lead), var.reshape(lead))
 
 
 class ScoreHead(torch.nn.Module):
