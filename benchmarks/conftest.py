@@ -1,0 +1,80 @@
+"""Benchmark session: builds each op's cases once, records time and peak memory per (op, mode, path), and at the
+end writes a markdown table with ratios against the naive path (ZRCORE_BENCH_OUT, default benchmarks/results)."""
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cases import build
+from benchmarks.harness import bench_device, env_info
+
+_RESULTS: list[dict] = []
+_CACHE: dict = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-scale", default=os.environ.get("ZRCORE_BENCH_SCALE", "issue"),
+                     choices=["issue", "small"], help="issue: the acceptance shapes; small: a quick smoke run")
+
+
+@pytest.fixture(scope="session")
+def cases(request):
+    scale = request.config.getoption("--bench-scale")
+
+    def get(op):
+        if op not in _CACHE:
+            _CACHE.clear()  # keep one op's tensors alive at a time
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            _CACHE[op] = build(op, bench_device(), scale)
+        return _CACHE[op]
+
+    return get
+
+
+@pytest.fixture
+def record():
+    def add(**row):
+        _RESULTS.append(row)
+
+    return add
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return os.environ.get("ZRCORE_COMMIT", "unknown")
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| op | shape | mode | path | time (ms) | time ratio naive/path | peak growth (MiB) | memory ratio naive/path |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    base = {(r["op"], r["mode"]): r for r in rows if r["path"] == "naive"}
+    for r in rows:
+        b = base.get((r["op"], r["mode"]))
+        t_ratio = f"{b['time_s'] / r['time_s']:.2f}x" if b and r["time_s"] > 0 else "-"
+        m_ratio = f"{b['peak_bytes'] / r['peak_bytes']:.1f}x" if b and r["peak_bytes"] > 0 else "-"
+        lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['path']} | {r['time_s'] * 1e3:.3f} | {t_ratio} "
+                     f"| {r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
+    return "\n".join(lines)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _RESULTS:
+        return
+    out = Path(os.environ.get("ZRCORE_BENCH_OUT", Path(__file__).parent / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    info = env_info()
+    info.update(date=datetime.date.today().isoformat(), commit=_commit())
+    tag = "cuda" if torch.cuda.is_available() else "cpu"
+    header = ", ".join(f"{k}: {v}" for k, v in info.items())
+    (out / f"ops-{tag}.md").write_text(f"{header}\n\n{format_table(_RESULTS)}\n")
+    (out / f"ops-{tag}.json").write_text(json.dumps({"env": info, "rows": _RESULTS}, indent=1))
+    print(f"\n{header}\n{format_table(_RESULTS)}")

@@ -1,0 +1,73 @@
+"""Measurement helpers shared by the benchmarks: device choice, peak-memory growth, timing per call."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+
+import torch
+
+
+def bench_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def peak_memory_growth(fn) -> int:
+    """Bytes by which one call of fn raises the peak above what was allocated before it.
+
+    CUDA: torch.cuda.max_memory_allocated over the call minus memory_allocated before. CPU (Linux): the process's
+    resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) minus the resident set before.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        sync()
+        return torch.cuda.max_memory_allocated() - before
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _rss_kib("VmRSS")
+    fn()
+    return max(0, (_rss_kib("VmHWM") - before) * 1024)
+
+
+def median_time(fn, *, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of one call in seconds (CUDA: synchronised; do_bench's median when Triton is there)."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") / 1e3
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def env_info() -> dict:
+    info = {"torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    else:
+        info["cpu_count"] = os.cpu_count()
+    return info
