@@ -10,10 +10,13 @@ from zrcore.ops import score_distribution
 
 def _kernels(fn) -> list[str]:
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         fn()
         torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    for e in events:
+        print(f"    {e.name[:70]:70s} {e.device_time:9.1f} us")
+    return [e.name[:40] for e in events]
 
 
 def main() -> None:
@@ -32,6 +35,15 @@ def main() -> None:
         loss = out.mean.sum() + out.var.sum() + out.log_probs.sum()
         bwd = _kernels(loss.backward)
         what = "hidden+weight" if grad_w else "hidden"
+        import triton.testing
+
+        def step(h=h, w=w):
+            o = score_distribution(h, w, ids, values)
+            (o.mean.sum() + o.var.sum() + o.log_probs.sum()).backward()
+
+        fwd_ms = triton.testing.do_bench(lambda h=h, w=w: score_distribution(h, w, ids, values), return_mode="median")
+        step_ms = triton.testing.do_bench(step, return_mode="median")
+        print(f"grad to {what}: do_bench median forward {fwd_ms * 1e3:.1f} us, forward+backward {step_ms * 1e3:.1f} us")
         print(f"grad to {what}: forward launches {len(fwd)} {fwd}")
         print(f"grad to {what}: backward launches {len(bwd)} {bwd}")
 

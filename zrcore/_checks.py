@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -74,12 +75,28 @@ def check_values() -> bool:
         return True
 
 
+_CHECKED_INDEX: dict = {}
+
+
 def index_vector(name: str, ids: torch.Tensor, upper: int, what: str, distinct: bool = False) -> None:
-    """Range (and optionally distinctness) check of a small index vector; names the argument."""
+    """Range (and optionally distinctness) check of a small index vector; names the argument.
+
+    Reading a CUDA tensor's values synchronises with the device, so an accelerator tensor that passed the check
+    is remembered (by identity and version counter) and not read again until it is modified or replaced."""
     if not check_values() or ids.numel() == 0:
         return
+    key = None
+    if ids.device.type != "cpu":
+        key = (id(ids), upper, distinct)
+        hit = _CHECKED_INDEX.get(key)
+        if hit is not None and hit[0]() is ids and hit[1] == ids._version:
+            return
     vals = ids.tolist()
     if min(vals) < 0 or max(vals) >= upper:
         raise ValueError(f"{name} must lie in [0, {upper}) ({what}), got values in [{min(vals)}, {max(vals)}]")
     if distinct and len(set(vals)) != len(vals):
         raise ValueError(f"{name} must hold distinct ids, got {vals}")
+    if key is not None:
+        if len(_CHECKED_INDEX) > 256:
+            _CHECKED_INDEX.clear()
+        _CHECKED_INDEX[key] = (weakref.ref(ids), ids._version)

@@ -11,16 +11,24 @@ from zrcore.ops import fused_linear_kl, pairwise_gap, score_distribution
 VALUES = ScoreBins.half_points().values
 
 
-def _loss(hidden, weight, ids, values, scores, t_hidden, t_weight, impl):
+def _loss(hidden, weight, ids, values, scores, t_hidden, t_weight, impl, which="all"):
     p, m, g = scores.shape[0], scores.shape[1], hidden.shape[0] // (scores.shape[0] * scores.shape[1])
-    q = score_distribution(hidden, weight, ids, values, impl=impl)
-    pw = pairwise_gap(q.mean.view(p, m, g), scores, score_range=4.0, impl=impl)
-    kl = fused_linear_kl(hidden, weight, t_hidden, teacher_weight=t_weight, token_ids=ids, impl=impl)
-    return pw.loss + 0.5 * kl + q.var.mean() + pw.reward.mean() * 0.0
+    total = hidden.sum() * 0.0
+    if which in ("all", "score", "pairwise"):
+        q = score_distribution(hidden, weight, ids, values, impl=impl)
+        total = total + q.var.mean() + q.log_probs.mean()
+        if which != "score":
+            pw = pairwise_gap(q.mean.view(p, m, g), scores, score_range=4.0, impl=impl)
+            total = total + pw.loss + pw.reward.mean() * 0.0
+    if which in ("all", "kl"):
+        total = total + 0.5 * fused_linear_kl(hidden, weight, t_hidden, teacher_weight=t_weight, token_ids=ids,
+                                              impl=impl)
+    return total
 
 
 @pytest.mark.slow
-def test_compile_fullgraph_matches_eager(impl):
+@pytest.mark.parametrize("which", ["score", "pairwise", "kl", "all"])
+def test_compile_fullgraph_matches_eager(impl, which):
     dev = device()
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2 * 3 * 4, 32, generator=g).to(dev)
@@ -34,7 +42,7 @@ def test_compile_fullgraph_matches_eager(impl):
     def run(fn):
         h = hidden.clone().requires_grad_()
         w = weight.clone().requires_grad_()
-        loss = fn(h, w, ids, values, scores, t_hidden, t_weight, impl)
+        loss = fn(h, w, ids, values, scores, t_hidden, t_weight, impl, which)
         loss.backward()
         return loss.detach(), h.grad, w.grad
 

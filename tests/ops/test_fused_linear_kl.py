@@ -131,3 +131,15 @@ def test_bad_inputs():
         fused_linear_kl(h, torch.zeros(20, 7), torch.zeros(3, 20))
     with pytest.raises(ValueError, match="chunk_size"):
         fused_linear_kl(h, w, torch.zeros(3, 20), chunk_size=0)
+
+
+def test_backward_twice_is_refused_on_triton(gen):
+    if "triton" not in __import__("tests.ops.conftest", fromlist=["impls"]).impls():
+        pytest.skip("needs the Triton path")
+    dev = device()
+    hs, ws, htd, wt, _, _ = _inputs(gen, 6, 8, 8, 20)
+    x = hs.float().to(dev).requires_grad_()
+    loss = fused_linear_kl(x, ws.float().to(dev), htd.float().to(dev), teacher_weight=wt.float().to(dev), impl="triton")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once per forward"):
+        loss.backward()

@@ -255,11 +255,12 @@ if HAS_TRITON:
 
 
 def triton_chunk_rows(n: int, h: int, v: int) -> int:
-    """Rows per chunk for the Triton path: 2 x next_pow2(N / ceil(V / H)), at least 16, at most N."""
+    """Rows per chunk for the Triton path: 4 x next_pow2(N / ceil(V / H)), at least 16, at most N (two chunks of
+    logits, student and teacher, then hold about 8 x the hidden rows' elements)."""
     if n == 0:
         return 1
     inc = max(1, -(-v // max(h, 1)))
-    rows = 2 * triton.next_power_of_2(max(1, -(-n // inc)))
+    rows = 4 * triton.next_power_of_2(max(1, -(-n // inc)))
     return max(1, min(n, max(16, rows)))
 
 
@@ -308,6 +309,12 @@ def _kl_op(h_s: torch.Tensor, w_s: torch.Tensor, teacher: torch.Tensor, w_t: tor
            row_weight: torch.Tensor | None, forward_kl: bool, temperature: float, scale: float, chunk: int,
            need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                               torch.Tensor]:
+    return kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk,
+                     need_h, need_w, need_b)
+
+
+def kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk,
+              need_h, need_w, need_b):
     """Returns (sum_n scale * KL_n, KL rows [N], grad_h, grad_w, grad_b) with the gradients of the first output
     (empty tensors where not requested)."""
     ws, bs = _select(w_s, token_ids), _select(b_s, token_ids)
@@ -348,6 +355,34 @@ def _kl_backward(ctx, grad_loss, *_):
             None, gb * g.to(gb.dtype) if need_b else None, *([None] * 10))
 
 
+class _KLFunction(torch.autograd.Function):
+    """Eager entry for scalar reductions: the gradients computed in the forward are scaled in place by the incoming
+    gradient (no second [V, H] buffer), so the backward may run once per forward."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, scale, chunk, need_h,
+                need_w, need_b):
+        loss, _, gh, gw, gb = kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature,
+                                        scale, chunk, need_h, need_w, need_b)
+        ctx.save_for_backward(gh, gw, gb)
+        ctx.flags = (need_h, need_w, need_b)
+        ctx.used = False
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.used:
+            raise RuntimeError("fused_linear_kl computes its gradients in the forward and scales them in place: "
+                               "its backward runs once per forward (no retain_graph re-use)")
+        ctx.used = True
+        gh, gw, gb = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.flags
+        out = []
+        for need, grad in ((need_h, gh), (need_w, gw), (need_b, gb)):
+            out.append(grad.mul_(grad_loss.to(grad.dtype)) if need else None)
+        return out[0], out[1], out[2], *([None] * 11)
+
+
 if HAS_TRITON:
     _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
 
@@ -384,6 +419,9 @@ def fused_linear_kl_triton(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperat
     need_h = grad_on and h_s.requires_grad
     need_w = grad_on and w_s.requires_grad
     need_b = grad_on and b_s is not None and b_s.requires_grad
+    if _checks.check_values():
+        return _KLFunction.apply(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, scale, chunk,
+                                 need_h, need_w, need_b)
     loss, *_ = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature, scale, chunk,
                       need_h, need_w, need_b)
     return loss

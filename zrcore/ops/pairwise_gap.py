@@ -34,7 +34,8 @@ def validate_pairwise_inputs(mean, scores, score_range, mask):
     _checks.positive("score_range", score_range)
     _checks.bool_mask("mask", mask, mean.shape)
     _checks.same_device(mean=mean, scores=scores, mask=mask)
-    if _checks.check_values() and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
+    # a NaN score gives a NaN loss; the host-side check is skipped on accelerators (it would synchronise)
+    if _checks.check_values() and scores.device.type == "cpu" and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
         raise ValueError("scores must be finite")
 
 
@@ -142,7 +143,7 @@ if HAS_TRITON:
         tl.store(npairs_ptr + p, pair_acc)
 
     @triton.jit
-    def _pairwise_reduce_kernel(loss_p_ptr, npairs_ptr, out_ptr, P, BLOCK: tl.constexpr):
+    def _pairwise_reduce_kernel(loss_p_ptr, npairs_ptr, out_ptr, loss_ptr, P, BLOCK: tl.constexpr):
         total = 0.0
         count = 0.0
         for p0 in range(0, P, BLOCK):
@@ -155,6 +156,7 @@ if HAS_TRITON:
             count += tl.sum(tl.where(has, 1.0, 0.0), axis=0)
         tl.store(out_ptr, total / tl.maximum(count, 1.0))
         tl.store(out_ptr + 1, count)
+        tl.store(loss_ptr, total / tl.maximum(count, 1.0))
 
     @triton.jit
     def _pairwise_bwd_kernel(gsum_ptr, npairs_ptr, stats_ptr, gout_ptr, grad_ptr, MG, total,
@@ -174,28 +176,66 @@ def _pairwise_blocks(mg: int, g: int):
     return block, block, max(2, triton.next_power_of_2(g))
 
 
+def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
+    """Two launches: the per-prompt kernel, then the reduction over prompts. Returns (loss, reward, has_pair,
+    gsum, npairs, stats) where gsum holds the unnormalised gradient weights and stats = (loss, #prompts with pairs)."""
+    p, m, g = mean.shape
+    dev = mean.device
+    reward = torch.empty(p, m, g, dtype=torch.float32, device=dev)
+    has = torch.empty(p, m, dtype=torch.int8, device=dev)
+    gsum = torch.empty(p, m, g, dtype=torch.float32, device=dev)
+    loss_p = torch.empty(p, dtype=torch.float32, device=dev)
+    npairs = torch.empty(p, dtype=torch.float32, device=dev)
+    stats = torch.empty(2, dtype=torch.float32, device=dev)
+    loss = torch.empty((), dtype=torch.float32, device=dev)
+    if p == 0 or m * g == 0:
+        has.zero_(), reward.zero_(), gsum.zero_(), npairs.zero_(), stats.zero_(), loss.zero_()
+        return loss, reward, has.view(torch.bool), gsum, npairs, stats
+    ba, bb, bg = _pairwise_blocks(m * g, g)
+    mu = mean.contiguous()
+    s = scores.contiguous() if scores.dtype == torch.float32 else scores.to(torch.float32).contiguous()
+    mk = mask.contiguous() if mask is not None else mu
+    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, m * g, g, 1.0 / score_range,
+                               HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba, BLOCK_B=bb, BLOCK_G=bg)
+    _pairwise_reduce_kernel[(1,)](loss_p, npairs, stats, loss, p, BLOCK=1024)
+    return loss, reward, has.view(torch.bool), gsum, npairs, stats
+
+
+def pairwise_backward_launch(grad_loss, gsum, npairs, stats):
+    grad = torch.empty_like(gsum)
+    total = gsum.numel()
+    if total:
+        p, m, g = gsum.shape
+        gl = grad_loss.reshape(1)
+        gl = gl if gl.dtype == torch.float32 else gl.float()
+        _pairwise_bwd_kernel[(triton.cdiv(total, 1024),)](gsum, npairs, stats, gl, grad, m * g, total, BLOCK=1024)
+    return grad
+
+
+class _PairwiseFunction(torch.autograd.Function):
+    """Eager entry calling the launchers directly; torch.compile traces the registered op below instead."""
+
+    @staticmethod
+    def forward(ctx, mean, scores, mask, score_range, include_ties):
+        loss, reward, has, gsum, npairs, stats = pairwise_forward_launch(mean, scores, mask, score_range,
+                                                                         include_ties)
+        ctx.save_for_backward(gsum, npairs, stats)
+        ctx.mean_dtype = mean.dtype
+        ctx.mark_non_differentiable(reward, has)
+        return loss, reward, has
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        gsum, npairs, stats = ctx.saved_tensors
+        return pairwise_backward_launch(grad_loss, gsum, npairs, stats).to(ctx.mean_dtype), None, None, None, None
+
+
 @torch.library.custom_op("zrcore::pairwise_gap", mutates_args=())
 def _pairwise_op(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
                  include_ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                               torch.Tensor]:
-    p, m, g = mean.shape
-    dev = mean.device
-    reward = torch.empty(p, m, g, dtype=torch.float32, device=dev)
-    has = torch.zeros(p, m, dtype=torch.int8, device=dev)
-    gsum = torch.empty(p, m, g, dtype=torch.float32, device=dev)
-    loss_p = torch.empty(p, dtype=torch.float32, device=dev)
-    npairs = torch.empty(p, dtype=torch.float32, device=dev)
-    stats = torch.zeros(2, dtype=torch.float32, device=dev)
-    if p == 0 or m * g == 0:
-        return stats[0].clone(), reward, has.bool(), gsum, npairs, stats
-    ba, bb, bg = _pairwise_blocks(m * g, g)
-    mu = mean.contiguous()
-    s = scores.to(torch.float32).contiguous()
-    mk = mask.contiguous() if mask is not None else mu
-    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, m * g, g, 1.0 / score_range,
-                               HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba, BLOCK_B=bb, BLOCK_G=bg)
-    _pairwise_reduce_kernel[(1,)](loss_p, npairs, stats, p, BLOCK=1024)
-    return stats[0].clone(), reward, has.bool(), gsum, npairs, stats
+    loss, reward, has, gsum, npairs, stats = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
+    return loss, reward, has.clone(), gsum, npairs, stats
 
 
 @_pairwise_op.register_fake
@@ -209,13 +249,7 @@ def _(mean, scores, mask, score_range, include_ties):
 @torch.library.custom_op("zrcore::pairwise_gap_backward", mutates_args=())
 def _pairwise_backward_op(grad_loss: torch.Tensor, gsum: torch.Tensor, npairs: torch.Tensor,
                           stats: torch.Tensor) -> torch.Tensor:
-    grad = torch.empty_like(gsum)
-    total = gsum.numel()
-    if total:
-        p, m, g = gsum.shape
-        _pairwise_bwd_kernel[(triton.cdiv(total, 1024),)](gsum, npairs, stats, grad_loss.reshape(1).float(), grad,
-                                                          m * g, total, BLOCK=1024)
-    return grad
+    return pairwise_backward_launch(grad_loss, gsum, npairs, stats)
 
 
 @_pairwise_backward_op.register_fake
@@ -242,7 +276,10 @@ if HAS_TRITON:
 
 
 def pairwise_gap_triton(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
-    loss, reward, has_pair, *_ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
+    if _checks.check_values():
+        loss, reward, has_pair = _PairwiseFunction.apply(mean, scores, mask, float(score_range), bool(include_ties))
+    else:
+        loss, reward, has_pair, *_ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
     return PairwiseGap(loss, reward.detach(), has_pair)
 
 

@@ -251,9 +251,8 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-@torch.library.custom_op("zrcore::score_distribution", mutates_args=())
-def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None, values: torch.Tensor,
-              bias: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
+    """Runs the forward kernel: (log_q [N, K], mean [N], var [N]) fp32 for hidden [N, H]."""
     n, h = hidden.shape
     k = values.shape[0]
     logq = torch.empty(n, k, dtype=torch.float32, device=hidden.device)
@@ -271,6 +270,69 @@ def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tenso
     return logq, mean, var
 
 
+def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
+                          temperature, need_h, need_w, need_b, bias_dtype):
+    """Runs the two backward kernels; returns (dh, dW (dense, only the K rows non-zero), db), empty when unneeded."""
+    n, h = hidden.shape
+    k = values.shape[0]
+    dev = hidden.device
+    dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
+    dw = torch.zeros_like(weight) if need_w else weight.new_empty(0)
+    db = torch.zeros(weight.shape[0], dtype=bias_dtype, device=dev) if need_b else weight.new_empty(0)
+    if n == 0 or not (need_h or need_w or need_b):
+        return dh, dw, db
+    bn, bk, bh = _blocks(n, k)
+    dz = torch.empty(n, bk, dtype=torch.float32, device=dev)
+    ids = token_ids if token_ids is not None else values
+    prec = _precision(hidden.dtype)
+    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
+        grad_logq.contiguous(), grad_mean.contiguous(), grad_var.contiguous(), logq, mean, values, weight, ids,
+        dz, dh if need_h else dz, n, h, k, weight.stride(0), weight.stride(1), 1.0 / temperature,
+        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+    if need_w or need_b:
+        dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
+        db_target = db if need_b else torch.empty(weight.shape[0], dtype=torch.float32, device=dev)
+        _score_bwd_dw_kernel[(triton.cdiv(h, bh),)](
+            dz, hidden, ids, dw_target, db_target, n, h, k, hidden.stride(0), hidden.stride(1),
+            dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=prec,
+            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+    return dh, dw, db
+
+
+def _fill_grads(grad_logq, grad_mean, grad_var, logq, mean):
+    return (torch.zeros_like(logq) if grad_logq is None else grad_logq,
+            torch.zeros_like(mean) if grad_mean is None else grad_mean,
+            torch.zeros_like(mean) if grad_var is None else grad_var)
+
+
+class _ScoreFunction(torch.autograd.Function):
+    """Eager entry: calls the launchers directly (the torch.library op below is what torch.compile traces)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, token_ids, values, bias, temperature):
+        logq, mean, var = score_forward_launch(hidden, weight, token_ids, values, bias, temperature)
+        ctx.save_for_backward(hidden, weight, token_ids, values, logq, mean)
+        ctx.temperature = temperature
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return logq, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_logq, grad_mean, grad_var):
+        hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[4]
+        grads = _fill_grads(grad_logq, grad_mean, grad_var, logq, mean)
+        dh, dw, db = score_backward_launch(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature,
+                                           need_h, need_w, need_b, ctx.bias_dtype)
+        return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
+
+
+@torch.library.custom_op("zrcore::score_distribution", mutates_args=())
+def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None, values: torch.Tensor,
+              bias: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return score_forward_launch(hidden, weight, token_ids, values, bias, temperature)
+
+
 @_score_op.register_fake
 def _(hidden, weight, token_ids, values, bias, temperature):
     n, k = hidden.shape[0], values.shape[0]
@@ -283,30 +345,8 @@ def _score_backward_op(grad_logq: torch.Tensor, grad_mean: torch.Tensor, grad_va
                        hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
                        values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor, temperature: float,
                        need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    n, h = hidden.shape
-    k = values.shape[0]
-    dev = hidden.device
-    dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
-    dw = torch.zeros_like(weight) if need_w else weight.new_empty(0)
-    db = torch.zeros(weight.shape[0], dtype=weight.dtype, device=dev) if need_b else weight.new_empty(0)
-    if n == 0 or not (need_h or need_w or need_b):
-        return dh, dw, db
-    bn, bk, bh = _blocks(n, k)
-    dz = torch.empty(n, bk, dtype=torch.float32, device=dev)
-    ids = token_ids if token_ids is not None else values
-    prec = _precision(hidden.dtype)
-    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
-        grad_logq.contiguous(), grad_mean.contiguous(), grad_var.contiguous(), logq, mean, values, weight, ids,
-        dz, dh if need_h else dz, n, h, k, weight.stride(0), weight.stride(1), 1.0 / temperature,
-        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
-    if need_w or need_b:
-        db_buf = torch.empty(weight.shape[0] if token_ids is None else k, dtype=torch.float32, device=dev)
-        dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
-        _score_bwd_dw_kernel[(triton.cdiv(h, bh),)](
-            dz, hidden, ids, dw_target, db if need_b else db_buf, n, h, k, hidden.stride(0), hidden.stride(1),
-            dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=prec,
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
-    return dh, dw, db
+    return score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
+                                 temperature, need_h, need_w, need_b, weight.dtype)
 
 
 @_score_backward_op.register_fake
@@ -330,11 +370,9 @@ def _score_backward(ctx, grad_logq, grad_mean, grad_var):
     hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = ctx.has_bias and ctx.needs_input_grad[4]
-    grad_logq = torch.zeros_like(logq) if grad_logq is None else grad_logq
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-    dh, dw, db = _score_backward_op(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq,
-                                    mean, ctx.temperature, need_h, need_w, need_b)
+    grads = _fill_grads(grad_logq, grad_mean, grad_var, logq, mean)
+    dh, dw, db = _score_backward_op(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature,
+                                    need_h, need_w, need_b)
     return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
 
 
@@ -343,11 +381,15 @@ if HAS_TRITON:
 
 
 def score_distribution_triton(hidden, weight, token_ids, values, bias=None, temperature=1.0) -> ScoreDistribution:
-    """Triton path: one forward launch; hidden [..., H] is flattened to rows (strided rows are read in place)."""
+    """Triton path: one forward launch; hidden [..., H] is flattened to rows (strided rows are read in place).
+    Eager calls go through an autograd.Function (least overhead); under torch.compile the registered op is used."""
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, hidden.shape[-1])
     v = values.to(device=hidden.device, dtype=torch.float32).contiguous()
-    logq, mean, var = _score_op(h2, weight, token_ids, v, bias, float(temperature))
+    if _checks.check_values():
+        logq, mean, var = _ScoreFunction.apply(h2, weight, token_ids, v, bias, float(temperature))
+    else:
+        logq, mean, var = _score_op(h2, weight, token_ids, v, bias, float(temperature))
     k = v.shape[0]
     return ScoreDistribution(logq.reshape(*lead, k), mean.reshape(lead), var.reshape(lead))
 
