@@ -241,9 +241,18 @@ if HAS_TRITON:
                 tl.store(db_ptr + wrow, db, mask=kmask)
 
 
+# Launch configuration (rows per program, hidden columns per step, warps, pipeline stages); benchmarks/
+# tune_score.py measures alternatives on a GPU.
+LAUNCH = {"block_n": 16, "block_h": 64, "num_warps": 4, "num_stages": 2}
+
+
 def _blocks(n: int, k: int):
     block_k = max(16, triton.next_power_of_2(k))
-    return 16 if n <= 4096 else 32, block_k, 64
+    return LAUNCH["block_n"], block_k, LAUNCH["block_h"]
+
+
+def _launch_opts() -> dict:
+    return {"num_warps": LAUNCH["num_warps"], "num_stages": LAUNCH["num_stages"]}
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -266,7 +275,7 @@ def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
         hidden, weight, ids, bias if bias is not None else values, values, logq, mean, var,
         n, h, k, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
         HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype),
-        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
     return logq, mean, var
 
 
@@ -288,14 +297,15 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
         grad_logq.contiguous(), grad_mean.contiguous(), grad_var.contiguous(), logq, mean, values, weight, ids,
         dz, dh if need_h else dz, n, h, k, weight.stride(0), weight.stride(1), 1.0 / temperature,
-        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh,
+        **_launch_opts())
     if need_w or need_b:
         dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
         db_target = db if need_b else torch.empty(weight.shape[0], dtype=torch.float32, device=dev)
         _score_bwd_dw_kernel[(triton.cdiv(h, bh),)](
             dz, hidden, ids, dw_target, db_target, n, h, k, hidden.stride(0), hidden.stride(1),
             dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=prec,
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh)
+            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
     return dh, dw, db
 
 

@@ -1,0 +1,53 @@
+"""Tries launch configurations of the score_distribution kernels on a GPU at N=512, H=5120, V=248,320, K=9, bf16:
+CUDA-graph replay time of forward and forward+backward (grad to hidden), and the error against the float64
+full-logits reference, for each configuration."""
+
+import itertools
+
+import torch
+
+from benchmarks.graph_replay import graph_time_ms
+from tests.reference import score_distribution_naive
+from zrcore import ScoreBins
+from zrcore.ops import score_distribution
+from zrcore.ops.score_distribution import LAUNCH
+
+
+def main() -> None:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    hidden = torch.randn(512, 5120, generator=g, device=dev).to(torch.bfloat16)
+    weight = (torch.randn(248_320, 5120, generator=g, device=dev) / 70).to(torch.bfloat16)
+    ids = torch.randperm(248_320)[:9].to(dev)
+    values = ScoreBins.half_points().values.to(dev)
+    ref = score_distribution_naive(hidden.double(), weight[ids].double(), torch.arange(9, device=dev), values.double())
+    h_ref = hidden.double().requires_grad_()
+    r = score_distribution_naive(h_ref, weight[ids].double(), torch.arange(9, device=dev), values.double())
+    (r[1].sum() + r[2].sum() + r[0].sum()).backward()
+
+    def fwd():
+        return score_distribution(hidden, weight, ids, values)
+
+    def step():
+        h = hidden.detach().requires_grad_()
+        o = score_distribution(h, weight, ids, values)
+        (o.mean.sum() + o.var.sum() + o.log_probs.sum()).backward()
+        return h.grad
+
+    print("| block_n | block_h | warps | stages | fwd (us) | fwd+bwd (us) | rel. err mean | rel. err grad |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for bn, bh, nw, ns in itertools.product((16, 32), (64, 128, 256), (4, 8), (2, 3)):
+        LAUNCH.update(block_n=bn, block_h=bh, num_warps=nw, num_stages=ns)
+        try:
+            out = fwd()
+            err = float((out.mean.double() - ref[1]).norm() / ref[1].norm())
+            gerr = float((step().double() - h_ref.grad).norm() / h_ref.grad.norm())
+            t_f = graph_time_ms(fwd) * 1e3
+            t_s = graph_time_ms(step) * 1e3
+            print(f"| {bn} | {bh} | {nw} | {ns} | {t_f:.1f} | {t_s:.1f} | {err:.1e} | {gerr:.1e} |")
+        except Exception as e:
+            print(f"| {bn} | {bh} | {nw} | {ns} | failed: {type(e).__name__} {str(e)[:80]} |")
+
+
+if __name__ == "__main__":
+    main()
