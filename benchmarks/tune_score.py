@@ -3,6 +3,7 @@ CUDA-graph replay time of forward and forward+backward (grad to hidden), and the
 full-logits reference, for each configuration."""
 
 import itertools
+import os
 
 import torch
 
@@ -36,7 +37,10 @@ def main() -> None:
 
     print("| block_n | block_h | warps | stages | fwd (us) | fwd+bwd (us) | rel. err mean | rel. err grad |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for bn, bh, nw, ns in itertools.product((16, 32), (64, 128, 256), (4, 8), (2, 3)):
+    spec = os.environ.get("ZRCORE_TUNE")  # e.g. "16x256x4x3,16x512x4x4": block_n x block_h x warps x stages
+    configs = ([tuple(int(x) for x in c.split("x")) for c in spec.split(",")] if spec
+               else itertools.product((16, 32), (64, 128, 256), (4, 8), (2, 3)))
+    for bn, bh, nw, ns in configs:
         LAUNCH.update(block_n=bn, block_h=bh, num_warps=nw, num_stages=ns)
         try:
             out = fwd()

@@ -243,7 +243,7 @@ if HAS_TRITON:
 
 # Launch configuration (rows per program, hidden columns per step, warps, pipeline stages); benchmarks/
 # tune_score.py measures alternatives on a GPU.
-LAUNCH = {"block_n": 16, "block_h": 64, "num_warps": 4, "num_stages": 2}
+LAUNCH = {"block_n": 16, "block_h": 256, "num_warps": 4, "num_stages": 3}
 
 
 def _blocks(n: int, k: int):
