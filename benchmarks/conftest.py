@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.cases import build
-from benchmarks.harness import bench_device, env_info
+from benchmarks.harness import CPU_MEMORY_RESOLUTION, bench_device, env_info
 
 _RESULTS: list[dict] = []
 _CACHE: dict = {}
@@ -60,7 +60,12 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         b = base.get((r["op"], r["mode"]))
         t_ratio = f"{b['time_s'] / r['time_s']:.2f}x" if b and r["time_s"] > 0 else "-"
-        m_ratio = f"{b['peak_bytes'] / r['peak_bytes']:.1f}x" if b and r["peak_bytes"] > 0 else "-"
+        if b and r["peak_bytes"] > 0:
+            m_ratio = f"{b['peak_bytes'] / r['peak_bytes']:.1f}x"
+        elif b and not torch.cuda.is_available():  # below what the resident-set measurement resolves
+            m_ratio = f">= {b['peak_bytes'] / CPU_MEMORY_RESOLUTION:.0f}x"
+        else:
+            m_ratio = "-"
         lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['path']} | {r['time_s'] * 1e3:.3f} | {t_ratio} "
                      f"| {r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
     return "\n".join(lines)

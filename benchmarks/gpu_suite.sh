@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: build with CUDA, run the CUDA tests, count kernel launches, run the GPU benchmarks at the
 # acceptance shapes, and write the tables to OUT_DIR. Usage: bash benchmarks/gpu_suite.sh OUT_DIR
-# Wheels of packages missing on the GPU machine (liger-kernel) may be placed in .whl/ beforehand.
+# Wheels of packages missing on the GPU machine (liger-kernel) may be placed in .whl/ beforehand; a machine
+# without the git history should be given the commit as ZRCORE_COMMIT=<hash> for the tables.
 set -uo pipefail
 OUT="${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -16,7 +17,7 @@ unset TRITON_INTERPRET
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  git rev-parse --short HEAD 2>/dev/null || true
+  git rev-parse --short HEAD 2>/dev/null || echo "commit ${ZRCORE_COMMIT:-unknown}"
   date -u +%Y-%m-%d
 } | tee "$OUT/device.txt"
 
@@ -35,6 +36,9 @@ echo "compile tests exit code $?"; grep -E "^(FAILED|ERROR)" "$OUT/tests_compile
 
 echo "== kernel launches"
 timeout 90 python3 benchmarks/count_launches.py 2>&1 | tee "$OUT/launches.txt" | cut -c1-400
+
+echo "== device time (CUDA graph replay)"
+timeout 90 python3 benchmarks/graph_replay.py 2>&1 | grep "^|" | tee "$OUT/graph_replay.md"
 
 echo "== benchmarks"
 ZRCORE_BENCH_OUT="$OUT" timeout 330 python3 -m pytest -q benchmarks --benchmark-enable -p no:cacheprovider \

@@ -172,11 +172,47 @@ def scatter_rows(grad_sub: torch.Tensor | None, token_ids, v_rows: int, dtype) -
     return full.index_add_(0, token_ids, grad_sub.to(dtype))
 
 
+def _chunk_kl_rows(h, w, b, t, wt, bt, forward_kl: bool, temperature: float):
+    """Differentiable per-row KL of one chunk (used under torch.compile, inside activation checkpointing)."""
+    z = h.float() @ w.float().t() if h.dtype != torch.float64 else h @ w.t()
+    if b is not None:
+        z = z + b.to(z.dtype)
+    log_qs = _log_probs(z / temperature)
+    if wt is not None:
+        zt = t.to(z.dtype) @ wt.to(z.dtype).t()
+        if bt is not None:
+            zt = zt + bt.to(z.dtype)
+    else:
+        zt = t.to(z.dtype)
+    log_qt = _log_probs(zt / temperature)
+    if forward_kl:
+        qt = log_qt.exp()
+        return torch.where(qt > 0, qt * (log_qt - log_qs), torch.zeros_like(qt)).sum(-1)
+    qs = log_qs.exp()
+    return torch.where(qs > 0, qs * (log_qs - log_qt), torch.zeros_like(qs)).sum(-1)
+
+
+def _fused_linear_kl_checkpointed(h_s, w_s, teacher, w_t, b_s, b_t, forward_kl, temperature, token_ids, reduction,
+                                  chunk):
+    """The torch path as torch.compile traces it: plain autograd per row chunk under non-reentrant activation
+    checkpointing (one chunk of logits alive at a time, recomputed in the backward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    sel = lambda x: None if x is None else (x if token_ids is None else x.index_select(0, token_ids))
+    w, b, wt, bt = sel(w_s), sel(b_s), sel(w_t), sel(b_t)
+    rows = [checkpoint(_chunk_kl_rows, h_s[i:i + chunk], w, b, teacher[i:i + chunk], wt, bt, forward_kl,
+                       temperature, use_reentrant=False) for i in range(0, h_s.shape[0], chunk)]
+    kl = torch.cat(rows) if rows else h_s.new_zeros(0, dtype=torch.float32)
+    return _reduce(kl, reduction, h_s.shape[0])
+
+
 def fused_linear_kl_torch(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk):
-    out = _ChunkedLinearKL.apply(
+    if not _checks.check_values():  # tracing under torch.compile
+        return _fused_linear_kl_checkpointed(h_s, w_s, teacher, w_t, b_s, b_t, direction == "forward",
+                                             float(temperature), token_ids, reduction, chunk)
+    return _ChunkedLinearKL.apply(
         h_s, w_s, b_s, teacher, w_t, b_t, token_ids, direction == "forward", float(temperature), reduction, chunk
     )
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+import pytest
+import torch
+from PIL import Image
+
+from zrcore import ScoreBins
+from zrcore.models import ARCHS, ScoreDecoder, build_tiny_reward_model, build_tiny_tokenizer
+from zrcore.ops import score_distribution_from_logits
+
+PROMPTS = ["two red circles on a white background", "a blue square", "three yellow triangles on a black background"]
+
+
+def _images(sizes=((84, 84), (56, 112), (112, 56)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for h, w in sizes:
+        arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8)
+        out.append(Image.fromarray(arr.numpy()))
+    return out
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def rm(request):
+    torch.manual_seed(0)
+    return build_tiny_reward_model(request.param, "student", seed=0)
+
+
+def _naive_score(rm, prompts, images, dim):
+    """Full logits at the last position of each unpadded example, gather the score columns, softmax."""
+    outs = []
+    for p, img in zip(prompts, images):
+        feats = rm.image_inputs([img])
+        inputs = rm.model_inputs(rm._prompt_ids([p], feats["image_grid_thw"], dim, False), feats)
+        logits = rm.model(**inputs, use_cache=False).logits[:, -1]
+        outs.append(score_distribution_from_logits(logits, rm.decoder.token_ids, rm.bins.values))
+    return torch.cat([o.log_probs for o in outs]), torch.cat([o.mean for o in outs])
+
+
+def test_score_matches_naive_full_logits_and_batching(rm):
+    images = _images()
+    with torch.no_grad():
+        q = rm.score(PROMPTS, images, "alignment")
+        lp, mean = _naive_score(rm, PROMPTS, images, "alignment")
+        single = [rm.score([p], [im], "alignment") for p, im in zip(PROMPTS, images)]
+    assert q.log_probs.shape == (3, 9)
+    torch.testing.assert_close(q.log_probs, lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q.mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q.mean, torch.cat([s.mean for s in single]), atol=1e-5, rtol=1e-5)
+
+
+def test_score_never_applies_the_lm_head(rm):
+    calls = []
+    handle = rm.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            rm.score(PROMPTS[:1], _images()[:1], "realism")
+    finally:
+        handle.remove()
+    assert calls == []  # only the K score rows are used, through score_distribution
+
+
+def test_score_pixels_matches_official_processor_and_finite_differences(rm):
+    factor = rm.geometry.factor
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (2, 3, 2 * factor, 2 * factor), generator=g).float() / 255
+    pil = [Image.fromarray((p.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()) for p in pixels]
+    with torch.no_grad():
+        a = rm.score_pixels(PROMPTS[:2], pixels, "aesthetics")
+        b = rm.score(PROMPTS[:2], pil, "aesthetics")
+    torch.testing.assert_close(a.log_probs, b.log_probs, atol=1e-4, rtol=1e-4)
+    # pixel gradient against central finite differences, in float64
+    x = pixels[:1].double().requires_grad_()
+    model = rm.model.double()
+    try:
+        f = lambda t: rm.score_pixels(PROMPTS[:1], t, "aesthetics").mean.sum()
+        f(x).backward()
+        idx = [(0, 0, 3, 5), (0, 1, factor, factor + 1), (0, 2, 2 * factor - 1, 0)]
+        for i in idx:
+            e = torch.zeros_like(x)
+            e[i] = 1e-4
+            with torch.no_grad():
+                fd = (f(x.detach() + e) - f(x.detach() - e)) / 2e-4
+            torch.testing.assert_close(x.grad[i], fd, rtol=1e-3, atol=1e-7)
+    finally:
+        model.float()
+
+
+def test_judge_returns_distributions_and_reproducible_logprobs(rm):
+    torch.manual_seed(0)
+    j, gen_logits = rm.judge(PROMPTS[:2], _images()[:2], "plausibility", num_samples=3, max_reasoning_tokens=6,
+                             temperature=0.9, return_generation_logits=True)
+    assert j.distribution.log_probs.shape == (2, 3, 9) and j.distribution.mean.shape == (2, 3)
+    torch.testing.assert_close(j.distribution.log_probs.exp().sum(-1), torch.ones(2, 3), atol=1e-5, rtol=0)
+    assert ((j.distribution.mean >= 1) & (j.distribution.mean <= 5)).all()
+    assert len(j.texts) == 6 and j.completion_mask.sum(-1).tolist() == [len(r) for r in j.reasoning_ids]
+    # re-feeding the returned ids gives the log-probs generate sampled them with
+    with torch.no_grad():
+        lp = rm.token_logprobs(j.sequences, j.attention_mask, j.image_inputs, j.completion_mask, temperature=0.9)
+    for row, ids in enumerate(j.reasoning_ids):
+        cols = j.completion_mask[row].nonzero().flatten()
+        for t, col in enumerate(cols.tolist()):
+            ref = torch.log_softmax(gen_logits[t][row].float() / 0.9, -1)[ids[t]]
+            torch.testing.assert_close(lp[row, col], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_judge_when_every_trace_hits_the_limit(rm):
+    # no token ends a trace (the end-of-turn id is set to one the model cannot emit): every trace is cut at the
+    # limit, the scoring suffix is still forced, and each yields a distribution
+    saved = rm.end_of_turn_id
+    rm.end_of_turn_id = -1
+    try:
+        j = rm.judge(PROMPTS[:1], _images()[:1], "alignment", num_samples=2, max_reasoning_tokens=4)
+    finally:
+        rm.end_of_turn_id = saved
+    assert j.truncated.all() and all(len(r) == 4 for r in j.reasoning_ids)
+    assert torch.isfinite(j.distribution.log_probs).all()
+
+
+def test_bad_inputs(rm, tmp_path):
+    with pytest.raises(ValueError, match="unknown dimension 'beauty'"):
+        rm.score(PROMPTS[:1], _images()[:1], "beauty")
+    with pytest.raises(ValueError, match="2 prompts but 1 images"):
+        rm.score(PROMPTS[:2], _images()[:1], "alignment")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"images\[1\]: cannot read image file"):
+        rm.score(PROMPTS[:2], [_images()[0], str(bad)], "alignment")
+
+
+def test_score_decoder_rejects_multi_token_labels():
+    tok = build_tiny_tokenizer()
+    dec = ScoreDecoder(tok, ScoreBins.half_points())
+    assert len(dec.token_ids) == 9 and dec.parse("I think 3.5 fits") == 3.5 and dec.parse("no score") is None
+    with pytest.raises(ValueError, match="'excellent' is .* tokens"):
+        ScoreDecoder(tok, ScoreBins([1, 2], labels=["bad", "excellent"]))
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    rm = build_tiny_reward_model("qwen2_vl", "student", seed=3)
+    rm.save_pretrained(tmp_path / "ckpt")
+    from zrcore.models import RewardModel
+
+    again = RewardModel.from_pretrained(tmp_path / "ckpt")
+    img = _images()[:1]
+    with torch.no_grad():
+        torch.testing.assert_close(rm.score(PROMPTS[:1], img, "realism").mean,
+                                   again.score(PROMPTS[:1], img, "realism").mean)

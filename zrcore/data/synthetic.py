@@ -1,0 +1,184 @@
+"""A synthetic rubric set rendered with Pillow, whose true score per dimension is known.
+
+Each prompt asks for ``count`` ``colour`` ``shape``(s) on a ``background``; each candidate image is rendered with
+defects drawn at random, and its true score per dimension follows from them on the half-point scale:
+
+- alignment:    5 - 1.5 [wrong colour] - 1.5 [wrong shape] - 1.0 |count - asked|   (at least 1)
+- realism:      5 - 1.0 blur_level - 1.0 noise_level                               (levels 0..2 each)
+- aesthetics:   5 - 1.0 clutter_level - 1.5 [object colour clashes with background] - 0.5 [off-centre]
+- plausibility: 5 - 1.5 floating_objects - 1.0 [objects overlap]
+
+Simulated raters add Gaussian noise (std ``rater_noise``) to the true score, round to the half-point grid and clip
+to the scale; the record's score aggregates them with ``zrcore.metrics.aggregate_ratings`` (drop the highest and
+lowest, average). Everything is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from zrcore.bins import ScoreBins
+from zrcore.data.records import Group, Record
+from zrcore.metrics import aggregate_ratings
+from zrcore.models.templates import DIMENSIONS
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40),
+           "purple": (140, 60, 170), "orange": (240, 140, 30)}
+BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (20, 20, 20)}
+CLASH = {("yellow", "white"), ("purple", "black"), ("blue", "black"), ("red", "gray"), ("green", "gray")}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+
+
+@dataclass(frozen=True)
+class Scene:
+    count: int
+    shape: str
+    colour: str
+    background: str
+
+    @property
+    def prompt(self) -> str:
+        plural = "s" if self.count > 1 else ""
+        return f"{NUMBER_WORDS[self.count]} {self.colour} {self.shape}{plural} on a {self.background} background"
+
+
+@dataclass(frozen=True)
+class Defects:
+    colour: str
+    shape: str
+    count: int
+    blur: int = 0
+    noise: int = 0
+    clutter: int = 0
+    off_centre: bool = False
+    floating: int = 0
+    overlap: bool = False
+
+
+def _snap(x: float) -> float:
+    return min(5.0, max(1.0, round(x * 2) / 2))
+
+
+def true_scores(scene: Scene, d: Defects) -> dict[str, float]:
+    """The rubric of the module docstring on the 1..5 half-point scale."""
+    return {
+        "alignment": _snap(5 - 1.5 * (d.colour != scene.colour) - 1.5 * (d.shape != scene.shape)
+                           - 1.0 * abs(d.count - scene.count)),
+        "realism": _snap(5 - 1.0 * d.blur - 1.0 * d.noise),
+        "aesthetics": _snap(5 - 1.0 * d.clutter - 1.5 * ((d.colour, scene.background) in CLASH) - 0.5 * d.off_centre),
+        "plausibility": _snap(5 - 1.5 * d.floating - 1.0 * d.overlap),
+    }
+
+
+def render(scene: Scene, d: Defects, size: int = 64, seed: int = 0) -> Image.Image:
+    """Draws the candidate: objects standing on a ground line, then blur, noise and clutter."""
+    g = torch.Generator().manual_seed(seed)
+    img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(img)
+    ground = int(size * 0.82)
+    line = (90, 90, 90) if scene.background != "gray" else (60, 60, 60)
+    draw.line([(0, ground), (size, ground)], fill=line, width=max(1, size // 64))
+    r = max(3, size // 10)
+    n = max(1, d.count)
+    span = size * (0.55 if d.off_centre else 0.8)
+    x0 = size * (0.05 if d.off_centre else 0.1)
+    step = span / n
+    for i in range(n):
+        cx = x0 + step * (i + 0.5)
+        if d.overlap and i > 0:
+            cx -= step * 0.6
+        lift = int(size * 0.22) if i < d.floating else 0
+        cy = ground - r - lift
+        box = [cx - r, cy - r, cx + r, cy + r]
+        colour = COLOURS[d.colour]
+        if d.shape == "circle":
+            draw.ellipse(box, fill=colour)
+        elif d.shape == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    for _ in range(3 * d.clutter):
+        px, py = (torch.rand(2, generator=g) * size).tolist()
+        c = tuple(int(v) for v in (torch.rand(3, generator=g) * 255).tolist())
+        draw.rectangle([px, py, px + size / 16, py + size / 16], fill=c)
+    if d.blur:
+        img = img.filter(ImageFilter.GaussianBlur(radius=d.blur * size / 64))
+    if d.noise:
+        arr = torch.tensor(list(img.getdata()), dtype=torch.float32).view(size, size, 3)
+        arr = (arr + torch.randn(arr.shape, generator=g) * 28.0 * d.noise).clamp(0, 255).to(torch.uint8)
+        img = Image.frombytes("RGB", (size, size), arr.numpy().tobytes())
+    return img
+
+
+class SyntheticRubric:
+    """Generator of the synthetic rubric set (see the module docstring)."""
+
+    def __init__(self, seed: int = 0, image_size: int = 64, n_raters: int = 5, rater_noise: float = 0.5,
+                 bins: ScoreBins | None = None):
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16, got {image_size}")
+        if n_raters < 1:
+            raise ValueError(f"n_raters must be at least 1, got {n_raters}")
+        self.seed, self.image_size, self.n_raters, self.rater_noise = seed, image_size, n_raters, rater_noise
+        self.bins = bins or ScoreBins.half_points()
+        if (self.bins.min, self.bins.max) != (1.0, 5.0):
+            raise ValueError("the synthetic rubric is defined on the 1..5 scale")
+
+    def _gen(self, *keys: int) -> torch.Generator:
+        h = self.seed
+        for k in keys:
+            h = (h * 1_000_003 + k) % (2**61 - 1)
+        return torch.Generator().manual_seed(h)
+
+    def scene(self, index: int) -> Scene:
+        g = self._gen(1, index)
+        pick = lambda seq: seq[int(torch.randint(len(seq), (1,), generator=g))]
+        return Scene(int(torch.randint(1, 4, (1,), generator=g)), pick(SHAPES), pick(tuple(COLOURS)),
+                     pick(tuple(BACKGROUNDS)))
+
+    def defects(self, scene: Scene, index: int, candidate: int) -> Defects:
+        g = self._gen(2, index, candidate)
+        u = lambda: float(torch.rand(1, generator=g))
+        lvl = lambda: int(torch.randint(0, 3, (1,), generator=g))
+        colour = scene.colour if u() > 0.3 else tuple(COLOURS)[int(torch.randint(len(COLOURS), (1,), generator=g))]
+        shape = scene.shape if u() > 0.3 else SHAPES[int(torch.randint(len(SHAPES), (1,), generator=g))]
+        count = scene.count if u() > 0.35 else max(1, min(5, scene.count + (1 if u() > 0.5 else -1)))
+        return Defects(colour, shape, count, blur=lvl() if u() > 0.4 else 0, noise=lvl() if u() > 0.5 else 0,
+                       clutter=lvl() if u() > 0.5 else 0, off_centre=u() > 0.7,
+                       floating=min(count, int(torch.randint(0, 3, (1,), generator=g))) if u() > 0.5 else 0,
+                       overlap=u() > 0.8 and count > 1)
+
+    def ratings(self, true: float, index: int, candidate: int, dim: int) -> list[float]:
+        g = self._gen(3, index, candidate, dim)
+        noisy = true + self.rater_noise * torch.randn(self.n_raters, generator=g)
+        return [_snap(float(x)) for x in noisy]
+
+    def records(self, n_prompts: int, candidates: int = 4, dimensions=DIMENSIONS, start: int = 0) -> list[Record]:
+        """Records for prompts start..start+n_prompts-1, ``candidates`` images each, every dimension."""
+        out = []
+        for index in range(start, start + n_prompts):
+            scene = self.scene(index)
+            for c in range(candidates):
+                d = self.defects(scene, index, c)
+                image = render(scene, d, self.image_size, seed=self._gen(4, index, c).initial_seed())
+                truth = true_scores(scene, d)
+                for di, dim in enumerate(dimensions):
+                    if dim not in truth:
+                        raise ValueError(f"unknown dimension {dim!r}; the synthetic set has {list(truth)}")
+                    ratings = self.ratings(truth[dim], index, c, di)
+                    score = float(aggregate_ratings([ratings])[0])
+                    std = math.sqrt(sum((r - score) ** 2 for r in ratings) / len(ratings))
+                    out.append(Record(scene.prompt, image, dim, score, prompt_id=f"syn-{index}", ratings=ratings,
+                                      std=std, meta={"true": truth[dim], "defects": asdict(d), "index": index,
+                                                     "candidate": c}))
+        return out
+
+    def groups(self, n_prompts: int, candidates: int = 4, dimensions=DIMENSIONS, start: int = 0) -> list[Group]:
+        from zrcore.data.records import group_records
+
+        return group_records(self.records(n_prompts, candidates, dimensions, start), min_candidates=2)

@@ -1,0 +1,10 @@
+"""Reward models over Hugging Face Qwen-VL models: score decoding, student scoring, teacher judging."""
+
+from zrcore.models.decoder import ScoreDecoder
+from zrcore.models.pixels import VisionGeometry, preprocess_pixels
+from zrcore.models.reward_model import Judgement, RewardModel, load_images
+from zrcore.models.templates import DIMENSIONS, RubricTemplates
+from zrcore.models.tiny import ARCHS, build_tiny_reward_model, build_tiny_tokenizer
+
+__all__ = ["ARCHS", "DIMENSIONS", "Judgement", "RewardModel", "RubricTemplates", "ScoreDecoder", "VisionGeometry",
+           "build_tiny_reward_model", "build_tiny_tokenizer", "load_images", "preprocess_pixels"]
