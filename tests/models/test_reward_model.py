@@ -67,21 +67,21 @@ def test_score_pixels_matches_official_processor_and_finite_differences(rm):
         a = rm.score_pixels(PROMPTS[:2], pixels, "aesthetics")
         b = rm.score(PROMPTS[:2], pil, "aesthetics")
     torch.testing.assert_close(a.log_probs, b.log_probs, atol=1e-4, rtol=1e-4)
-    # pixel gradient against central finite differences, in float64
+    # pixel gradient against a central finite difference along a random direction, in float64 (the vision towers
+    # compute their rotary embeddings in float32, so single-pixel differences drown in rounding)
     x = pixels[:1].double().requires_grad_()
-    model = rm.model.double()
+    direction = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    rm.model.double()
     try:
         f = lambda t: rm.score_pixels(PROMPTS[:1], t, "aesthetics").mean.sum()
         f(x).backward()
-        idx = [(0, 0, 3, 5), (0, 1, factor, factor + 1), (0, 2, 2 * factor - 1, 0)]
-        for i in idx:
-            e = torch.zeros_like(x)
-            e[i] = 1e-4
-            with torch.no_grad():
-                fd = (f(x.detach() + e) - f(x.detach() - e)) / 2e-4
-            torch.testing.assert_close(x.grad[i], fd, rtol=1e-3, atol=1e-7)
+        analytic = float((x.grad * direction).sum())
+        eps = 1e-3
+        with torch.no_grad():
+            numeric = float((f(x.detach() + eps * direction) - f(x.detach() - eps * direction)) / (2 * eps))
+        assert abs(analytic - numeric) <= 2e-2 * abs(numeric) + 1e-6, (analytic, numeric)
     finally:
-        model.float()
+        rm.model.float()
 
 
 def test_judge_returns_distributions_and_reproducible_logprobs(rm):
@@ -131,7 +131,7 @@ def test_score_decoder_rejects_multi_token_labels():
     dec = ScoreDecoder(tok, ScoreBins.half_points())
     assert len(dec.token_ids) == 9 and dec.parse("I think 3.5 fits") == 3.5 and dec.parse("no score") is None
     with pytest.raises(ValueError, match="'excellent' is .* tokens"):
-        ScoreDecoder(tok, ScoreBins([1, 2], labels=["bad", "excellent"]))
+        ScoreDecoder(tok, ScoreBins([1, 2], labels=["1", "excellent"]))
 
 
 def test_save_and_load_roundtrip(tmp_path):

@@ -109,7 +109,7 @@ def render(scene: Scene, d: Defects, size: int = 64, seed: int = 0) -> Image.Ima
     if d.blur:
         img = img.filter(ImageFilter.GaussianBlur(radius=d.blur * size / 64))
     if d.noise:
-        arr = torch.tensor(list(img.getdata()), dtype=torch.float32).view(size, size, 3)
+        arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).float()
         arr = (arr + torch.randn(arr.shape, generator=g) * 28.0 * d.noise).clamp(0, 255).to(torch.uint8)
         img = Image.frombytes("RGB", (size, size), arr.numpy().tobytes())
     return img

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
+import torch
+
 from zrcore.bins import ScoreBins
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
@@ -87,7 +89,7 @@ def _vision_config(arch: str, out_hidden: int) -> dict:
     cfg = dict(depth=1, hidden_size=32, out_hidden_size=out_hidden, intermediate_size=64, num_heads=2,
                patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256)
     if arch == "qwen3_vl":
-        cfg["deepstack_visual_indexes"] = []
+        cfg["deepstack_visual_indexes"] = [0]
     return cfg
 
 
