@@ -17,7 +17,7 @@ from zrcore.bins import ScoreBins
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 PRESETS = {
     "student": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2},
-    "teacher": {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3},
+    "teacher": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3},
 }
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
@@ -61,7 +61,8 @@ def build_tiny_tokenizer(bins: ScoreBins | None = None):
 
 
 def _text_config(arch: str, preset: dict) -> dict:
-    cfg = dict(vocab_size=VOCAB_SIZE, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    cfg = dict(vocab_size=VOCAB_SIZE, num_attention_heads=preset["hidden_size"] // 16, num_key_value_heads=2,
+               max_position_embeddings=2048,
                **preset)
     if arch in ("qwen2_vl", "qwen2_5_vl"):
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}

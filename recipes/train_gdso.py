@@ -1,0 +1,13 @@
+"""Train a reasoning teacher with GDSO (or the GRPO baseline / the reward-from-text ablation by flags).
+
+    python recipes/train_gdso.py                                  # tiny teacher on the synthetic rubric set
+    python recipes/train_gdso.py --lambda_pw 0 --alpha_pt 0 --alpha_pw 0 --output_dir runs/grpo   # GRPO baseline
+    python recipes/train_gdso.py --reward_from text               # reward from the sampled, parsed score
+    torchrun --nproc_per_node 2 recipes/train_gdso.py --prompts_per_step 4
+"""
+
+from zrcore.training.config import GDSOConfig, parse_config
+from zrcore.training.gdso import GDSOTrainer
+
+if __name__ == "__main__":
+    GDSOTrainer(parse_config(GDSOConfig, description=__doc__)).fit()

@@ -1,0 +1,52 @@
+"""Training and evaluation data for the recipes, from a config: the synthetic rubric set, AGIQA-3K or a JSONL file.
+Images are loaded once and resized to ``image_size`` (the tiny models' pixel budget)."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from zrcore.data import SyntheticRubric, group_records, load_agiqa3k, load_jsonl
+from zrcore.data.records import Record
+from zrcore.models import load_images
+
+EVAL_OFFSET = 100_000  # synthetic held-out prompts are indexed from here
+
+
+def _resized(records: list[Record], size: int) -> list[Record]:
+    cache: dict = {}
+    out = []
+    for r in records:
+        key = r.image if isinstance(r.image, str) else id(r.image)
+        if key not in cache:
+            img = load_images([r.image])[0]
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BICUBIC)
+            cache[key] = img
+        out.append(Record(r.prompt, cache[key], r.dimension, r.score, r.prompt_id, r.ratings, r.std, r.meta))
+    return out
+
+
+def build_data(cfg) -> tuple[list, list[Record]]:
+    """(training groups, evaluation records) for cfg.data."""
+    dims = tuple(cfg.dimensions)
+    if cfg.data == "synthetic":
+        gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
+        train = gen.records(cfg.train_prompts, cfg.candidates, dims)
+        evals = gen.records(cfg.eval_prompts, cfg.candidates, dims, start=EVAL_OFFSET)
+    elif cfg.data == "agiqa":
+        root = cfg.data_root or None
+        train = load_agiqa3k(root, split="train", dimensions=dims)
+        evals = load_agiqa3k(root, split="test", dimensions=dims)
+    else:
+        records = [r for r in load_jsonl(cfg.data) if r.dimension in dims]
+        train = [r for r in records if r.meta.get("split", "train") != "test"]
+        evals = [r for r in records if r.meta.get("split") == "test"] or records
+    if cfg.eval_limit:
+        kept, seen = [], {}
+        for r in evals:
+            if seen.get(r.dimension, 0) < cfg.eval_limit:
+                kept.append(r)
+                seen[r.dimension] = seen.get(r.dimension, 0) + 1
+        evals = kept
+    train, evals = _resized(train, cfg.image_size), _resized(evals, cfg.image_size)
+    return group_records(train, min_candidates=2), evals

@@ -1,0 +1,99 @@
+"""Evaluation of a reward model on records: PLCC, SRCC, HPA, margin HPA, calibration (bin NLL, Wasserstein-1 to
+the raters' distribution) and mean output tokens, per dimension and averaged."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from zrcore import metrics
+from zrcore.data.records import Record
+
+METRIC_KEYS = ("plcc", "srcc", "hpa", "hpa_margin", "nll", "w1", "tokens")
+
+
+@torch.no_grad()
+def predict(rm, records: list[Record], mode: str = "student", samples: int = 2, max_reasoning_tokens: int = 8,
+            temperature: float = 1.0, batch_size: int = 16, seed: int = 0) -> dict:
+    """Per-record q (probs [N, K]), mean [N] and output tokens [N]. Teacher mode averages q over ``samples``
+    sampled reasoning traces (a Monte-Carlo estimate of the reasoning-marginal distribution)."""
+    probs = torch.zeros(len(records), len(rm.bins))
+    tokens = torch.zeros(len(records))
+    by_dim = defaultdict(list)
+    for i, r in enumerate(records):
+        by_dim[r.dimension].append(i)
+    rng = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for dim, idx in by_dim.items():
+            for s in range(0, len(idx), batch_size):
+                part = idx[s:s + batch_size]
+                prompts = [records[i].prompt for i in part]
+                images = [records[i].image for i in part]
+                if mode == "student":
+                    q = rm.score(prompts, images, dim).probs.float().cpu()
+                else:
+                    j = rm.judge(prompts, images, dim, num_samples=samples, max_reasoning_tokens=max_reasoning_tokens,
+                                 temperature=temperature)
+                    q = j.distribution.probs.float().mean(1).cpu()
+                    lens = torch.tensor([len(t) for t in j.reasoning_ids], dtype=torch.float32)
+                    tokens[part] = lens.view(len(part), samples).mean(1)
+                probs[part] = q
+    finally:
+        torch.set_rng_state(rng)
+    mean = probs @ rm.bins.values.float()
+    return {"probs": probs, "mean": mean, "tokens": tokens}
+
+
+def score_metrics(records: list[Record], probs: torch.Tensor, tokens: torch.Tensor, bins) -> dict:
+    """Metrics per dimension (and "all": the average over dimensions) from predictions."""
+    mean = probs.double() @ bins.values.double()
+    out = {}
+    for dim in sorted({r.dimension for r in records}):
+        idx = [i for i, r in enumerate(records) if r.dimension == dim]
+        target = torch.tensor([records[i].score for i in idx], dtype=torch.float64)
+        groups = [records[i].prompt_id for i in idx]
+        q = probs[idx].double().clamp_min(1e-12)
+        q = q / q.sum(-1, keepdim=True)
+        raters = []
+        for i in idx:
+            r = records[i]
+            if r.ratings:
+                raters.append(metrics.rater_distribution([r.ratings], bins)[0])
+            else:
+                raters.append(bins.soft_labels(torch.tensor([r.score], dtype=torch.float64),
+                                               torch.tensor([r.std or 0.0], dtype=torch.float64))[0])
+        out[dim] = {
+            "plcc": metrics.plcc(mean[idx], target),
+            "srcc": metrics.srcc(mean[idx], target),
+            "hpa": metrics.hpa(mean[idx], target, groups),
+            "hpa_margin": metrics.hpa(mean[idx], target, groups, margin=0.5),
+            "nll": metrics.bin_nll(q.log(), target, bins),
+            "w1": float(metrics.wasserstein1(q, torch.stack(raters), bins).mean()),
+            "tokens": float(tokens[idx].mean()),
+            "n": len(idx),
+        }
+    dims = list(out)
+    out["all"] = {k: float(sum(out[d][k] for d in dims) / len(dims)) if dims else float("nan") for k in METRIC_KEYS}
+    out["all"]["n"] = len(records)
+    return out
+
+
+def evaluate_model(rm, records, mode="student", **kw) -> dict:
+    pred = predict(rm, records, mode=mode, **kw)
+    return score_metrics(records, pred["probs"], pred["tokens"], rm.bins) | {"_pred": pred}
+
+
+def format_table(results: dict[str, dict], dims: list[str] | None = None) -> str:
+    """Markdown table: one row per (model, dimension)."""
+    lines = ["| model | dimension | PLCC | SRCC | HPA | margin HPA | bin NLL | W1 | output tokens |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        for dim in dims or [d for d in res if not d.startswith("_")]:
+            m = res[dim]
+            f = lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+            lines.append(f"| {name} | {dim} | {f(m['plcc'])} | {f(m['srcc'])} | {f(m['hpa'])} | {f(m['hpa_margin'])} "
+                         f"| {f(m['nll'])} | {f(m['w1'])} | {m['tokens']:.1f} |")
+    return "\n".join(lines)

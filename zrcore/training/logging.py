@@ -1,0 +1,89 @@
+"""Metrics log (JSONL), PNG plots of the curves, and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class MetricsLog:
+    """Appends one JSON object per line to output_dir/metrics.jsonl; on resume, lines past ``step`` are dropped."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path, keys: list[str] | None = None, title: str = "") -> Path:
+    """One panel per metric against the step (NaN and missing values skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    if keys is None:
+        keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
+    cols = min(3, max(1, len(keys)))
+    nrows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+class Progress:
+    """tqdm bar over training steps showing rate, ETA and the latest metrics."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, desc: str = "train"):
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+        self.t0 = time.time()
+
+    PREFERRED = ("loss/total", "loss", "reward/mean", "loss/ce", "loss/pairwise", "kl", "eval/hpa")
+
+    def update(self, metrics: dict) -> None:
+        keys = [k for k in self.PREFERRED if isinstance(metrics.get(k), float)]
+        self.bar.set_postfix({k.split("/")[-1] if k.startswith("loss/") else k: f"{metrics[k]:.3g}" for k in keys[:4]},
+                             refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,35 @@
+"""Token log-probabilities of sampled completions without the [B, T, V] logits tensor.
+
+On CUDA this uses liger-kernel's chunked fused linear + cross-entropy (``LigerFusedLinearCrossEntropyLoss`` with
+reduction="none" gives -log p per token, never materialising the full logits); elsewhere a torch loop projects
+chunks of the selected positions onto the vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                            temperature: float = 1.0, bias: torch.Tensor | None = None, chunk: int = 1024,
+                            impl: str = "auto") -> torch.Tensor:
+    """log softmax(W h / T)[target] for rows of hidden [N, H] and targets [N]; differentiable w.r.t. hidden/weight."""
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    use_liger = impl == "liger" or (impl == "auto" and hidden.is_cuda and bias is None)
+    if use_liger:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
+        return -loss(weight, hidden / temperature, targets).float()
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        h = hidden[start:start + chunk]
+        logits = (h @ weight.t()).float()
+        if bias is not None:
+            logits = logits + bias.float()
+        lp = torch.log_softmax(logits / temperature, -1)
+        out.append(lp.gather(-1, targets[start:start + chunk, None]).squeeze(-1))
+    return torch.cat(out)
