@@ -71,6 +71,11 @@ class RewardModel(torch.nn.Module):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs a pad token")
         self._suffix_ids = tokenizer.encode(self.templates.score_suffix, add_special_tokens=False)
+        # special tokens a reasoning trace must not contain (vision placeholders, chat markers), end-of-turn allowed
+        self.suppressed_ids = sorted({i for i in tokenizer.all_special_ids if i != self.end_of_turn_id}
+                                     | {tokenizer.convert_tokens_to_ids(t) for t in
+                                        ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+                                        if t in tokenizer.get_vocab()})
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -204,7 +209,8 @@ class RewardModel(torch.nn.Module):
         out = self.model.generate(**inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                   max_new_tokens=max_reasoning_tokens, num_return_sequences=num_samples,
                                   eos_token_id=self.end_of_turn_id, pad_token_id=self.tokenizer.pad_token_id,
-                                  return_dict_in_generate=True, output_logits=True)
+                                  suppress_tokens=self.suppressed_ids, return_dict_in_generate=True,
+                                  output_logits=True)
         generated = out.sequences[:, inputs["input_ids"].shape[1]:]
         return prompt_ids, img, generated, out.logits
 

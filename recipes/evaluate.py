@@ -1,0 +1,85 @@
+"""Evaluate checkpoints side by side: PLCC, SRCC, HPA, margin HPA, calibration (bin NLL, W1) and output tokens per
+dimension; writes a markdown table, JSON (metrics and per-image predictions) and a bar plot.
+
+    python recipes/evaluate.py runs/gdso/model:teacher runs/risd/model runs/sft/model --data synthetic
+    python recipes/evaluate.py tiny:qwen2_vl --data agiqa --output_dir runs/eval
+
+A checkpoint is a folder written by a recipe (output_dir/model) or tiny[:ARCH] (random init); the suffix
+":teacher" evaluates with sampled reasoning (q averaged over --samples traces), otherwise in student mode.
+The data options are those of the training configs (--data, --seed, --eval_prompts, --dimensions, ...).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from zrcore.models import RewardModel, build_tiny_reward_model
+from zrcore.training.config import TrainConfig
+from zrcore.training.data import build_data
+from zrcore.training.evaluate import METRIC_KEYS, evaluate_model, format_table
+
+
+def load(spec: str):
+    mode = "teacher" if spec.endswith(":teacher") else "student"
+    path = spec[: -len(":teacher")] if mode == "teacher" else spec
+    if path.startswith("tiny"):
+        arch = path.split(":", 1)[1] if ":" in path else "qwen2_vl"
+        return build_tiny_reward_model(arch, "student", seed=0), mode
+    return RewardModel.from_pretrained(path), mode
+
+
+def plot(results: dict, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["plcc", "srcc", "hpa", "hpa_margin"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2))
+    names = list(results)
+    for ax, k in zip(axes, keys):
+        ax.bar(range(len(names)), [results[n]["all"][k] for n in names], color="tab:blue")
+        ax.set_xticks(range(len(names)), [n[-18:] for n in names], rotation=60, ha="right", fontsize=7)
+        ax.set_title(k)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--output_dir", default="runs/eval")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--max_reasoning_tokens", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    args, rest = parser.parse_known_args(argv)
+    from zrcore.training.config import parse_config
+
+    cfg = parse_config(TrainConfig, rest)
+    _, records = build_data(cfg)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results, predictions = {}, {}
+    for spec in args.checkpoints:
+        rm, mode = load(spec)
+        rm.model.eval()
+        res = evaluate_model(rm, records, mode=mode, samples=args.samples, seed=cfg.seed,
+                             max_reasoning_tokens=args.max_reasoning_tokens, temperature=args.temperature)
+        pred = res.pop("_pred")
+        results[spec] = res
+        predictions[spec] = [{"prompt": r.prompt, "prompt_id": r.prompt_id, "dimension": r.dimension, "score": r.score,
+                              "probs": p, "tokens": t}
+                             for r, p, t in zip(records, pred["probs"].tolist(), pred["tokens"].tolist())]
+    table = format_table(results)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"metrics": results, "predictions": predictions,
+                                                  "metric_keys": list(METRIC_KEYS)}))
+    plot(results, out / "results.png")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()

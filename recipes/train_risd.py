@@ -1,0 +1,10 @@
+"""RISD: a student distilled from a GDSO teacher, KL(q_T || q_S), q_T averaged over teacher_samples reasonings.
+
+    python recipes/train_risd.py --teacher runs/gdso/model --output_dir runs/risd
+"""
+
+from zrcore.training.config import RISDConfig, parse_config
+from zrcore.training.student import RISDTrainer
+
+if __name__ == "__main__":
+    RISDTrainer(parse_config(RISDConfig, description=__doc__)).fit()
