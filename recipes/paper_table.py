@@ -55,8 +55,13 @@ def main() -> None:
                 res = run(script, [*common, "--seed", str(seed), "--preset", size, *extra],
                           out / f"{size}-{name.replace(' ', '_')}-s{seed}")
                 table.setdefault((size, name), []).append(res["final"]["all"])
-                if size == "teacher" and name == "GDSO":
+                if name == "GDSO":
                     table.setdefault((size, "zero-shot"), []).append(res["start"]["all"])
+                write_table(table, out)
+    print((out / "table.md").read_text())
+
+
+def write_table(table: dict, out: Path) -> None:
     lines = ["| size | method | seeds | " + " | ".join(KEYS) + " |", "|---|---|---:|" + "---:|" * len(KEYS)]
     order = ["zero-shot", "SFT", "GRPO", "GDSO", "GDSO reward-from-text", "RISD", "OPD"]
     for size in ("teacher", "student"):
@@ -70,9 +75,7 @@ def main() -> None:
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
             lines.append(f"| {size} | {name} | {len(rows)} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
-    (out / "table.md").write_text(text + "\n")
-    print(text)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
