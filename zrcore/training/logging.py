@@ -46,7 +46,8 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, keys: list[str] |
 
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
     if keys is None:
-        keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
+        skip = {"step", "time", "eval/n"}
+        keys = sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
     keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
     cols = min(3, max(1, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
@@ -61,9 +62,9 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, keys: list[str] |
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
