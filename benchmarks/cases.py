@@ -30,12 +30,18 @@ def _leaf(t: torch.Tensor, grad: bool) -> torch.Tensor:
     return t.detach().requires_grad_(grad)
 
 
-def score_distribution_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int, k: int = 9) -> list[Case]:
+def score_inputs(device: str, dtype: torch.dtype, n: int = 512, h: int = 5120, v: int = 248_320, k: int = 9):
+    """(hidden [N, H], LM-head weight [V, H], token_ids [K], values [K]); the default is the GPU target shape."""
     g = torch.Generator(device=device).manual_seed(0)
     hidden = torch.randn(n, h, generator=g, device=device).to(dtype)
     weight = (torch.randn(v, h, generator=g, device=device) / h**0.5).to(dtype)
     ids = torch.randperm(v, generator=torch.Generator().manual_seed(0))[:k].to(device)
     values = ScoreBins.half_points().values.to(device) if k == 9 else torch.linspace(1, 5, k, device=device)
+    return hidden, weight, ids, values
+
+
+def score_distribution_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int, k: int = 9) -> list[Case]:
+    hidden, weight, ids, values = score_inputs(device, dtype, n, h, v, k)
     shape = f"N={n} H={h} V={v:,} K={k} {str(dtype).replace('torch.', '')}"
 
     def naive(hh, ww):

@@ -4,7 +4,7 @@ N=512, H=5120, V=248,320, K=9, bf16, for gradients to the hidden states alone an
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from zrcore import ScoreBins
+from benchmarks.cases import score_inputs
 from zrcore.ops import score_distribution
 
 
@@ -21,11 +21,7 @@ def _kernels(fn) -> list[str]:
 
 def main() -> None:
     dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    hidden = torch.randn(512, 5120, generator=g, device=dev).to(torch.bfloat16)
-    weight = (torch.randn(248_320, 5120, generator=g, device=dev) / 70).to(torch.bfloat16)
-    ids = torch.randperm(248_320)[:9].to(dev)
-    values = ScoreBins.half_points().values.to(dev)
+    hidden, weight, ids, values = score_inputs(dev, torch.bfloat16)
     for grad_w in (False, True):
         h = hidden.clone().requires_grad_()
         w = weight.clone().requires_grad_(grad_w)

@@ -6,17 +6,13 @@ import time
 
 import torch
 
-from zrcore import ScoreBins
+from benchmarks.cases import score_inputs
 from zrcore.ops import pairwise_gap, score_distribution
 
 
 def main() -> None:
     dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    hidden = torch.randn(512, 5120, generator=g, device=dev).to(torch.bfloat16)
-    weight = (torch.randn(248_320, 5120, generator=g, device=dev) / 70).to(torch.bfloat16)
-    ids = torch.randperm(248_320)[:9].to(dev)
-    values = ScoreBins.half_points().values.to(dev)
+    hidden, weight, ids, values = score_inputs(dev, torch.bfloat16)
     mean = 1 + 4 * torch.rand(1024, 4, 16, device=dev)
     scores = (1 + 0.5 * torch.randint(0, 9, (1024, 4), device=dev)).float()
 

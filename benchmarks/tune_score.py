@@ -7,20 +7,16 @@ import os
 
 import torch
 
+from benchmarks.cases import score_inputs
 from benchmarks.graph_replay import graph_time_ms
 from tests.reference import score_distribution_naive
-from zrcore import ScoreBins
 from zrcore.ops import score_distribution
 from zrcore.ops.score_distribution import LAUNCH
 
 
 def main() -> None:
     dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    hidden = torch.randn(512, 5120, generator=g, device=dev).to(torch.bfloat16)
-    weight = (torch.randn(248_320, 5120, generator=g, device=dev) / 70).to(torch.bfloat16)
-    ids = torch.randperm(248_320)[:9].to(dev)
-    values = ScoreBins.half_points().values.to(dev)
+    hidden, weight, ids, values = score_inputs(dev, torch.bfloat16)
     ref = score_distribution_naive(hidden.double(), weight[ids].double(), torch.arange(9, device=dev), values.double())
     h_ref = hidden.double().requires_grad_()
     r = score_distribution_naive(h_ref, weight[ids].double(), torch.arange(9, device=dev), values.double())

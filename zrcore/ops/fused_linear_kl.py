@@ -240,6 +240,20 @@ if HAS_TRITON:
         return m + tl.log(acc)
 
     @triton.jit
+    def _tile_log_probs(zs_row, zt_row, bs_ptr, bt_ptr, v0, V, inv_t, lse_s, lse_t, HAS_BS: tl.constexpr,
+                        HAS_BT: tl.constexpr, BLOCK_V: tl.constexpr):
+        """One vocabulary tile: (columns, in-range mask, log q_S, log q_T)."""
+        cols = v0 + tl.arange(0, BLOCK_V)
+        cm = cols < V
+        xs = tl.load(zs_row + cols, mask=cm, other=0.0).to(tl.float32)
+        xt = tl.load(zt_row + cols, mask=cm, other=0.0).to(tl.float32)
+        if HAS_BS:
+            xs += tl.load(bs_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+        if HAS_BT:
+            xt += tl.load(bt_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+        return cols, cm, xs * inv_t - lse_s, xt * inv_t - lse_t
+
+    @triton.jit
     def _kl_rows_kernel(zs_ptr, zt_ptr, bs_ptr, bt_ptr, kl_ptr, rw_ptr, V, stride_s, stride_t, inv_t, scale,
                         FORWARD: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_RW: tl.constexpr,
                         WANT_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -253,16 +267,8 @@ if HAS_TRITON:
             w = w * tl.load(rw_ptr + row)
         kl = 0.0
         for v0 in range(0, V, BLOCK_V):
-            cols = v0 + tl.arange(0, BLOCK_V)
-            cm = cols < V
-            xs = tl.load(zs_row + cols, mask=cm, other=0.0).to(tl.float32)
-            xt = tl.load(zt_row + cols, mask=cm, other=0.0).to(tl.float32)
-            if HAS_BS:
-                xs += tl.load(bs_ptr + cols, mask=cm, other=0.0).to(tl.float32)
-            if HAS_BT:
-                xt += tl.load(bt_ptr + cols, mask=cm, other=0.0).to(tl.float32)
-            ls = xs * inv_t - lse_s
-            lt = xt * inv_t - lse_t
+            cols, cm, ls, lt = _tile_log_probs(zs_row, zt_row, bs_ptr, bt_ptr, v0, V, inv_t, lse_s, lse_t, HAS_BS,
+                                               HAS_BT, BLOCK_V)
             qs = tl.where(cm, tl.exp(ls), 0.0)
             qt = tl.where(cm, tl.exp(lt), 0.0)
             if FORWARD:
@@ -272,18 +278,10 @@ if HAS_TRITON:
             else:
                 kl += tl.sum(tl.where(qs > 0, qs * (ls - lt), 0.0), axis=0)
         if not FORWARD:
-            if WANT_GRAD:
+            if WANT_GRAD:  # the reverse-KL gradient needs the row's KL: a second pass
                 for v0 in range(0, V, BLOCK_V):
-                    cols = v0 + tl.arange(0, BLOCK_V)
-                    cm = cols < V
-                    xs = tl.load(zs_row + cols, mask=cm, other=0.0).to(tl.float32)
-                    xt = tl.load(zt_row + cols, mask=cm, other=0.0).to(tl.float32)
-                    if HAS_BS:
-                        xs += tl.load(bs_ptr + cols, mask=cm, other=0.0).to(tl.float32)
-                    if HAS_BT:
-                        xt += tl.load(bt_ptr + cols, mask=cm, other=0.0).to(tl.float32)
-                    ls = xs * inv_t - lse_s
-                    lt = xt * inv_t - lse_t
+                    cols, cm, ls, lt = _tile_log_probs(zs_row, zt_row, bs_ptr, bt_ptr, v0, V, inv_t, lse_s, lse_t,
+                                                       HAS_BS, HAS_BT, BLOCK_V)
                     qs = tl.where(cm, tl.exp(ls), 0.0)
                     dz = tl.where(qs > 0, qs * (ls - lt - kl), 0.0) * (inv_t * w)
                     tl.store(zs_row + cols, dz, mask=cm)

@@ -139,6 +139,13 @@ def score_distribution_from_logits(
 if HAS_TRITON:
 
     @triton.jit
+    def _weight_rows(ids_ptr, ks, kmask, HAS_IDS: tl.constexpr):
+        """Row of the weight matrix for each score bin: token_ids[k], or k when the weight holds the K rows."""
+        if HAS_IDS:
+            return tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
+        return ks.to(tl.int64)
+
+    @triton.jit
     def _score_fwd_kernel(h_ptr, w_ptr, ids_ptr, b_ptr, val_ptr, logq_ptr, mean_ptr, var_ptr,
                           N, H, K, stride_hn, stride_hh, stride_wv, stride_wh, inv_t,
                           HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -147,10 +154,7 @@ if HAS_TRITON:
         ks = tl.arange(0, BLOCK_K)
         rmask = rows < N
         kmask = ks < K
-        if HAS_IDS:
-            wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
-        else:
-            wrow = ks.to(tl.int64)
+        wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
@@ -199,10 +203,7 @@ if HAS_TRITON:
         dz = tl.where(m2, dz * inv_t, 0.0)
         tl.store(dz_ptr + rows[:, None] * BLOCK_K + ks[None, :], dz, mask=rmask[:, None])
         if NEED_DH:
-            if HAS_IDS:
-                wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
-            else:
-                wrow = ks.to(tl.int64)
+            wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
             for h0 in range(0, H, BLOCK_H):
                 hs = h0 + tl.arange(0, BLOCK_H)
                 hmask = hs < H
@@ -231,10 +232,7 @@ if HAS_TRITON:
             acc = tl.dot(tl.trans(dz), x, acc, input_precision=PRECISION)
             if NEED_DB:
                 db += tl.sum(dz, axis=0)
-        if HAS_IDS:
-            wrow = tl.load(ids_ptr + ks, mask=kmask, other=0).to(tl.int64)
-        else:
-            wrow = ks.to(tl.int64)
+        wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
         tl.store(dw_ptr + wrow[:, None] * stride_dwv + hs[None, :], acc, mask=kmask[:, None] & hmask[None, :])
         if NEED_DB:
             if pid == 0:
@@ -309,10 +307,19 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     return dh, dw, db
 
 
-def _fill_grads(grad_logq, grad_mean, grad_var, logq, mean):
-    return (torch.zeros_like(logq) if grad_logq is None else grad_logq,
-            torch.zeros_like(mean) if grad_mean is None else grad_mean,
-            torch.zeros_like(mean) if grad_var is None else grad_var)
+def _backward(ctx, has_bias: bool, grads, launch):
+    """Shared backward of the eager Function and the registered op: which inputs need gradients, zero-filled
+    gradients for unused outputs, then ``launch`` (the launcher or the backward op)."""
+    hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_b = has_bias and ctx.needs_input_grad[4]
+    grad_logq, grad_mean, grad_var = grads
+    grads = (torch.zeros_like(logq) if grad_logq is None else grad_logq,
+             torch.zeros_like(mean) if grad_mean is None else grad_mean,
+             torch.zeros_like(mean) if grad_var is None else grad_var)
+    dh, dw, db = launch(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature, need_h, need_w,
+                        need_b)
+    return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
 
 
 class _ScoreFunction(torch.autograd.Function):
@@ -328,13 +335,8 @@ class _ScoreFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logq, grad_mean, grad_var):
-        hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[4]
-        grads = _fill_grads(grad_logq, grad_mean, grad_var, logq, mean)
-        dh, dw, db = score_backward_launch(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature,
-                                           need_h, need_w, need_b, ctx.bias_dtype)
-        return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
+        launch = lambda *a: score_backward_launch(*a, ctx.bias_dtype)
+        return _backward(ctx, ctx.bias_dtype is not None, (grad_logq, grad_mean, grad_var), launch)
 
 
 @torch.library.custom_op("zrcore::score_distribution", mutates_args=())
@@ -377,13 +379,7 @@ def _score_setup_context(ctx, inputs, output):
 
 
 def _score_backward(ctx, grad_logq, grad_mean, grad_var):
-    hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
-    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    need_b = ctx.has_bias and ctx.needs_input_grad[4]
-    grads = _fill_grads(grad_logq, grad_mean, grad_var, logq, mean)
-    dh, dw, db = _score_backward_op(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature,
-                                    need_h, need_w, need_b)
-    return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
+    return _backward(ctx, ctx.has_bias, (grad_logq, grad_mean, grad_var), _score_backward_op)
 
 
 if HAS_TRITON:
