@@ -1,0 +1,154 @@
+"""Differentiable flow-matching sampling for diffusers transformers, for reward backpropagation into a generator.
+
+    x_{i+1} = scheduler.step(v(x_i, t_i), t_i, x_i)        (Euler on FlowMatchEulerDiscreteScheduler's sigmas)
+    v = v_cond + g (v_cond - v_uncond)                       (classifier-free guidance, g = guidance_scale)
+
+Backprop modes over the N steps:
+- "full": gradients through every step;
+- "last_k" (DRaFT-K): the first N - K steps run without gradients, the last K with;
+- "refl" (ReFL): all steps without gradients up to step N - K, then one step with gradients to the predicted clean
+  latent x0 = x - sigma v;
+- "drtune" (DRTune): the last K steps with gradients through the update but with the model input detached.
+
+Memory: ``checkpoint="step"`` wraps each transformer call (never the stateful scheduler step) in non-reentrant
+activation checkpointing, so between steps only the latents are kept; ``"step+blocks"`` also turns on the
+transformer's own block checkpointing inside each recomputed step. The VAE decode can be checkpointed as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+MODES = ("full", "last_k", "refl", "drtune")
+CHECKPOINTING = ("none", "step", "step+blocks")
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 8
+    guidance_scale: float = 0.0
+    backprop: str = "last_k"
+    k: int = 1
+    checkpoint: str = "step"
+    checkpoint_vae: bool = True
+    sigmas: list[float] | None = None  # custom noise levels in (0, 1], decreasing (default: the scheduler's)
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.backprop not in MODES:
+            raise ValueError(f"backprop must be one of {list(MODES)}, got {self.backprop!r}")
+        if self.checkpoint not in CHECKPOINTING:
+            raise ValueError(f"checkpoint must be one of {list(CHECKPOINTING)}, got {self.checkpoint!r}")
+        if self.backprop != "full" and not 1 <= self.k <= self.num_steps:
+            raise ValueError(f"k must lie in [1, num_steps={self.num_steps}] for backprop={self.backprop!r}, "
+                             f"got {self.k}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be non-negative, got {self.guidance_scale}")
+        if self.sigmas is not None:
+            sig = [float(x) for x in self.sigmas]
+            if len(sig) != self.num_steps:
+                raise ValueError(f"sigmas has {len(sig)} entries but num_steps is {self.num_steps}")
+            if any(not 0 < x <= 1 for x in sig) or any(b >= a for a, b in zip(sig, sig[1:])):
+                raise ValueError(f"sigmas (timesteps / 1000) must lie in (0, 1] and decrease, got {sig}")
+
+
+class ZImageVelocity:
+    """v(x, t) of a ZImageTransformer2DModel: the pipeline's conventions (timestep (1000 - t) / 1000, a frame axis,
+    list inputs, the output negated)."""
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, cap_feats: list) -> torch.Tensor:
+        b = latents.shape[0]
+        timestep = (1000 - t.expand(b).float()) / 1000
+        x = list(latents.to(self.transformer.dtype).unsqueeze(2).unbind(0))
+        out = self.transformer(x, timestep, cap_feats, return_dict=False)[0]
+        return -torch.stack([o.float() for o in out]).squeeze(2)
+
+
+class FlowMatchSampler:
+    """Sampling with gradients (see the module docstring). ``velocity`` maps (latents, t, conditioning) to v;
+    ``vae`` decodes latents to images in [-1, 1]."""
+
+    def __init__(self, velocity, scheduler, vae=None):
+        self.velocity = velocity
+        self.scheduler = scheduler
+        self.vae = vae
+
+    def timesteps(self, num_steps: int, device, sigmas=None) -> torch.Tensor:
+        if sigmas is not None:
+            self.scheduler.set_timesteps(sigmas=list(sigmas), device=device)
+        else:
+            self.scheduler.set_timesteps(num_steps, device=device)
+        self.scheduler.set_begin_index(0)
+        ts = self.scheduler.timesteps
+        if ts.numel() and (float(ts.max()) > self.scheduler.config.num_train_timesteps or float(ts.min()) < 0):
+            raise ValueError(f"scheduler produced timesteps outside [0, {self.scheduler.config.num_train_timesteps}]")
+        return ts
+
+    def _guided(self, latents, t, cond, uncond, scale: float):
+        v = self.velocity(latents, t, cond)
+        if scale > 0:
+            if uncond is None:
+                raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")
+            v_u = self.velocity(latents, t, uncond)
+            v = v + scale * (v - v_u)
+        return v
+
+    def _call(self, use_ckpt: bool, latents, t, cond, uncond, scale):
+        if use_ckpt:
+            return checkpoint(self._guided, latents, t, cond, uncond, scale, use_reentrant=False)
+        return self._guided(latents, t, cond, uncond, scale)
+
+    def sample(self, latents: torch.Tensor, cond: list, cfg: SamplerConfig, uncond: list | None = None) -> torch.Tensor:
+        """Final latents (or ReFL's predicted x0) with gradients as ``cfg.backprop`` says."""
+        cfg.validate()
+        if latents.dim() != 4:
+            raise ValueError(f"latents must be [B, C, H, W], got shape {tuple(latents.shape)}")
+        if len(cond) != latents.shape[0]:
+            raise ValueError(f"cond has {len(cond)} entries but latents has batch {latents.shape[0]}")
+        blocks = cfg.checkpoint == "step+blocks"
+        tr = getattr(self.velocity, "transformer", None)
+        if tr is not None and hasattr(tr, "enable_gradient_checkpointing"):
+            (tr.enable_gradient_checkpointing if blocks else tr.disable_gradient_checkpointing)()
+        use_ckpt = cfg.checkpoint != "none"
+        expected = getattr(getattr(self.velocity, "transformer", None), "config", None)
+        if expected is not None and latents.shape[1] != expected.in_channels:
+            raise ValueError(f"latents have {latents.shape[1]} channels but the transformer expects "
+                             f"{expected.in_channels}")
+        ts = self.timesteps(cfg.num_steps, latents.device, cfg.sigmas)
+        n = len(ts)
+        first_grad = 0 if cfg.backprop == "full" else n - cfg.k
+        x = latents.float()
+        for i, t in enumerate(ts):
+            if i < first_grad:
+                with torch.no_grad():
+                    v = self._guided(x, t, cond, uncond, cfg.guidance_scale)
+                    x = self.scheduler.step(v, t, x, return_dict=False)[0]
+                continue
+            if cfg.backprop == "refl":  # one differentiable step to the predicted clean latent
+                sigma = self.scheduler.sigmas[i].to(x.device)
+                v = self._call(use_ckpt, x.detach(), t, cond, uncond, cfg.guidance_scale)
+                return x.detach() - sigma * v
+            model_in = x.detach() if cfg.backprop == "drtune" else x
+            v = self._call(use_ckpt, model_in, t, cond, uncond, cfg.guidance_scale)
+            x = self.scheduler.step(v, t, x, return_dict=False)[0]
+        return x
+
+    def decode(self, latents: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """Latents -> images [B, 3, H, W] in [0, 1], differentiable (VAE decoder optionally checkpointed)."""
+        if self.vae is None:
+            raise ValueError("this sampler has no vae")
+        cfg = self.vae.config
+        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+
+        def run(z_):
+            return self.vae.decode(z_, return_dict=False)[0]
+
+        img = checkpoint(run, z, use_reentrant=False) if checkpointed and torch.is_grad_enabled() else run(z)
+        return (img.float() / 2 + 0.5).clamp(0, 1)
