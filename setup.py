@@ -16,7 +16,7 @@ from setuptools import setup
 def _extensions():
     if os.environ.get("ZRCORE_BUILD_EXT", "1") == "0":
         return [], {}
-    cpp_sources = sorted(glob.glob("csrc/*.cpp"))
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cpp_sources:
         return [], {}
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension

@@ -3,7 +3,7 @@ for each backprop mode and K, with and without per-step checkpointing: time and 
 
     python -m pytest benchmarks/test_diffusion_bench.py --benchmark-enable
 
-The generator is a random-init Z-Image transformer (dim 64, 4 layers) on 48x48 latents (576 image tokens), where
+The generator is a random-init Z-Image transformer (dim 128, 4 layers) on 48x48 latents (576 image tokens), where
 one denoising step's activations dominate the step's memory; 8 sampling steps.
 """
 
@@ -25,8 +25,8 @@ def setup():
     from zrcore.diffusion import TinyPromptEncoder
 
     torch.manual_seed(0)
-    tr = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=4,
-                                  n_refiner_layers=1, n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True,
+    tr = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=128, n_layers=4,
+                                  n_refiner_layers=1, n_heads=8, n_kv_heads=8, norm_eps=1e-5, qk_norm=True,
                                   cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4],
                                   axes_lens=[256, 64, 64])
     with torch.no_grad():
@@ -59,6 +59,6 @@ def test_reward_backprop_step(benchmark, setup, record, mode, k, ck):
     step()
     peak = peak_memory_growth(step)
     benchmark.pedantic(step, rounds=2, warmup_rounds=0)
-    record(op="reward_backprop", shape="Z-Image dim64 x4 layers, 48x48 latents, 8 steps",
+    record(op="reward_backprop", shape="Z-Image dim128 x4 layers, 48x48 latents, 8 steps",
            mode=f"{mode} K={k if mode != 'full' else 8}", path=f"checkpoint={ck}", time_s=benchmark.stats.stats.median,
            peak_bytes=peak)

@@ -10,9 +10,11 @@ Backprop modes over the N steps:
   latent x0 = x - sigma v;
 - "drtune" (DRTune): the last K steps with gradients through the update but with the model input detached.
 
-Memory: ``checkpoint="step"`` wraps each transformer call (never the stateful scheduler step) in non-reentrant
-activation checkpointing, so between steps only the latents are kept; ``"step+blocks"`` also turns on the
-transformer's own block checkpointing inside each recomputed step. The VAE decode can be checkpointed as well.
+Memory: with ``checkpoint="step"`` the gradient-carrying steps run without a graph and keep only their input
+latents; the backward recomputes them last to first, one step's graph alive at a time (the stateful scheduler is
+not re-run: the Euler update uses its sigmas, x + (sigma_next - sigma) v, which is what its step computes).
+``"step+blocks"`` also turns on the transformer's own block checkpointing inside each recomputed step. The VAE
+decode can be checkpointed as well.
 """
 
 from __future__ import annotations
@@ -69,6 +71,47 @@ class ZImageVelocity:
         x = list(latents.to(self.transformer.dtype).unsqueeze(2).unbind(0))
         out = self.transformer(x, timestep, cap_feats, return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)
+
+
+class _StepwiseRecompute(torch.autograd.Function):
+    """Steps whose graph is rebuilt one at a time in the backward. Parameter gradients are accumulated into .grad
+    by the inner backward (as reentrant checkpointing does); the latent gradient is passed on."""
+
+    @staticmethod
+    def forward(ctx, x, anchor, run):
+        inputs = []
+        with torch.no_grad():
+            for i in range(run.n):
+                inputs.append(x)
+                x = run.step(i, x)
+        ctx.run = run
+        ctx.save_for_backward(*inputs)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        run = ctx.run
+        for i in reversed(range(run.n)):
+            x_in = ctx.saved_tensors[i].detach().requires_grad_(True)
+            with torch.enable_grad():
+                x_out = run.step(i, x_in)
+            torch.autograd.backward(x_out, g)
+            g = x_in.grad
+        return g, None, None
+
+
+class _EulerRun:
+    """The gradient-carrying steps of one sampling call: step(i, x) = x + (sigma_{i+1} - sigma_i) v(x)."""
+
+    def __init__(self, sampler, ts, sigmas, cond, uncond, scale, detach_input):
+        self.sampler, self.ts, self.sigmas = sampler, ts, sigmas
+        self.cond, self.uncond, self.scale, self.detach_input = cond, uncond, scale, detach_input
+        self.n = len(ts)
+
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        model_in = x.detach() if self.detach_input else x
+        v = self.sampler._guided(model_in, self.ts[i], self.cond, self.uncond, self.scale)
+        return x + (self.sigmas[i + 1] - self.sigmas[i]) * v
 
 
 class FlowMatchSampler:
@@ -135,10 +178,21 @@ class FlowMatchSampler:
                 sigma = self.scheduler.sigmas[i].to(x.device)
                 v = self._call(use_ckpt, x.detach(), t, cond, uncond, cfg.guidance_scale)
                 return x.detach() - sigma * v
+            if use_ckpt and torch.is_grad_enabled():  # the remaining steps, recomputed one at a time
+                sigmas = self.scheduler.sigmas.to(x.device, torch.float32)[i:]
+                run = _EulerRun(self, ts[i:], sigmas, cond, uncond, cfg.guidance_scale, cfg.backprop == "drtune")
+                return _StepwiseRecompute.apply(x, self._anchor(), run)
             model_in = x.detach() if cfg.backprop == "drtune" else x
-            v = self._call(use_ckpt, model_in, t, cond, uncond, cfg.guidance_scale)
+            v = self._guided(model_in, t, cond, uncond, cfg.guidance_scale)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
         return x
+
+    def _anchor(self) -> torch.Tensor:
+        """A tensor that requires grad whenever the model has trainable parameters, so that autograd runs the
+        stepwise backward even when the latents themselves need no gradient."""
+        model = getattr(self.velocity, "transformer", None)
+        params = [p for p in model.parameters() if p.requires_grad] if model is not None else []
+        return params[0] if params else torch.zeros((), requires_grad=True)
 
     def decode(self, latents: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
         """Latents -> images [B, 3, H, W] in [0, 1], differentiable (VAE decoder optionally checkpointed)."""
