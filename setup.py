@@ -4,7 +4,8 @@ C++ sources in ``csrc/*.cpp`` (CPU kernels and bindings) are always compiled whe
 ``csrc/cuda/*.cu`` are added when a CUDA toolkit is found at build time. Environment switches:
 
 - ``ZRCORE_BUILD_EXT=0``   skip the extension entirely (pure Python install).
-- ``ZRCORE_BUILD_CUDA=0|1`` force the CUDA sources off or on (default: on when ``CUDA_HOME`` is found).
+- ``ZRCORE_BUILD_CUDA=0|1`` force the CUDA sources off or on (default: on when ``CUDA_HOME`` is found and torch
+  is a CUDA build).
 """
 
 import glob
@@ -19,10 +20,12 @@ def _extensions():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cpp_sources:
         return [], {}
+    import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     want_cuda = os.environ.get("ZRCORE_BUILD_CUDA")
-    use_cuda = CUDA_HOME is not None if want_cuda is None else want_cuda == "1"
+    cuda_possible = CUDA_HOME is not None and torch.version.cuda is not None  # a CPU torch cannot link CUDA code
+    use_cuda = cuda_possible if want_cuda is None else want_cuda == "1"
     cxx_flags = ["-O3", "-std=c++17"]
     if use_cuda:
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))

@@ -109,9 +109,17 @@ class _EulerRun:
         self.n = len(ts)
 
     def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        from zrcore.diffusion.fused import cfg_euler_step
+
         model_in = x.detach() if self.detach_input else x
-        v = self.sampler._guided(model_in, self.ts[i], self.cond, self.uncond, self.scale)
-        return x + (self.sigmas[i + 1] - self.sigmas[i]) * v
+        dt = float(self.sigmas[i + 1] - self.sigmas[i])
+        if self.scale > 0:  # guidance combine and Euler update in one fused pass
+            if self.uncond is None:
+                raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")
+            vc = self.sampler.velocity(model_in, self.ts[i], self.cond)
+            vu = self.sampler.velocity(model_in, self.ts[i], self.uncond)
+            return cfg_euler_step(x, vc, vu, self.scale, dt)
+        return x + dt * self.sampler.velocity(model_in, self.ts[i], self.cond)
 
 
 class FlowMatchSampler:
