@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from zrcore.bins import ScoreDistribution
-from zrcore.diffusion import (FlowMatchSampler, SamplerConfig, ZImageVelocity, aggregate_reward, build_tiny_generator,
-                              reward_of_images)
+from zrcore.diffusion import FlowMatchSampler, SamplerConfig, ZImageVelocity, aggregate_reward, build_tiny_generator, reward_of_images
 from zrcore.models import build_tiny_reward_model
 
 PROMPTS = ["a red circle", "two blue squares on a white background"]

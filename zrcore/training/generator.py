@@ -158,7 +158,7 @@ class GeneratorTrainer:
         _grid(list(before["images"]) + list(imgs), rows=2).save(self.out / "before_after.png")
         keys = ["val/reward", *[f"val/{d}" for d in cfg.dimensions], "val/mean_std"]
         plot_curves(self.out / "metrics.jsonl", self.out / "val_reward.png", keys=keys,
-                    title="validation reward per dimension (top row of before_after.png: start)")
+                    title="validation reward per dimension")
         result = {"before": before["metrics"], "after": after}
         (self.out / "results.json").write_text(json.dumps(result, indent=1))
         lines = ["| metric | start | end |", "|---|---:|---:|"]
