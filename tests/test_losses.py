@@ -238,3 +238,16 @@ def test_empty_inputs():
     assert float(losses.risd_loss(torch.zeros(0, 9), torch.zeros(0, 9))) == 0.0
     assert float(losses.bradley_terry_loss(torch.zeros(0), torch.zeros(0))) == 0.0
     assert float(losses.pointwise_ce(torch.zeros(0, 9), torch.zeros(0, dtype=torch.long))) == 0.0
+
+
+def test_device_mismatch_names_the_argument():
+    from zrcore.ops import fused_linear_kl, pairwise_gap, score_distribution
+
+    meta = torch.zeros(2, 3, 4, device="meta")
+    with pytest.raises(ValueError, match="scores is on cpu but mean is on meta"):
+        pairwise_gap(meta, torch.zeros(2, 3), score_range=4.0)
+    with pytest.raises(ValueError, match="weight is on meta but hidden is on cpu"):
+        score_distribution(torch.zeros(2, 8), torch.zeros(20, 8, device="meta"), torch.arange(9),
+                           torch.arange(9.0))
+    with pytest.raises(ValueError, match="teacher is on meta"):
+        fused_linear_kl(torch.zeros(2, 8), torch.zeros(20, 8), torch.zeros(2, 20, device="meta"))
