@@ -56,7 +56,8 @@ def _grid(images: list[torch.Tensor], rows: int) -> Image.Image:  # noqa: F821
     for i, img in enumerate(images):
         arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         canvas.paste(Image.fromarray(arr), ((i % cols) * w, (i // cols) * h))
-    return canvas
+    scale = max(1, 256 // max(h, w))  # small images are shown enlarged (nearest neighbour)
+    return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
 
 
 class GeneratorTrainer:
