@@ -91,3 +91,19 @@ def test_bad_input(gen, rm):
         sampler.sample(lat, cond, SamplerConfig(num_steps=2, guidance_scale=2.0))
     with pytest.raises(ValueError, match="does not know the dimensions \\['beauty'\\]"):
         reward_of_images(rm, PROMPTS, torch.rand(2, 3, 56, 56), ["beauty"])
+
+
+def test_gradients_reach_the_prompt_encoder_identically(gen):
+    tr, vae, sch, enc = gen
+    sampler = FlowMatchSampler(ZImageVelocity(tr), sch, vae)
+    lat = torch.randn(1, 16, 28, 28, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for ck in ("none", "step"):
+        enc.zero_grad(set_to_none=True)
+        tr.zero_grad(set_to_none=True)
+        cfg = SamplerConfig(num_steps=3, backprop="last_k", k=2, checkpoint=ck, guidance_scale=1.0)
+        out = sampler.sample(lat, enc(PROMPTS[:1]), cfg, uncond=enc([""]))
+        out.square().mean().backward()
+        grads.append(enc.embed.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) <= 1e-5

@@ -75,51 +75,62 @@ class ZImageVelocity:
 
 class _StepwiseRecompute(torch.autograd.Function):
     """Steps whose graph is rebuilt one at a time in the backward. Parameter gradients are accumulated into .grad
-    by the inner backward (as reentrant checkpointing does); the latent gradient is passed on."""
+    by the inner backward (as reentrant checkpointing does); the gradients of the latents and of the conditioning
+    features are returned."""
 
     @staticmethod
-    def forward(ctx, x, anchor, run):
+    def forward(ctx, x, anchor, run, *features):
         inputs = []
         with torch.no_grad():
             for i in range(run.n):
                 inputs.append(x)
-                x = run.step(i, x)
+                x = run.step(i, x, features)
         ctx.run = run
-        ctx.save_for_backward(*inputs)
+        ctx.n_features = len(features)
+        ctx.save_for_backward(*inputs, *features)
         return x
 
     @staticmethod
     def backward(ctx, g):
         run = ctx.run
+        saved = ctx.saved_tensors
+        inputs, features = saved[:run.n], saved[run.n:]
+        feature_grads = [None] * len(features)
         for i in reversed(range(run.n)):
-            x_in = ctx.saved_tensors[i].detach().requires_grad_(True)
+            x_in = inputs[i].detach().requires_grad_(True)
+            leaves = [f.detach().requires_grad_(f.requires_grad) for f in features]
             with torch.enable_grad():
-                x_out = run.step(i, x_in)
+                x_out = run.step(i, x_in, leaves)
             torch.autograd.backward(x_out, g)
             g = x_in.grad
-        return g, None, None
+            for j, leaf in enumerate(leaves):
+                if leaf.grad is not None:
+                    feature_grads[j] = leaf.grad if feature_grads[j] is None else feature_grads[j] + leaf.grad
+        return (g, None, None, *feature_grads)
 
 
 class _EulerRun:
-    """The gradient-carrying steps of one sampling call: step(i, x) = x + (sigma_{i+1} - sigma_i) v(x)."""
+    """The gradient-carrying steps of one sampling call: step(i, x) = x + (sigma_{i+1} - sigma_i) v(x); the
+    conditioning features are passed in flat (conditional ones first) so that the backward can re-leaf them."""
 
-    def __init__(self, sampler, ts, sigmas, cond, uncond, scale, detach_input):
+    def __init__(self, sampler, ts, sigmas, n_cond, scale, detach_input):
         self.sampler, self.ts, self.sigmas = sampler, ts, sigmas
-        self.cond, self.uncond, self.scale, self.detach_input = cond, uncond, scale, detach_input
+        self.n_cond, self.scale, self.detach_input = n_cond, scale, detach_input
         self.n = len(ts)
 
-    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def step(self, i: int, x: torch.Tensor, features) -> torch.Tensor:
         from zrcore.diffusion.fused import cfg_euler_step
 
+        cond, uncond = list(features[:self.n_cond]), list(features[self.n_cond:])
         model_in = x.detach() if self.detach_input else x
         dt = float(self.sigmas[i + 1] - self.sigmas[i])
         if self.scale > 0:  # guidance combine and Euler update in one fused pass
-            if self.uncond is None:
+            if not uncond:
                 raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")
-            vc = self.sampler.velocity(model_in, self.ts[i], self.cond)
-            vu = self.sampler.velocity(model_in, self.ts[i], self.uncond)
+            vc = self.sampler.velocity(model_in, self.ts[i], cond)
+            vu = self.sampler.velocity(model_in, self.ts[i], uncond)
             return cfg_euler_step(x, vc, vu, self.scale, dt)
-        return x + dt * self.sampler.velocity(model_in, self.ts[i], self.cond)
+        return x + dt * self.sampler.velocity(model_in, self.ts[i], cond)
 
 
 class FlowMatchSampler:
@@ -188,8 +199,11 @@ class FlowMatchSampler:
                 return x.detach() - sigma * v
             if use_ckpt and torch.is_grad_enabled():  # the remaining steps, recomputed one at a time
                 sigmas = self.scheduler.sigmas.to(x.device, torch.float32)[i:]
-                run = _EulerRun(self, ts[i:], sigmas, cond, uncond, cfg.guidance_scale, cfg.backprop == "drtune")
-                return _StepwiseRecompute.apply(x, self._anchor(), run)
+                if cfg.guidance_scale > 0 and uncond is None:
+                    raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")
+                features = list(cond) + (list(uncond) if cfg.guidance_scale > 0 else [])
+                run = _EulerRun(self, ts[i:], sigmas, len(cond), cfg.guidance_scale, cfg.backprop == "drtune")
+                return _StepwiseRecompute.apply(x, self._anchor(), run, *features)
             model_in = x.detach() if cfg.backprop == "drtune" else x
             v = self._guided(model_in, t, cond, uncond, cfg.guidance_scale)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
