@@ -17,6 +17,7 @@ from PIL import Image
 
 from zrcore.bins import ScoreBins, ScoreDistribution
 from zrcore.models.decoder import ScoreDecoder
+from zrcore.models.logprobs import completion_logprobs
 from zrcore.models.pixels import VisionGeometry, preprocess_pixels
 from zrcore.models.templates import RubricTemplates
 from zrcore.ops import score_distribution
@@ -158,11 +159,15 @@ class RewardModel(torch.nn.Module):
         return ids.to(self.device), mask.to(self.device)
 
     def model_inputs(self, seqs: list[list[int]], image_inputs: dict) -> dict:
-        ids, mask = self._left_pad(seqs)
-        dtype = next(self.model.parameters()).dtype
+        return self.tensor_inputs(*self._left_pad(seqs), image_inputs)
+
+    def tensor_inputs(self, ids: torch.Tensor, mask: torch.Tensor, image_inputs: dict, model=None) -> dict:
+        """Keyword inputs of the VLM for left-padded ids [B, L] and their images (``model``: rm.model or a copy
+        of it, for the parameter dtype and device)."""
+        param = next((model or self.model).parameters())
         return {"input_ids": ids, "attention_mask": mask,
-                "pixel_values": image_inputs["pixel_values"].to(self.device, dtype),
-                "image_grid_thw": image_inputs["image_grid_thw"].to(self.device),
+                "pixel_values": image_inputs["pixel_values"].to(param.device, param.dtype),
+                "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
                 "mm_token_type_ids": (ids == self.image_pad_id).int()}
 
     def last_hidden(self, inputs: dict) -> torch.Tensor:
@@ -250,24 +255,13 @@ class RewardModel(torch.nn.Module):
         return (result, gen_logits) if return_generation_logits else result
 
     def token_logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
-                       completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """log pi(y_t | y_<t) / at temperature T for the positions of completion_mask ([B, L], 0 elsewhere).
-        Only the hidden states of those positions are projected onto the vocabulary."""
-        inputs = {"input_ids": sequences, "attention_mask": attention_mask,
-                  "pixel_values": image_inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype),
-                  "image_grid_thw": image_inputs["image_grid_thw"].to(self.device),
-                  "mm_token_type_ids": (sequences == self.image_pad_id).int()}
-        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state  # [B, L, H]
-        out = torch.zeros(sequences.shape, dtype=torch.float32, device=sequences.device)
-        target = completion_mask.clone()
-        target[:, 0] = False
-        rows, cols = target.nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return out
-        h = hidden[rows, cols - 1]
-        logits = self.lm_head(h).float() / temperature
-        lp = torch.log_softmax(logits, -1).gather(-1, sequences[rows, cols].unsqueeze(-1)).squeeze(-1)
-        return out.index_put((rows, cols), lp)
+                       completion_mask: torch.Tensor, temperature: float = 1.0, model=None) -> torch.Tensor:
+        """log pi(y_t | y_<t) at temperature T for the positions of completion_mask ([B, L], 0 elsewhere), under
+        ``model`` (default rm.model; a frozen reference copy works too). No [B, L, V] logits are formed."""
+        model = model or self.model
+        hidden = model.model(**self.tensor_inputs(sequences, attention_mask, image_inputs, model),
+                             use_cache=False).last_hidden_state
+        return completion_logprobs(hidden, sequences, completion_mask, model.get_output_embeddings(), temperature)
 
 
 def _repeat_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, g: int) -> torch.Tensor:

@@ -38,53 +38,51 @@ def _log_probs(z: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(z, dim=-1)
 
 
+def chunk_log_probs(h, w, b, t, wt, bt, temperature: float, compute: torch.dtype):
+    """(log q_S, log q_T) of one row chunk: h [n, H] against the (selected) student rows w (+ b); the teacher as
+    hidden states t against wt (+ bt), or as logits / log-probs t when wt is None."""
+    z = h.to(compute) @ w.to(compute).t()
+    if b is not None:
+        z = z + b.to(compute)
+    zt = t.to(compute)
+    if wt is not None:
+        zt = zt @ wt.to(compute).t()
+        if bt is not None:
+            zt = zt + bt.to(compute)
+    return _log_probs(z / temperature), _log_probs(zt / temperature)
+
+
+def kl_rows(log_qs: torch.Tensor, log_qt: torch.Tensor, forward: bool) -> torch.Tensor:
+    """Per-row KL(q_T || q_S) (forward) or KL(q_S || q_T) (reverse), with 0 log 0 = 0."""
+    p, lp, lq = (log_qt.exp(), log_qt, log_qs) if forward else (log_qs.exp(), log_qs, log_qt)
+    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)
+
+
 def kl_rows_and_dz(log_qs: torch.Tensor, log_qt: torch.Tensor, forward: bool, temperature: float):
     """Per-row KL and its gradient w.r.t. the student logits z_S (before division by T)."""
     qs = log_qs.exp()
+    kl = kl_rows(log_qs, log_qt, forward)
     if forward:
-        qt = log_qt.exp()
-        terms = torch.where(qt > 0, qt * (log_qt - log_qs), torch.zeros_like(qt))
-        kl = terms.sum(-1)
-        dz = (qs - qt) / temperature
+        dz = (qs - log_qt.exp()) / temperature
     else:
-        diff = log_qs - log_qt
-        kl = torch.where(qs > 0, qs * diff, torch.zeros_like(qs)).sum(-1)
-        dz = qs * (diff - kl.unsqueeze(-1)) / temperature
+        dz = qs * (log_qs - log_qt - kl.unsqueeze(-1)) / temperature
         dz = torch.where(qs > 0, dz, torch.zeros_like(dz))
     return kl, dz
 
 
 class _Problem:
-    """Everything about one call that the chunk loop needs."""
+    """Everything about one call that the chunk loop needs: the selected rows, cast once to the compute dtype."""
 
     def __init__(self, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward, temperature, compute):
-        self.compute = compute
-        self.h_s, self.teacher = h_s, teacher
-        ids = token_ids
-        self.ids = ids
-        self.w_s = (w_s if ids is None else w_s.index_select(0, ids)).to(compute)
-        self.b_s = None if b_s is None else (b_s if ids is None else b_s.index_select(0, ids)).to(compute)
-        self.teacher_is_hidden = w_t is not None
-        if self.teacher_is_hidden:
-            self.w_t = (w_t if ids is None else w_t.index_select(0, ids)).to(compute)
-            self.b_t = None if b_t is None else (b_t if ids is None else b_t.index_select(0, ids)).to(compute)
-        self.forward = forward
-        self.temperature = temperature
+        sel = lambda x: None if x is None else (x if token_ids is None else x.index_select(0, token_ids)).to(compute)
+        self.compute, self.h_s, self.teacher = compute, h_s, teacher
+        self.w_s, self.b_s, self.w_t, self.b_t = sel(w_s), sel(b_s), sel(w_t), sel(b_t)
+        self.forward, self.temperature = forward, temperature
 
     def chunk(self, start: int, stop: int):
         h = self.h_s[start:stop].to(self.compute)
-        z = h @ self.w_s.t()
-        if self.b_s is not None:
-            z = z + self.b_s
-        log_qs = _log_probs(z / self.temperature)
-        t = self.teacher[start:stop].to(self.compute)
-        if self.teacher_is_hidden:
-            zt = t @ self.w_t.t()
-            if self.b_t is not None:
-                zt = zt + self.b_t
-            log_qt = _log_probs(zt / self.temperature)
-        else:
-            log_qt = _log_probs(t / self.temperature)
+        log_qs, log_qt = chunk_log_probs(h, self.w_s, self.b_s, self.teacher[start:stop], self.w_t, self.b_t,
+                                         self.temperature, self.compute)
         kl, dz = kl_rows_and_dz(log_qs, log_qt, self.forward, self.temperature)
         return h, kl, dz
 
@@ -174,22 +172,8 @@ def scatter_rows(grad_sub: torch.Tensor | None, token_ids, v_rows: int, dtype) -
 
 def _chunk_kl_rows(h, w, b, t, wt, bt, forward_kl: bool, temperature: float):
     """Differentiable per-row KL of one chunk (used under torch.compile, inside activation checkpointing)."""
-    z = h.float() @ w.float().t() if h.dtype != torch.float64 else h @ w.t()
-    if b is not None:
-        z = z + b.to(z.dtype)
-    log_qs = _log_probs(z / temperature)
-    if wt is not None:
-        zt = t.to(z.dtype) @ wt.to(z.dtype).t()
-        if bt is not None:
-            zt = zt + bt.to(z.dtype)
-    else:
-        zt = t.to(z.dtype)
-    log_qt = _log_probs(zt / temperature)
-    if forward_kl:
-        qt = log_qt.exp()
-        return torch.where(qt > 0, qt * (log_qt - log_qs), torch.zeros_like(qt)).sum(-1)
-    qs = log_qs.exp()
-    return torch.where(qs > 0, qs * (log_qs - log_qt), torch.zeros_like(qs)).sum(-1)
+    compute = torch.float64 if h.dtype == torch.float64 else torch.float32
+    return kl_rows(*chunk_log_probs(h, w, b, t, wt, bt, temperature, compute), forward_kl)
 
 
 def _fused_linear_kl_checkpointed(h_s, w_s, teacher, w_t, b_s, b_t, forward_kl, temperature, token_ids, reduction,

@@ -8,7 +8,8 @@ from typing import NamedTuple
 import torch
 
 from zrcore.bins import ScoreDistribution
-from zrcore.training.logprobs import selected_token_logprobs
+from zrcore.models.logprobs import completion_logprobs
+from zrcore.ops import score_distribution
 
 
 class Rollouts(NamedTuple):
@@ -44,23 +45,14 @@ def merge_judgements(judgements: list, pad_id: int) -> Rollouts:
 
 def policy_forward(rm, model, batch: Rollouts, temperature: float, with_distribution: bool = True):
     """(token log-probs [B, L] at the sampling temperature, 0 outside the completion; score distribution [B] or
-    None). ``model`` is rm.model or a frozen copy of it (the reference / old policy)."""
+    None), from one forward of ``model`` (rm.model or a frozen copy of it: the reference / old policy)."""
     seqs = batch.sequences
-    inputs = {"input_ids": seqs, "attention_mask": batch.attention_mask,
-              "pixel_values": batch.image_inputs["pixel_values"].to(seqs.device, next(model.parameters()).dtype),
-              "image_grid_thw": batch.image_inputs["image_grid_thw"].to(seqs.device),
-              "mm_token_type_ids": (seqs == rm.image_pad_id).int()}
+    inputs = rm.tensor_inputs(seqs, batch.attention_mask, batch.image_inputs, model)
     hidden = model.model(**inputs, use_cache=False).last_hidden_state
-    target = batch.completion_mask.clone()
-    target[:, 0] = False
-    rows, cols = target.nonzero(as_tuple=True)
     head = model.get_output_embeddings()
-    lp = selected_token_logprobs(hidden[rows, cols - 1], head.weight, seqs[rows, cols], temperature, head.bias)
-    logps = torch.zeros(seqs.shape, dtype=lp.dtype, device=seqs.device).index_put((rows, cols), lp)
+    logps = completion_logprobs(hidden, seqs, batch.completion_mask, head, temperature)
     dist = None
     if with_distribution:
-        from zrcore.ops import score_distribution
-
         dist = score_distribution(hidden[:, -1], head.weight, rm.decoder.token_ids.to(seqs.device),
                                   rm.bins.values.to(seqs.device), bias=head.bias)
     return logps, dist

@@ -85,13 +85,13 @@ class Trainer:
     def batch_for(self, step: int) -> list:
         """The global batch of groups for a step: a pure function of (seed, step), so resume is exact."""
         cfg = self.cfg
-        per_epoch = max(1, len([g for g in self.train_groups if len(g.records) >= 2]) // cfg.prompts_per_step)
+        eligible = sum(len(g.records) >= cfg.candidates for g in self.train_groups)
+        per_epoch = eligible // cfg.prompts_per_step  # the number of batches batch_groups yields per epoch
+        if per_epoch == 0:
+            raise ValueError(f"{eligible} training groups have {cfg.candidates} candidates: not enough for "
+                             f"{cfg.prompts_per_step} prompts per step")
         epoch, pos = divmod(step, per_epoch)
-        batches = list(batch_groups(self.train_groups, cfg.prompts_per_step, min(cfg.candidates, 2 if cfg.candidates
-                                    < 2 else cfg.candidates), cfg.seed, epoch))
-        if not batches:
-            raise ValueError(f"not enough training groups for {cfg.prompts_per_step} prompts per step")
-        return batches[pos % len(batches)]
+        return list(batch_groups(self.train_groups, cfg.prompts_per_step, cfg.candidates, cfg.seed, epoch))[pos]
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> None:

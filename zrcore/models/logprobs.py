@@ -33,3 +33,14 @@ def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
         lp = torch.log_softmax(logits / temperature, -1)
         out.append(lp.gather(-1, targets[start:start + chunk, None]).squeeze(-1))
     return torch.cat(out)
+
+
+def completion_logprobs(hidden: torch.Tensor, sequences: torch.Tensor, completion_mask: torch.Tensor, head,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """[B, L] log-probs of the completion tokens (0 elsewhere) from the hidden states [B, L, H]: token t is
+    predicted from position t - 1, and only those positions are projected onto the vocabulary by ``head``."""
+    target = completion_mask.clone()
+    target[:, 0] = False
+    rows, cols = target.nonzero(as_tuple=True)
+    lp = selected_token_logprobs(hidden[rows, cols - 1], head.weight, sequences[rows, cols], temperature, head.bias)
+    return torch.zeros(sequences.shape, dtype=lp.dtype, device=sequences.device).index_put((rows, cols), lp)
