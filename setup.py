@@ -26,14 +26,14 @@ def _extensions():
     want_cuda = os.environ.get("ZRCORE_BUILD_CUDA")
     cuda_possible = CUDA_HOME is not None and torch.version.cuda is not None  # a CPU torch cannot link CUDA code
     use_cuda = cuda_possible if want_cuda is None else want_cuda == "1"
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # the C++ standard: torch.utils.cpp_extension picks the one its headers need
     if use_cuda:
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "zrcore._C",
             cpp_sources + cuda_sources,
             define_macros=[("ZRCORE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
         )
     else:
         ext = CppExtension("zrcore._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})

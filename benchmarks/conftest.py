@@ -54,8 +54,11 @@ def _commit() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| op | shape | mode | path | time (ms) | time ratio naive/path | peak growth (MiB) | memory ratio naive/path |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    """Markdown table; rows may carry ``extra_mib`` ({column name: bytes}) for further memory columns."""
+    extra = list(dict.fromkeys(name for r in rows for name in r.get("extra_mib", {})))
+    lines = ["| op | shape | mode | path | time (ms) | time ratio naive/path | peak growth (MiB) | memory ratio naive/path |"
+             + "".join(f" {name} (MiB) |" for name in extra),
+             "|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(extra)]
     base = {(r["op"], r["mode"]): r for r in rows if r["path"] == "naive"}
     for r in rows:
         b = base.get((r["op"], r["mode"]))
@@ -67,7 +70,8 @@ def format_table(rows: list[dict]) -> str:
         else:
             m_ratio = "-"
         lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['path']} | {r['time_s'] * 1e3:.3f} | {t_ratio} "
-                     f"| {r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
+                     f"| {r['peak_bytes'] / 2**20:.1f} | {m_ratio} |"
+                     + "".join(f" {r.get('extra_mib', {}).get(name, float('nan')) / 2**20:.1f} |" for name in extra))
     return "\n".join(lines)
 
 

@@ -83,6 +83,31 @@ def peak_memory_growth(fn) -> int:
         _mmap_threshold(32 * 2**20)
 
 
+def tensor_peak_growth(fn) -> int:
+    """Bytes by which one call of fn raises the peak of live tensor allocations above what was allocated before it.
+
+    CUDA: the same as peak_memory_growth (the caching allocator counts tensor bytes). CPU: replays the allocation
+    and free events of torch's CPU allocator recorded by the profiler during the call, so that heap fragmentation
+    and allocator caching (which the resident set includes) do not blur small differences.
+    """
+    if torch.cuda.is_available():
+        return peak_memory_growth(fn)
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
 def median_time(fn, *, warmup: int = 1, repeats: int = 5) -> float:
     """Median wall time of one call in seconds (CUDA: synchronised; do_bench's median when Triton is there)."""
     if torch.cuda.is_available():

@@ -5,12 +5,18 @@ for each backprop mode and K, with and without per-step checkpointing: time and 
 
 The generator is a random-init Z-Image transformer (dim 128, 4 layers) on 48x48 latents (576 image tokens), where
 one denoising step's activations dominate the step's memory; 8 sampling steps.
+
+Memory columns: "peak growth" is the peak of live tensor bytes during the step (CPU: the profiler's allocation
+timeline; CUDA: the caching allocator) with the generator's gradient buffers already allocated, as in a training
+loop past its first step that zeroes them in place; "grads set to None" the same when the step also allocates the
+gradient buffers. (The resident set is not used here: the profiler's own allocations leave it unreliable for the
+cases measured after it.)
 """
 
 import pytest
 import torch
 
-from benchmarks.harness import peak_memory_growth, sync
+from benchmarks.harness import sync, tensor_peak_growth
 from zrcore.diffusion import FlowMatchSampler, SamplerConfig, ZImageVelocity, reward_of_images
 from zrcore.models import build_tiny_reward_model
 
@@ -49,16 +55,18 @@ def test_reward_backprop_step(benchmark, setup, record, mode, k, ck):
     cfg = SamplerConfig(num_steps=8, backprop=mode, k=k, checkpoint=ck, checkpoint_vae=ck != "none")
     lat = torch.randn(1, 16, 48, 48, generator=torch.Generator().manual_seed(0))
 
-    def step():
-        tr.zero_grad(set_to_none=True)
+    def step(set_to_none: bool = False):
+        tr.zero_grad(set_to_none=set_to_none)
         img = sampler.decode(sampler.sample(lat, cond, cfg), checkpointed=cfg.checkpoint_vae)
         reward, _ = reward_of_images(rm, prompts, img, ["realism", "aesthetics"])
         (-reward.sum()).backward()
         sync()
 
     step()
-    peak = peak_memory_growth(step)
+    peak = tensor_peak_growth(step)
+    tr.zero_grad(set_to_none=True)
+    peak_set_to_none = tensor_peak_growth(lambda: step(set_to_none=True))
     benchmark.pedantic(step, rounds=2, warmup_rounds=0)
     record(op="reward_backprop", shape="Z-Image dim128 x4 layers, 48x48 latents, 8 steps",
            mode=f"{mode} K={k if mode != 'full' else 8}", path=f"checkpoint={ck}", time_s=benchmark.stats.stats.median,
-           peak_bytes=peak)
+           peak_bytes=peak, extra_mib={"grads set to None": peak_set_to_none})

@@ -1,5 +1,6 @@
 // Fused classifier-free-guidance combine + Euler step on fp32 master latents (CPU):
 //   x_next = x + dt * (v_c + s (v_c - v_u)),  dx = g,  dv_c = g dt (1 + s),  dv_u = -g dt s
+// The velocity gradients are returned in the velocities' dtype.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -25,7 +26,8 @@ at::Tensor cfg_euler_forward_cpu(const at::Tensor& x_in, const at::Tensor& vc_in
   return out;
 }
 
-std::vector<at::Tensor> cfg_euler_backward_cpu(const at::Tensor& g_in, double scale, double dt) {
+std::vector<at::Tensor> cfg_euler_backward_cpu(const at::Tensor& g_in, double scale, double dt,
+                                               at::ScalarType velocity_dtype) {
   auto g = g_in.contiguous().to(at::kFloat);
   auto dvc = at::empty_like(g);
   auto dvu = at::empty_like(g);
@@ -38,7 +40,8 @@ std::vector<at::Tensor> cfg_euler_backward_cpu(const at::Tensor& g_in, double sc
       up[i] = b * gp[i];
     }
   });
-  return {g, dvc, dvu};
+  if (velocity_dtype == at::kFloat) return {g, dvc, dvu};
+  return {g, dvc.to(velocity_dtype), dvu.to(velocity_dtype)};
 }
 
 }  // namespace zrcore

@@ -5,6 +5,8 @@ from zrcore.diffusion.fused import cfg_euler_step, extension, fuse_vae_decoder, 
 
 needs_ext = pytest.mark.skipif(extension() is None, reason="zrcore._C was not built (ZRCORE_BUILD_EXT=0)")
 D = torch.float64
+CUDA_EXT = extension() is not None and bool(extension().with_cuda) and torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_EXT, reason="no CUDA build of zrcore._C"))]
 
 
 def _ref_gn_silu(x, groups, gamma, beta, eps):
@@ -20,36 +22,65 @@ def _ref_gn_silu(x, groups, gamma, beta, eps):
 
 
 @needs_ext
-@pytest.mark.parametrize("shape,groups", [((2, 64, 17, 19), 32), ((1, 32, 8, 8), 8), ((3, 6, 5), 3)])
-def test_group_norm_silu_matches_float64_reference(gen, shape, groups):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,groups", [((2, 64, 17, 19), 32), ((1, 32, 8, 8), 8), ((3, 6, 5), 3),
+                                          ((1, 32, 96, 97), 4)])
+def test_group_norm_silu_matches_float64_reference(gen, shape, groups, device):
     x = torch.randn(shape, generator=gen, dtype=D) * 3 + 1
     gamma = torch.randn(shape[1], generator=gen, dtype=D)
     beta = torch.randn(shape[1], generator=gen, dtype=D)
     ref_in = [t.clone().requires_grad_() for t in (x, gamma, beta)]
     ref = _ref_gn_silu(ref_in[0], groups, ref_in[1], ref_in[2], 1e-6)
-    ins = [t.float().requires_grad_() for t in (x, gamma, beta)]
+    ins = [t.float().to(device).requires_grad_() for t in (x, gamma, beta)]
     out = group_norm_silu(ins[0], groups, ins[1], ins[2], 1e-6, impl="ext")
-    assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((out.double().cpu() - ref).norm() / ref.norm()) < 1e-5
     dy = torch.randn(shape, generator=gen, dtype=D)
     g_ref = torch.autograd.grad(ref, ref_in, dy)
-    g_out = torch.autograd.grad(out, ins, dy.float())
+    g_out = torch.autograd.grad(out, ins, dy.float().to(device))
     for a, b in zip(g_out, g_ref):
-        assert float((a.double() - b).norm() / b.norm()) < 1e-5
+        assert float((a.double().cpu() - b).norm() / b.norm()) < 1e-5
+
+
+@pytest.mark.skipif(not CUDA_EXT, reason="no CUDA build of zrcore._C")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_group_norm_silu_half_precision_cuda(gen, dtype):
+    """bf16 / fp16 activations, fp32 statistics: within 1e-2 of the float64 reference, gradients too."""
+    shape, groups = (2, 64, 33, 31), 32
+    x = (torch.randn(shape, generator=gen, dtype=D) * 3 + 1).to(dtype).double()
+    gamma, beta = (torch.randn(shape[1], generator=gen, dtype=D) for _ in range(2))
+    ref_in = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+    ref = _ref_gn_silu(ref_in[0], groups, ref_in[1], ref_in[2], 1e-6)
+    ins = [x.to("cuda", dtype).requires_grad_()] + [t.float().cuda().requires_grad_() for t in (gamma, beta)]
+    out = group_norm_silu(ins[0], groups, ins[1], ins[2], 1e-6, impl="ext")
+    assert out.dtype == dtype
+    assert float((out.double().cpu() - ref).norm() / ref.norm()) < 1e-2
+    dy = torch.randn(shape, generator=gen, dtype=D).to(dtype).double()
+    g_ref = torch.autograd.grad(ref, ref_in, dy)
+    g_out = torch.autograd.grad(out, ins, dy.to("cuda", dtype))
+    for a, b in zip(g_out, g_ref):
+        assert float((a.double().cpu() - b).norm() / b.norm()) < 1e-2
 
 
 @needs_ext
-def test_cfg_euler_matches_reference(gen):
-    x, vc, vu = (torch.randn(2, 16, 9, 7, generator=gen) for _ in range(3))
-    a, b = vc.clone().requires_grad_(), vu.clone().requires_grad_()
-    out = cfg_euler_step(x, a, b, 3.5, -0.1, impl="ext")
-    ref = x.double() + -0.1 * (vc.double() + 3.5 * (vc.double() - vu.double()))
-    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
-    g = torch.randn(x.shape, generator=gen)
-    ga, gb = torch.autograd.grad(out, (a, b), g)
-    torch.testing.assert_close(ga, g * -0.1 * 4.5, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(gb, g * 0.1 * 3.5, rtol=1e-6, atol=1e-7)
-    bf = cfg_euler_step(x, vc.bfloat16(), vu.bfloat16(), 3.5, -0.1, impl="ext")
+@pytest.mark.parametrize("device", DEVICES)
+def test_cfg_euler_matches_reference(gen, device):
+    x, vc, vu = (torch.randn(2, 16, 9, 7, generator=gen, dtype=D) for _ in range(3))
+    a, b = vc.float().to(device).requires_grad_(), vu.float().to(device).requires_grad_()
+    out = cfg_euler_step(x.float().to(device), a, b, 3.5, -0.1, impl="ext")
+    ref = x + -0.1 * (vc + 3.5 * (vc - vu))
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-6, atol=1e-6)
+    g = torch.randn(x.shape, generator=gen, dtype=D)
+    ga, gb = torch.autograd.grad(out, (a, b), g.float().to(device))
+    torch.testing.assert_close(ga.double().cpu(), g * -0.1 * 4.5, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gb.double().cpu(), g * 0.1 * 3.5, rtol=1e-6, atol=1e-7)
+    va, vb = vc.to(device, torch.bfloat16).requires_grad_(), vu.to(device, torch.bfloat16).requires_grad_()
+    bf = cfg_euler_step(x.float().to(device), va, vb, 3.5, -0.1, impl="ext")
     assert bf.dtype == torch.float32
+    ref_bf = x + -0.1 * (va.double().cpu() * 4.5 - 3.5 * vb.double().cpu())
+    torch.testing.assert_close(bf.double().cpu(), ref_bf, rtol=1e-6, atol=1e-6)
+    gva, _ = torch.autograd.grad(bf, (va, vb), g.float().to(device))
+    assert gva.dtype == torch.bfloat16
+    torch.testing.assert_close(gva.double().cpu(), g * -0.1 * 4.5, rtol=1e-2, atol=1e-2)
 
 
 @needs_ext

@@ -20,6 +20,23 @@ def extension():
     return _C
 
 
+def extension_supports(x: torch.Tensor) -> bool:
+    """Whether the compiled extension has a kernel for x's device (CPU always; CUDA when built with nvcc)."""
+    ext = extension()
+    if ext is None or torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" or (x.device.type == "cuda" and bool(ext.with_cuda))
+
+
+def _resolve(impl: str, supported: bool) -> bool:
+    if impl not in ("auto", "torch", "ext"):
+        raise ValueError(f"impl must be 'auto', 'torch' or 'ext', got {impl!r}")
+    if impl == "ext" and not supported:
+        raise RuntimeError("impl='ext' needs the compiled extension zrcore._C with a kernel for this device "
+                           "(CUDA tensors need an extension built with CUDA)")
+    return impl == "ext" or (impl == "auto" and supported)
+
+
 class _GroupNormSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma, beta, groups, eps):
@@ -37,14 +54,10 @@ class _GroupNormSiLU(torch.autograd.Function):
 
 def group_norm_silu(x: torch.Tensor, groups: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6,
                     impl: str = "auto") -> torch.Tensor:
-    """silu(group_norm(x, groups, gamma, beta, eps)); impl "auto" uses the compiled CPU kernel for float32 CPU input."""
-    if impl not in ("auto", "torch", "ext"):
-        raise ValueError(f"impl must be 'auto', 'torch' or 'ext', got {impl!r}")
-    use_ext = impl == "ext" or (impl == "auto" and extension() is not None and x.device.type == "cpu"
-                                and x.dtype == torch.float32 and not torch.compiler.is_compiling())
-    if use_ext:
-        if extension() is None:
-            raise RuntimeError("impl='ext' needs the compiled extension zrcore._C")
+    """silu(group_norm(x, groups, gamma, beta, eps)); impl "auto" uses the compiled kernel for float32 CPU input and
+    for float32 / bfloat16 / float16 CUDA input (when the extension was built with CUDA)."""
+    dtype_ok = x.dtype == torch.float32 or (x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16))
+    if _resolve(impl, extension_supports(x) and dtype_ok):
         return _GroupNormSiLU.apply(x, gamma, beta, int(groups), float(eps))
     return F.silu(F.group_norm(x, groups, gamma, beta, eps))
 
@@ -90,16 +103,15 @@ class _CFGEuler(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         scale, dt, c_dtype, u_dtype = ctx.meta
-        dx, dvc, dvu = extension().cfg_euler_backward(g, scale, dt)
-        return dx, dvc.to(c_dtype), dvu.to(u_dtype), None, None
+        dx, dvc, dvu = extension().cfg_euler_backward(g, scale, dt, c_dtype)
+        return dx, dvc, dvu.to(u_dtype), None, None
 
 
 def cfg_euler_step(x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, dt: float,
                    impl: str = "auto") -> torch.Tensor:
-    """x + dt * (v_c + s (v_c - v_u)) for fp32 latents x and fp32 / bf16 velocities."""
-    use_ext = impl == "ext" or (impl == "auto" and extension() is not None and x.device.type == "cpu"
-                                and not torch.compiler.is_compiling())
-    if use_ext:
+    """x + dt * (v_c + s (v_c - v_u)) for fp32 latents x and fp32 / bf16 / fp16 velocities (one dtype for both)."""
+    supported = extension_supports(x) and x.dtype == torch.float32 and v_cond.dtype == v_uncond.dtype
+    if _resolve(impl, supported):
         return _CFGEuler.apply(x, v_cond, v_uncond, float(scale), float(dt))
     vc, vu = v_cond.float(), v_uncond.float()
     return x + dt * (vc + scale * (vc - vu))
