@@ -1,11 +1,13 @@
 """Reward backpropagation through the denoising chain of a flow-matching generator (paper section 5)."""
 
 from zrcore.diffusion.reward import AGGREGATIONS, aggregate_reward
-from zrcore.diffusion.sampler import CHECKPOINTING, MODES, FlowMatchSampler, SamplerConfig, ZImageVelocity
-from zrcore.diffusion.tiny import TinyPromptEncoder, build_tiny_generator
+from zrcore.diffusion.sampler import CHECKPOINTING, MODES, FlowMatchSampler, SamplerConfig
+from zrcore.diffusion.tiny import GENERATOR_ARCHS, TinyPromptEncoder, build_tiny_generator
+from zrcore.diffusion.velocity import FluxVelocity, SD3Velocity, ZImageVelocity, velocity_for
 
-__all__ = ["AGGREGATIONS", "CHECKPOINTING", "MODES", "FlowMatchSampler", "SamplerConfig", "TinyPromptEncoder",
-           "ZImageVelocity", "aggregate_reward", "build_tiny_generator", "reward_of_images"]
+__all__ = ["AGGREGATIONS", "CHECKPOINTING", "GENERATOR_ARCHS", "MODES", "FlowMatchSampler", "FluxVelocity",
+           "SD3Velocity", "SamplerConfig", "TinyPromptEncoder", "ZImageVelocity", "aggregate_reward",
+           "build_tiny_generator", "reward_of_images", "velocity_for"]
 
 
 def reward_of_images(reward_model, prompts, images, dimensions, mode="mean", weights=None, kappa=0.0):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
 MODES = ("full", "last_k", "refl", "drtune")
@@ -37,6 +38,7 @@ class SamplerConfig:
     checkpoint: str = "step"
     checkpoint_vae: bool = True
     sigmas: list[float] | None = None  # custom noise levels in (0, 1], decreasing (default: the scheduler's)
+    mu: float | None = None  # resolution-dependent shift of schedulers with use_dynamic_shifting (Flux)
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -58,25 +60,10 @@ class SamplerConfig:
                 raise ValueError(f"sigmas (timesteps / 1000) must lie in (0, 1] and decrease, got {sig}")
 
 
-class ZImageVelocity:
-    """v(x, t) of a ZImageTransformer2DModel: the pipeline's conventions (timestep (1000 - t) / 1000, a frame axis,
-    list inputs, the output negated)."""
-
-    def __init__(self, transformer):
-        self.transformer = transformer
-
-    def __call__(self, latents: torch.Tensor, t: torch.Tensor, cap_feats: list) -> torch.Tensor:
-        b = latents.shape[0]
-        timestep = (1000 - t.expand(b).float()) / 1000
-        x = list(latents.to(self.transformer.dtype).unsqueeze(2).unbind(0))
-        out = self.transformer(x, timestep, cap_feats, return_dict=False)[0]
-        return -torch.stack([o.float() for o in out]).squeeze(2)
-
-
 class _StepwiseRecompute(torch.autograd.Function):
     """Steps whose graph is rebuilt one at a time in the backward. Parameter gradients are accumulated into .grad
     by the inner backward (as reentrant checkpointing does); the gradients of the latents and of the conditioning
-    features are returned."""
+    tensors (the leaves of the conditioning pytrees, flattened) are returned."""
 
     @staticmethod
     def forward(ctx, x, anchor, run, *features):
@@ -111,17 +98,18 @@ class _StepwiseRecompute(torch.autograd.Function):
 
 class _EulerRun:
     """The gradient-carrying steps of one sampling call: step(i, x) = x + (sigma_{i+1} - sigma_i) v(x); the
-    conditioning features are passed in flat (conditional ones first) so that the backward can re-leaf them."""
+    conditioning (cond, uncond) is passed in as the flat tensor leaves of its pytree (spec) so that the backward
+    can re-leaf them."""
 
-    def __init__(self, sampler, ts, sigmas, n_cond, scale, detach_input):
+    def __init__(self, sampler, ts, sigmas, spec, scale, detach_input):
         self.sampler, self.ts, self.sigmas = sampler, ts, sigmas
-        self.n_cond, self.scale, self.detach_input = n_cond, scale, detach_input
+        self.spec, self.scale, self.detach_input = spec, scale, detach_input
         self.n = len(ts)
 
     def step(self, i: int, x: torch.Tensor, features) -> torch.Tensor:
         from zrcore.diffusion.fused import cfg_euler_step
 
-        cond, uncond = list(features[:self.n_cond]), list(features[self.n_cond:])
+        cond, uncond = pytree.tree_unflatten(list(features), self.spec)
         model_in = x.detach() if self.detach_input else x
         dt = float(self.sigmas[i + 1] - self.sigmas[i])
         if self.scale > 0:  # guidance combine and Euler update in one fused pass
@@ -142,11 +130,15 @@ class FlowMatchSampler:
         self.scheduler = scheduler
         self.vae = vae
 
-    def timesteps(self, num_steps: int, device, sigmas=None) -> torch.Tensor:
+    def timesteps(self, num_steps: int, device, sigmas=None, mu: float | None = None) -> torch.Tensor:
+        extra = {} if mu is None else {"mu": float(mu)}
+        if getattr(self.scheduler.config, "use_dynamic_shifting", False) and mu is None:
+            raise ValueError("the scheduler uses dynamic shifting: set SamplerConfig.mu (the pipeline computes it "
+                             "from the image sequence length)")
         if sigmas is not None:
-            self.scheduler.set_timesteps(sigmas=list(sigmas), device=device)
+            self.scheduler.set_timesteps(sigmas=list(sigmas), device=device, **extra)
         else:
-            self.scheduler.set_timesteps(num_steps, device=device)
+            self.scheduler.set_timesteps(num_steps, device=device, **extra)
         self.scheduler.set_begin_index(0)
         ts = self.scheduler.timesteps
         if ts.numel() and (float(ts.max()) > self.scheduler.config.num_train_timesteps or float(ts.min()) < 0):
@@ -179,11 +171,10 @@ class FlowMatchSampler:
         if tr is not None and hasattr(tr, "enable_gradient_checkpointing"):
             (tr.enable_gradient_checkpointing if blocks else tr.disable_gradient_checkpointing)()
         use_ckpt = cfg.checkpoint != "none"
-        expected = getattr(getattr(self.velocity, "transformer", None), "config", None)
-        if expected is not None and latents.shape[1] != expected.in_channels:
-            raise ValueError(f"latents have {latents.shape[1]} channels but the transformer expects "
-                             f"{expected.in_channels}")
-        ts = self.timesteps(cfg.num_steps, latents.device, cfg.sigmas)
+        expected = getattr(self.velocity, "latent_channels", None)
+        if expected is not None and latents.shape[1] != expected:
+            raise ValueError(f"latents have {latents.shape[1]} channels but the transformer expects {expected}")
+        ts = self.timesteps(cfg.num_steps, latents.device, cfg.sigmas, cfg.mu)
         n = len(ts)
         first_grad = 0 if cfg.backprop == "full" else n - cfg.k
         x = latents.float()
@@ -201,8 +192,10 @@ class FlowMatchSampler:
                 sigmas = self.scheduler.sigmas.to(x.device, torch.float32)[i:]
                 if cfg.guidance_scale > 0 and uncond is None:
                     raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")
-                features = list(cond) + (list(uncond) if cfg.guidance_scale > 0 else [])
-                run = _EulerRun(self, ts[i:], sigmas, len(cond), cfg.guidance_scale, cfg.backprop == "drtune")
+                features, spec = pytree.tree_flatten((list(cond), list(uncond) if cfg.guidance_scale > 0 else []))
+                if not all(isinstance(f, torch.Tensor) for f in features):
+                    raise ValueError("cond and uncond must hold tensors (or dicts / lists of tensors) only")
+                run = _EulerRun(self, ts[i:], sigmas, spec, cfg.guidance_scale, cfg.backprop == "drtune")
                 return _StepwiseRecompute.apply(x, self._anchor(), run, *features)
             model_in = x.detach() if cfg.backprop == "drtune" else x
             v = self._guided(model_in, t, cond, uncond, cfg.guidance_scale)
