@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from zrcore.training.config import parse_config
 from zrcore.training.generator import GeneratorConfig, GeneratorTrainer
@@ -22,3 +23,23 @@ def test_generator_recipe_runs_and_writes_its_outputs(tmp_path):
 def test_generator_rejects_unknown_dimensions(tmp_path):
     with pytest.raises(ValueError, match="beauty"):
         GeneratorTrainer(parse_config(GeneratorConfig, ["--dimensions", "beauty", "--output_dir", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_lora_generator_moves_only_the_adapter(tmp_path, arch):
+    args = ["--arch", arch, "--lora_rank", "2", "--steps", "2", "--batch", "1", "--latent_size", "8", "--num_steps",
+            "2", "--val_prompts", "1", "--val_every", "2", "--dimensions", "realism", "--lr", "0.05", "--progress",
+            "false", "--output_dir", str(tmp_path / "gen")]
+    trainer = GeneratorTrainer(parse_config(GeneratorConfig, args))
+    before = {n: p.detach().clone() for n, p in trainer.transformer.named_parameters()}
+    trainer.fit()
+    changed = {n for n, p in trainer.transformer.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+
+
+def test_generator_rejects_bad_arch_and_rank(tmp_path):
+    with pytest.raises(ValueError, match="arch must be one of"):
+        GeneratorTrainer(parse_config(GeneratorConfig, ["--arch", "sdxl", "--output_dir", str(tmp_path)]))
+    with pytest.raises(ValueError, match="lora_rank"):
+        GeneratorTrainer(parse_config(GeneratorConfig, ["--lora_rank", "-1", "--output_dir", str(tmp_path)]))

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils import _pytree as pytree
 
 from zrcore.data.synthetic import SyntheticRubric
-from zrcore.diffusion import FlowMatchSampler, SamplerConfig, ZImageVelocity, build_tiny_generator, reward_of_images
+from zrcore.diffusion import FlowMatchSampler, SamplerConfig, build_tiny_generator, reward_of_images, velocity_for
+from zrcore.diffusion.lora import DEFAULT_TARGETS, add_lora
 from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zrcore.training.config import save_config
 from zrcore.training.logging import MetricsLog, Progress, plot_curves
@@ -26,6 +28,10 @@ from zrcore.training.logging import MetricsLog, Progress, plot_curves
 class GeneratorConfig:
     output_dir: str = "runs/generator"
     seed: int = 0
+    arch: str = "zimage"  # tiny random-init generator: zimage | sd3 | flux
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (peft), base weights frozen
+    lora_alpha: float | None = None  # default: the rank
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     reward_model: str = "tiny"  # "tiny" (random-init student) or a student checkpoint folder (train_risd.py)
     dimensions: list[str] = field(default_factory=lambda: ["realism", "aesthetics", "plausibility", "alignment"])
     aggregation: str = "mean"  # mean | weighted | min | pessimistic
@@ -69,12 +75,12 @@ class GeneratorTrainer:
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
-        self.transformer, vae, scheduler, self.encoder = build_tiny_generator(seed=cfg.seed)
+        self.transformer, vae, scheduler, self.encoder = build_tiny_generator(seed=cfg.seed, arch=cfg.arch)
         from zrcore.diffusion.fused import extension, fuse_vae_decoder
 
         if extension() is not None:  # fused GroupNorm + SiLU in the VAE decoder (less memory, see RESULTS)
             fuse_vae_decoder(vae)
-        self.sampler = FlowMatchSampler(ZImageVelocity(self.transformer), scheduler, vae)
+        self.sampler = FlowMatchSampler(velocity_for(self.transformer), scheduler, vae)
         self.rm = (build_tiny_reward_model("qwen2_vl", "student", seed=cfg.seed) if cfg.reward_model == "tiny"
                    else RewardModel.from_pretrained(cfg.reward_model))
         self.rm.model.eval()
@@ -90,7 +96,12 @@ class GeneratorTrainer:
         gen = SyntheticRubric(seed=cfg.seed)
         self.train_prompts = [gen.scene(i).prompt for i in range(cfg.train_prompts)]
         self.val_prompts = [gen.scene(10_000 + i).prompt for i in range(cfg.val_prompts)]
-        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        if cfg.lora_rank < 0:
+            raise ValueError(f"lora_rank must be 0 (full fine-tuning) or positive, got {cfg.lora_rank}")
+        if cfg.lora_rank > 0:
+            self.params = add_lora(self.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        else:
+            self.params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr)
         self.log = MetricsLog(self.out)
         self.step = 0
@@ -100,8 +111,10 @@ class GeneratorTrainer:
         return torch.randn(n, 16, s, s, generator=torch.Generator().manual_seed(seed))
 
     def generate(self, prompts: list[str], seed: int, grad: bool) -> torch.Tensor:
-        cond = [c.detach() for c in self.encoder(prompts)]
-        uncond = [c.detach() * 0 for c in self.encoder([""] * len(prompts))] if self.cfg.guidance_scale > 0 else None
+        cond = pytree.tree_map(torch.Tensor.detach, self.encoder(prompts))
+        uncond = None
+        if self.cfg.guidance_scale > 0:  # the empty prompt's features, zeroed
+            uncond = pytree.tree_map(lambda t: t.detach() * 0, self.encoder([""] * len(prompts)))
         with torch.set_grad_enabled(grad):
             x = self.sampler.sample(self._latents(len(prompts), seed), cond, self.sampler_cfg, uncond=uncond)
             return self.sampler.decode(x)
