@@ -8,15 +8,14 @@
 #include <tuple>
 #include <vector>
 
+#include "../group_norm_silu_checks.h"
+
 namespace zrcore {
 
 namespace {
 void check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
-  TORCH_CHECK(x.dim() >= 2, "group_norm_silu: x must be [N, C, ...], got ", x.dim(), " dimensions");
+  check_group_norm_silu_inputs(x, gamma, beta, groups);
   TORCH_CHECK(x.scalar_type() == at::kFloat, "group_norm_silu: x must be float32 on the CPU path");
-  const int64_t C = x.size(1);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "group_norm_silu: channels ", C, " not divisible by groups ", groups);
-  TORCH_CHECK(gamma.numel() == C && beta.numel() == C, "group_norm_silu: gamma and beta need C = ", C, " entries");
 }
 }  // namespace
 

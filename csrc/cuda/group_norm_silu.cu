@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include "../group_norm_silu_checks.h"
 #include "launch.cuh"
 
 #include <vector>
@@ -41,12 +42,7 @@ __global__ void row_moments_kernel(const scalar_t* __restrict__ x, int64_t count
     s += v;
     q += v * v;
   }
-  s = block_sum(s, shared);
-  q = block_sum(q, shared);
-  if (threadIdx.x == 0) {
-    sum[row * gridDim.y + split] = s;
-    sq[row * gridDim.y + split] = q;
-  }
+  store_block_sums(s, q, shared, sum, sq, row * gridDim.y + split);
 }
 
 template <typename scalar_t>
@@ -83,12 +79,7 @@ __global__ void channel_grad_sums_kernel(const scalar_t* __restrict__ dy, const 
     a += gz;
     b += gz * xhat;
   }
-  a = block_sum(a, shared);
-  b = block_sum(b, shared);
-  if (threadIdx.x == 0) {
-    sum_gz[nc * gridDim.y + split] = a;
-    sum_gz_xhat[nc * gridDim.y + split] = b;
-  }
+  store_block_sums(a, b, shared, sum_gz, sum_gz_xhat, nc * gridDim.y + split);
 }
 
 template <typename scalar_t>
@@ -110,10 +101,7 @@ __global__ void group_norm_silu_dx_kernel(const scalar_t* __restrict__ dy, const
 
 void check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
   TORCH_CHECK(x.is_cuda(), "group_norm_silu (CUDA): x must be a CUDA tensor");
-  TORCH_CHECK(x.dim() >= 2, "group_norm_silu: x must be [N, C, ...], got ", x.dim(), " dimensions");
-  const int64_t C = x.size(1);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "group_norm_silu: channels ", C, " not divisible by groups ", groups);
-  TORCH_CHECK(gamma.numel() == C && beta.numel() == C, "group_norm_silu: gamma and beta need C = ", C, " entries");
+  check_group_norm_silu_inputs(x, gamma, beta, groups);
 }
 
 }  // namespace

@@ -34,4 +34,15 @@ __device__ T block_sum(T v, T* shared) {
   return v;
 }
 
+// Block sums of two per-thread partials, stored by thread 0 at out_a[index] and out_b[index].
+template <typename T>
+__device__ void store_block_sums(T a, T b, T* shared, T* out_a, T* out_b, int64_t index) {
+  a = block_sum(a, shared);
+  b = block_sum(b, shared);
+  if (threadIdx.x == 0) {
+    out_a[index] = a;
+    out_b[index] = b;
+  }
+}
+
 }  // namespace zrcore

@@ -28,8 +28,8 @@ def _stack_prompt_conditioning(cond: list, batch: int) -> tuple[torch.Tensor, to
     return torch.stack([c["prompt_embeds"] for c in cond]), torch.stack([c["pooled"] for c in cond])
 
 
-class ZImageVelocity:
-    """v(x, t) of a ZImageTransformer2DModel."""
+class _Velocity:
+    """A transformer behind the v(latents, t, cond) interface; latent_channels is what the latents must have."""
 
     def __init__(self, transformer):
         self.transformer = transformer
@@ -37,6 +37,10 @@ class ZImageVelocity:
     @property
     def latent_channels(self) -> int:
         return self.transformer.config.in_channels
+
+
+class ZImageVelocity(_Velocity):
+    """v(x, t) of a ZImageTransformer2DModel."""
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, cap_feats: list) -> torch.Tensor:
         b = latents.shape[0]
@@ -46,15 +50,8 @@ class ZImageVelocity:
         return -torch.stack([o.float() for o in out]).squeeze(2)
 
 
-class SD3Velocity:
+class SD3Velocity(_Velocity):
     """v(x, t) of an SD3Transformer2DModel (Stable Diffusion 3 / 3.5)."""
-
-    def __init__(self, transformer):
-        self.transformer = transformer
-
-    @property
-    def latent_channels(self) -> int:
-        return self.transformer.config.in_channels
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, cond: list) -> torch.Tensor:
         b, dtype = latents.shape[0], self.transformer.dtype
@@ -86,12 +83,12 @@ def image_position_ids(height: int, width: int, device) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxVelocity:
+class FluxVelocity(_Velocity):
     """v(x, t) of a FluxTransformer2DModel; ``guidance`` is the distilled guidance scale (models with
     guidance_embeds, e.g. FLUX.1-dev); it is ignored by models without it."""
 
     def __init__(self, transformer, guidance: float = 3.5):
-        self.transformer = transformer
+        super().__init__(transformer)
         self.guidance = guidance
 
     @property
