@@ -1,5 +1,6 @@
-"""The compiled extension's kernels against the pure-torch paths they replace (CPU): fused GroupNorm + SiLU inside a
-VAE decoder (forward + backward to the latents) and the fused CFG + Euler step (forward + backward).
+"""The compiled extension's kernels against the pure-torch paths they replace, on the CPU or (when the extension was
+built with CUDA) the GPU: fused GroupNorm + SiLU inside a VAE decoder (forward + backward to the latents) and the
+fused CFG + Euler step (forward + backward).
 
     python -m pytest benchmarks/test_extension_bench.py --benchmark-enable
 """
@@ -7,10 +8,12 @@ VAE decoder (forward + backward to the latents) and the fused CFG + Euler step (
 import pytest
 import torch
 
-from benchmarks.harness import peak_memory_growth
+from benchmarks.harness import bench_device, peak_memory_growth, sync
 from zrcore.diffusion.fused import cfg_euler_step, extension, fuse_vae_decoder
 
-pytestmark = pytest.mark.skipif(extension() is None, reason="zrcore._C was not built")
+DEVICE = bench_device()
+pytestmark = pytest.mark.skipif(extension() is None or (DEVICE == "cuda" and not extension().with_cuda),
+                                reason="zrcore._C was not built (with CUDA, on a GPU machine)")
 
 
 def _vae(fused: bool):
@@ -21,17 +24,18 @@ def _vae(fused: bool):
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
     if fused:
         assert fuse_vae_decoder(vae, impl="ext") > 0
-    return vae
+    return vae.to(DEVICE)
 
 
 @pytest.mark.parametrize("path", ["naive", "zrcore"])
 def test_vae_decode_group_norm_silu(benchmark, record, path):
     vae = _vae(path == "zrcore")
-    z = torch.randn(1, 16, 64, 64, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(1, 16, 64, 64, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
     def step():
         x = z.clone().requires_grad_()
         vae.decode(x).sample.square().mean().backward()
+        sync()
         return x.grad
 
     step()
@@ -44,12 +48,13 @@ def test_vae_decode_group_norm_silu(benchmark, record, path):
 @pytest.mark.parametrize("path", ["naive", "zrcore"])
 def test_cfg_euler(benchmark, record, path):
     g = torch.Generator().manual_seed(2)
-    x, vc, vu = (torch.randn(4, 16, 128, 128, generator=g) for _ in range(3))
+    x, vc, vu = (torch.randn(4, 16, 128, 128, generator=g).to(DEVICE) for _ in range(3))
     impl = "ext" if path == "zrcore" else "torch"
 
     def step():
         a, b = vc.clone().requires_grad_(), vu.clone().requires_grad_()
         cfg_euler_step(x, a, b, 4.5, -0.05, impl=impl).square().mean().backward()
+        sync()
         return a.grad
 
     step()
