@@ -1,11 +1,12 @@
-"""Counts the GPU kernel launches of score_distribution (forward, backward) with torch.profiler at the GPU shape
-N=512, H=5120, V=248,320, K=9, bf16, for gradients to the hidden states alone and to hidden + LM-head weight."""
+"""Counts the GPU kernel launches with torch.profiler: score_distribution (forward, backward) at the GPU shape
+N=512, H=5120, V=248,320, K=9, bf16, for gradients to the hidden states alone and to hidden + LM-head weight; and
+pairwise_gap (forward, backward) at P=1024, M=4, G=16 with a mask."""
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.cases import score_inputs
-from zrcore.ops import score_distribution
+from zrcore.ops import pairwise_gap, score_distribution
 
 
 def _kernels(fn) -> list[str]:
@@ -42,6 +43,16 @@ def main() -> None:
         print(f"grad to {what}: do_bench median forward {fwd_ms * 1e3:.1f} us, forward+backward {step_ms * 1e3:.1f} us")
         print(f"grad to {what}: forward launches {len(fwd)} {fwd}")
         print(f"grad to {what}: backward launches {len(bwd)} {bwd}")
+    mean = 1 + 4 * torch.rand(1024, 4, 16, device=dev)
+    scores = 1 + 0.5 * torch.randint(0, 9, (1024, 4), device=dev).float()
+    mask = torch.rand(1024, 4, 16, device=dev) > 0.1
+    x = mean.clone().requires_grad_()
+    for _ in range(2):
+        fwd = _kernels(lambda: pairwise_gap(x, scores, score_range=4.0, mask=mask))
+    loss = pairwise_gap(x, scores, score_range=4.0, mask=mask).loss
+    bwd = _kernels(loss.backward)
+    print(f"pairwise_gap: forward launches {len(fwd)} {fwd}")
+    print(f"pairwise_gap: backward launches {len(bwd)} {bwd}")
 
 
 if __name__ == "__main__":

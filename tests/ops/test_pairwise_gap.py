@@ -80,3 +80,17 @@ def test_bad_inputs():
         pairwise_gap(mean, torch.rand(2, 3), score_range=4.0, mask=torch.ones(2, 3, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="mean"):
         pairwise_gap(torch.rand(6, 4), torch.rand(2, 3), score_range=4.0)
+
+
+@pytest.mark.cuda
+def test_last_program_reduction_is_exact_on_every_call():
+    """The forward's cross-program reduction (the program finishing last sums the per-prompt losses) against the
+    torch path, many times at the benchmark shape: a missed store of another program would show as a wrong loss."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(200):
+        mean = 1 + 4 * torch.rand(1024, 4, 16, device="cuda", generator=g)
+        scores = 1 + 0.5 * torch.randint(0, 9, (1024, 4), device="cuda", generator=g).float()
+        mask = torch.rand(1024, 4, 16, device="cuda", generator=g) > 0.1
+        got = pairwise_gap(mean, scores, score_range=4.0, mask=mask, impl="triton").loss
+        want = pairwise_gap(mean, scores, score_range=4.0, mask=mask, impl="torch").loss
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

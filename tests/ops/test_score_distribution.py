@@ -47,6 +47,29 @@ def test_matches_float64_reference_forward_and_backward(gen, impl, n, h, v, k, t
     assert grads[1].cpu()[other].abs().max() == 0
 
 
+@pytest.mark.parametrize("used", ["mean", "log_probs", "var+mean"])
+def test_unused_expanded_and_strided_output_gradients(gen, impl, used):
+    """Autograd hands the backward None for unused outputs, stride-0 gradients for sums and, here, a transposed
+    gradient for log_probs: the kernels read them in place and must match the float64 reference."""
+    dev = device()
+    n, h, v = 13, 24, 60
+    hidden, weight, ids, b, values = _inputs(gen, n, h, v)
+    ref = score_distribution_naive(hidden.requires_grad_(), weight.requires_grad_(), ids, values, b)
+    hs, ws = _to(hidden.detach(), torch.float32, dev), _to(weight.detach(), torch.float32, dev)
+    out = score_distribution(hs, ws, ids.to(dev), values.float().to(dev), bias=b.float().to(dev), impl=impl)
+    if used == "mean":
+        loss, loss_ref = out.mean.sum(), ref[1].sum()
+    elif used == "var+mean":
+        loss, loss_ref = out.var.sum() - 2 * out.mean.sum(), ref[2].sum() - 2 * ref[1].sum()
+    else:
+        go = torch.randn(9, n, generator=gen, dtype=D).t()  # non-contiguous [n, 9]
+        loss, loss_ref = (out.log_probs * go.float().to(dev)).sum(), (ref[0] * go).sum()
+    got = torch.autograd.grad(loss, (hs, ws))
+    want = torch.autograd.grad(loss_ref, (hidden, weight))
+    for a, w in zip(got, want):
+        assert float((a.double().cpu() - w).norm() / w.norm()) < 1e-5
+
+
 def test_bf16_inputs(gen, impl):
     dev = device()
     hidden, weight, ids, b, values = _inputs(gen, 37, 48, 200)

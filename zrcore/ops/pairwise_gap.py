@@ -80,8 +80,9 @@ def pairwise_gap_torch(mean, scores, score_range, mask=None, include_ties=False)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton: one program per prompt walks the (M*G) x (M*G) gap block in tiles held in registers; it writes the
-# reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab. A second
-# one-program launch reduces the per-prompt losses; the backward is one elementwise launch.
+# reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab. The program
+# that finishes last (an atomic ticket, reset by that program) reduces the per-prompt losses in prompt order
+# (deterministic), so the forward is one launch; the backward is one elementwise launch.
 # ----------------------------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
@@ -104,9 +105,10 @@ if HAS_TRITON:
         return cand, score, valid & inb, count
 
     @triton.jit
-    def _pairwise_fwd_kernel(mu_ptr, s_ptr, mask_ptr, reward_ptr, has_ptr, gsum_ptr, loss_ptr, npairs_ptr,
-                             MG, G, inv_r, HAS_MASK: tl.constexpr, TIES: tl.constexpr,
-                             BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr):
+    def _pairwise_fwd_kernel(mu_ptr, s_ptr, mask_ptr, reward_ptr, has_ptr, gsum_ptr, loss_p_ptr, npairs_ptr,
+                             ticket_ptr, stats_ptr, loss_ptr, P, MG, G, inv_r, HAS_MASK: tl.constexpr,
+                             TIES: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                             BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr):
         p = tl.program_id(0).to(tl.int64)
         loss_acc = 0.0
         pair_acc = 0.0
@@ -139,24 +141,26 @@ if HAS_TRITON:
             tl.store(has_ptr + p * (MG // G) + cand_a, has.to(tl.int8), mask=first)
             loss_acc += tl.sum(row_w * abs_sum, axis=0) * inv_r
             pair_acc += tl.sum(row_w * partners, axis=0)
-        tl.store(loss_ptr + p, loss_acc / tl.maximum(pair_acc, 1.0))
+        tl.store(loss_p_ptr + p, loss_acc / tl.maximum(pair_acc, 1.0))
         tl.store(npairs_ptr + p, pair_acc)
-
-    @triton.jit
-    def _pairwise_reduce_kernel(loss_p_ptr, npairs_ptr, out_ptr, loss_ptr, P, BLOCK: tl.constexpr):
-        total = 0.0
-        count = 0.0
-        for p0 in range(0, P, BLOCK):
-            idx = p0 + tl.arange(0, BLOCK)
-            m = idx < P
-            n = tl.load(npairs_ptr + idx, mask=m, other=0.0)
-            lp = tl.load(loss_p_ptr + idx, mask=m, other=0.0)
-            has = n > 0.5
-            total += tl.sum(tl.where(has, lp, 0.0), axis=0)
-            count += tl.sum(tl.where(has, 1.0, 0.0), axis=0)
-        tl.store(out_ptr, total / tl.maximum(count, 1.0))
-        tl.store(out_ptr + 1, count)
-        tl.store(loss_ptr, total / tl.maximum(count, 1.0))
+        # every warp's stores precede the ticket; acq_rel makes them visible to the last program, which sees all
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+        if ticket == P - 1:
+            total = 0.0
+            count = 0.0
+            for p0 in range(0, P, BLOCK_P):
+                idx = p0 + tl.arange(0, BLOCK_P)
+                m = idx < P
+                n = tl.load(npairs_ptr + idx, mask=m, other=0.0, volatile=True)
+                lp = tl.load(loss_p_ptr + idx, mask=m, other=0.0, volatile=True)
+                has = n > 0.5
+                total += tl.sum(tl.where(has, lp, 0.0), axis=0)
+                count += tl.sum(tl.where(has, 1.0, 0.0), axis=0)
+            tl.store(stats_ptr, total / tl.maximum(count, 1.0))
+            tl.store(stats_ptr + 1, count)
+            tl.store(loss_ptr, total / tl.maximum(count, 1.0))
+            tl.atomic_xchg(ticket_ptr, 0)  # ready for the next launch on this stream
 
     @triton.jit
     def _pairwise_bwd_kernel(gsum_ptr, npairs_ptr, stats_ptr, gout_ptr, grad_ptr, MG, total,
@@ -171,14 +175,27 @@ if HAS_TRITON:
         tl.store(grad_ptr + idx, gs / tl.maximum(n, 1.0) * g / tl.maximum(count, 1.0), mask=m)
 
 
+_TICKETS: dict = {}
+
+
+def _ticket(dev: torch.device) -> torch.Tensor:
+    """The forward's int32 ticket counter of this device and stream: zero between launches (the last program
+    resets it), so no fill is launched per call; one per stream, since launches on one stream run in order."""
+    key = (dev, torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0)
+    ticket = _TICKETS.get(key)
+    if ticket is None:
+        ticket = _TICKETS[key] = torch.zeros(1, dtype=torch.int32, device=dev)
+    return ticket
+
+
 def _pairwise_blocks(mg: int, g: int):
     block = min(64, max(16, triton.next_power_of_2(mg)))
     return block, block, max(2, triton.next_power_of_2(g))
 
 
 def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
-    """Two launches: the per-prompt kernel, then the reduction over prompts. Returns (loss, reward, has_pair,
-    gsum, npairs, stats) where gsum holds the unnormalised gradient weights and stats = (loss, #prompts with pairs)."""
+    """One launch. Returns (loss, reward, has_pair, gsum, npairs, stats)
+    where gsum holds the unnormalised gradient weights and stats = (loss, #prompts with pairs)."""
     p, m, g = mean.shape
     dev = mean.device
     reward = torch.empty(p, m, g, dtype=torch.float32, device=dev)
@@ -195,9 +212,9 @@ def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
     mu = mean.contiguous()
     s = scores.contiguous() if scores.dtype == torch.float32 else scores.to(torch.float32).contiguous()
     mk = mask.contiguous() if mask is not None else mu
-    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, m * g, g, 1.0 / score_range,
-                               HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba, BLOCK_B=bb, BLOCK_G=bg)
-    _pairwise_reduce_kernel[(1,)](loss_p, npairs, stats, loss, p, BLOCK=1024)
+    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, _ticket(dev), stats, loss, p, m * g, g,
+                               1.0 / score_range, HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba,
+                               BLOCK_B=bb, BLOCK_G=bg, BLOCK_P=1024)
     return loss, reward, has.view(torch.bool), gsum, npairs, stats
 
 

@@ -182,9 +182,13 @@ if HAS_TRITON:
 
     @triton.jit
     def _score_bwd_dz_dh_kernel(gl_ptr, gmu_ptr, gvar_ptr, logq_ptr, mean_ptr, val_ptr, w_ptr, ids_ptr,
-                                dz_ptr, dh_ptr, N, H, K, stride_wv, stride_wh, inv_t,
-                                HAS_IDS: tl.constexpr, NEED_DH: tl.constexpr, PRECISION: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+                                dz_ptr, dh_ptr, N, H, K, stride_gln, stride_glk, stride_gmu, stride_gvar,
+                                stride_wv, stride_wh, inv_t, HAS_GL: tl.constexpr, HAS_GMU: tl.constexpr,
+                                HAS_GVAR: tl.constexpr, HAS_IDS: tl.constexpr, NEED_DH: tl.constexpr,
+                                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                BLOCK_H: tl.constexpr):
+        # output gradients are read with their own strides (autograd's expanded gradients have stride 0) and an
+        # absent one (HAS_* False) counts as zero: no copies, no fills
         rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         ks = tl.arange(0, BLOCK_K)
         rmask = rows < N
@@ -192,9 +196,16 @@ if HAS_TRITON:
         m2 = rmask[:, None] & kmask[None, :]
         logq = tl.load(logq_ptr + rows[:, None] * K + ks[None, :], mask=m2, other=float("-inf"))
         q = tl.where(m2, tl.exp(logq), 0.0)
-        gl = tl.load(gl_ptr + rows[:, None] * K + ks[None, :], mask=m2, other=0.0)
-        gmu = tl.load(gmu_ptr + rows, mask=rmask, other=0.0)
-        gvar = tl.load(gvar_ptr + rows, mask=rmask, other=0.0)
+        gl = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        gmu = tl.zeros([BLOCK_N], dtype=tl.float32)
+        gvar = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if HAS_GL:
+            gl = tl.load(gl_ptr + rows[:, None] * stride_gln + ks[None, :] * stride_glk, mask=m2,
+                         other=0.0).to(tl.float32)
+        if HAS_GMU:
+            gmu = tl.load(gmu_ptr + rows * stride_gmu, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_GVAR:
+            gvar = tl.load(gvar_ptr + rows * stride_gvar, mask=rmask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
         v = tl.load(val_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
         dev = v[None, :] - mean[:, None]
@@ -279,7 +290,8 @@ def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
 
 def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
                           temperature, need_h, need_w, need_b, bias_dtype):
-    """Runs the two backward kernels; returns (dh, dW (dense, only the K rows non-zero), db), empty when unneeded."""
+    """Runs the two backward kernels; returns (dh, dW (dense, only the K rows non-zero), db), empty when unneeded.
+    Output gradients may be None (zero) or strided (read in place)."""
     n, h = hidden.shape
     k = values.shape[0]
     dev = hidden.device
@@ -292,11 +304,14 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     dz = torch.empty(n, bk, dtype=torch.float32, device=dev)
     ids = token_ids if token_ids is not None else values
     prec = _precision(hidden.dtype)
+    gl, gmu, gvar = (logq if grad_logq is None else grad_logq, mean if grad_mean is None else grad_mean,
+                     mean if grad_var is None else grad_var)
     _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
-        grad_logq.contiguous(), grad_mean.contiguous(), grad_var.contiguous(), logq, mean, values, weight, ids,
-        dz, dh if need_h else dz, n, h, k, weight.stride(0), weight.stride(1), 1.0 / temperature,
-        HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec, BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh,
-        **_launch_opts())
+        gl, gmu, gvar, logq, mean, values, weight, ids, dz, dh if need_h else dz, n, h, k,
+        gl.stride(0), gl.stride(1), gmu.stride(0), gvar.stride(0), weight.stride(0), weight.stride(1),
+        1.0 / temperature, HAS_GL=grad_logq is not None, HAS_GMU=grad_mean is not None,
+        HAS_GVAR=grad_var is not None, HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec,
+        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
     if need_w or need_b:
         dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
         db_target = db if need_b else torch.empty(weight.shape[0], dtype=torch.float32, device=dev)
@@ -308,15 +323,11 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
 
 
 def _backward(ctx, has_bias: bool, grads, launch):
-    """Shared backward of the eager Function and the registered op: which inputs need gradients, zero-filled
-    gradients for unused outputs, then ``launch`` (the launcher or the backward op)."""
+    """Shared backward of the eager Function and the registered op: which inputs need gradients, then ``launch``
+    (the launcher or the backward op) with the output gradients as autograd gives them (None for unused ones)."""
     hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = has_bias and ctx.needs_input_grad[4]
-    grad_logq, grad_mean, grad_var = grads
-    grads = (torch.zeros_like(logq) if grad_logq is None else grad_logq,
-             torch.zeros_like(mean) if grad_mean is None else grad_mean,
-             torch.zeros_like(mean) if grad_var is None else grad_var)
     dh, dw, db = launch(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature, need_h, need_w,
                         need_b)
     return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
@@ -328,6 +339,7 @@ class _ScoreFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, token_ids, values, bias, temperature):
         logq, mean, var = score_forward_launch(hidden, weight, token_ids, values, bias, temperature)
+        ctx.set_materialize_grads(False)  # unused outputs reach the backward as None, not as zero-filled tensors
         ctx.save_for_backward(hidden, weight, token_ids, values, logq, mean)
         ctx.temperature = temperature
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -353,8 +365,8 @@ def _(hidden, weight, token_ids, values, bias, temperature):
 
 
 @torch.library.custom_op("zrcore::score_distribution_backward", mutates_args=())
-def _score_backward_op(grad_logq: torch.Tensor, grad_mean: torch.Tensor, grad_var: torch.Tensor,
-                       hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
+def _score_backward_op(grad_logq: torch.Tensor | None, grad_mean: torch.Tensor | None,
+                       grad_var: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
                        values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor, temperature: float,
                        need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
