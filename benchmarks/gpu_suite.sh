@@ -4,12 +4,33 @@
 # Wheels of packages missing on the GPU machine (liger-kernel, diffusers, transformers and their dependencies) may be
 # placed in .whl/ beforehand (benchmarks/install_wheels.py installs the missing or older ones); a machine
 # without the git history should be given the commit as ZRCORE_COMMIT=<hash> for the tables.
+# The whole suite stays within ZRCORE_SUITE_BUDGET seconds (default 540): each step gets at most what is left,
+# and a step with less than 20 s left is skipped, so every table written so far comes back.
 set -uo pipefail
 OUT="${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+BUDGET="${ZRCORE_SUITE_BUDGET:-540}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# cap N: the timeout for the next step, at most N seconds and what is left of the budget; empty when too little
+cap() {
+  local left=$((BUDGET - SECONDS))
+  if ((left < 20)); then echo ""; else echo $((left < $1 ? left : $1)); fi
+}
+step() {  # step NAME CAP LOG COMMAND...: runs COMMAND under the capped timeout (output to LOG, "-" for none),
+  local name="$1" t rc log="$3"  # prints its exit code, or skips it when the budget is spent
+  t="$(cap "$2")"
+  shift 3
+  echo "== $name (t=${SECONDS}s)"
+  if [[ -z "$t" ]]; then echo "skipped: suite budget spent"; return 99; fi
+  if [[ "$log" == "-" ]]; then timeout "$t" "$@"; else timeout "$t" "$@" >"$log" 2>&1; fi
+  rc=$?
+  echo "exit code $rc"
+  return $rc
+}
+
 if compgen -G ".whl/*.whl" >/dev/null; then  # install the wheels whose package is missing or older
   python3 benchmarks/install_wheels.py .whl /tmp/zrcore-site
   export PYTHONPATH="/tmp/zrcore-site:$PYTHONPATH"
@@ -22,32 +43,33 @@ unset TRITON_INTERPRET
   date -u +%Y-%m-%d
 } | tee "$OUT/device.txt"
 
-echo "== build"
-if compgen -G "csrc/*.cpp" >/dev/null; then
-  ZRCORE_BUILD_CUDA=1 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1 && echo "extension built" || { echo "BUILD FAILED"; tail -20 "$OUT/build.log"; }
-else
-  echo "no csrc sources yet: pure Python + Triton"
-fi
+step "build" 240 "$OUT/build.log" env MAX_JOBS="${MAX_JOBS:-8}" ZRCORE_BUILD_CUDA=1 python3 setup.py build_ext \
+  --inplace
+(($? == 0)) || tail -20 "$OUT/build.log" 2>/dev/null
 
-echo "== CUDA tests"
-timeout 150 python3 -m pytest -q tests/ops tests/diffusion/test_fused.py -p no:cacheprovider \
-  --ignore=tests/ops/test_compile.py >"$OUT/tests.log" 2>&1
-echo "tests exit code $?"; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20; tail -1 "$OUT/tests.log"
-timeout 150 python3 -m pytest -q tests/ops/test_compile.py -p no:cacheprovider >"$OUT/tests_compile.log" 2>&1
-echo "compile tests exit code $?"; grep -E "^(FAILED|ERROR)" "$OUT/tests_compile.log" | head -20; tail -1 "$OUT/tests_compile.log"
+step "CUDA tests" 150 "$OUT/tests.log" python3 -m pytest -q tests/ops tests/diffusion/test_fused.py \
+  -p no:cacheprovider --ignore=tests/ops/test_compile.py
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" 2>/dev/null | head -20; tail -1 "$OUT/tests.log" 2>/dev/null
 
-echo "== kernel launches"
-timeout 90 python3 benchmarks/count_launches.py 2>&1 | tee "$OUT/launches.txt" | cut -c1-400
+step "kernel launches" 90 "$OUT/launches.txt" python3 benchmarks/count_launches.py
+cut -c1-400 "$OUT/launches.txt" 2>/dev/null | grep -E "launches|do_bench|Error" | head -20
 
-echo "== device time (CUDA graph replay)"
-timeout 90 python3 benchmarks/graph_replay.py 2>&1 | grep "^|" | tee "$OUT/graph_replay.md"
+step "device time (CUDA graph replay)" 90 "$OUT/graph_replay.log" python3 benchmarks/graph_replay.py
+grep "^|" "$OUT/graph_replay.log" 2>/dev/null | tee "$OUT/graph_replay.md"
 
-echo "== benchmarks"
-ZRCORE_BENCH_OUT="$OUT" timeout 330 python3 -m pytest -q benchmarks --benchmark-enable -p no:cacheprovider \
-  --benchmark-columns=median,rounds >"$OUT/bench.log" 2>&1
-echo "benchmarks exit code $?"
-tail -5 "$OUT/bench.log"
-cat "$OUT/ops-cuda.md" 2>/dev/null || grep -E "Error|error" "$OUT/bench.log" | head -20
+step "op benchmarks" 300 "$OUT/bench.log" env ZRCORE_BENCH_OUT="$OUT" python3 -m pytest -q \
+  benchmarks/test_ops_bench.py --benchmark-enable -p no:cacheprovider --benchmark-columns=median,rounds
+cat "$OUT/ops-cuda.md" 2>/dev/null || grep -E "Error|error" "$OUT/bench.log" 2>/dev/null | head -20
 
-echo "== full-size Z-Image reward-backprop step (bf16, 1024x1024)"
-timeout 200 python3 benchmarks/zimage_fullsize.py --out "$OUT" 2>&1 | tail -12
+step "compile tests" 120 "$OUT/tests_compile.log" python3 -m pytest -q tests/ops/test_compile.py -p no:cacheprovider
+grep -E "^(FAILED|ERROR)" "$OUT/tests_compile.log" 2>/dev/null | head -20; tail -1 "$OUT/tests_compile.log" 2>/dev/null
+
+step "extension and reward-backprop benchmarks" 120 "$OUT/bench_diffusion.log" env ZRCORE_BENCH_OUT="$OUT/diffusion" \
+  python3 -m pytest -q benchmarks/test_extension_bench.py benchmarks/test_diffusion_bench.py --benchmark-enable \
+  -p no:cacheprovider
+cat "$OUT/diffusion/ops-cuda.md" 2>/dev/null || tail -5 "$OUT/bench_diffusion.log" 2>/dev/null
+
+step "full-size Z-Image reward-backprop step (bf16, 1024x1024)" 200 "$OUT/zimage.log" python3 \
+  benchmarks/zimage_fullsize.py --out "$OUT"
+tail -12 "$OUT/zimage.log" 2>/dev/null
+echo "suite finished after ${SECONDS}s"

@@ -1,7 +1,8 @@
 // Argument checks of the fused GroupNorm + SiLU, shared by the CPU and CUDA kernels.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 namespace zrcore {
 

@@ -1,4 +1,5 @@
 """Differentiable flow-matching sampling for diffusers transformers, for reward backpropagation into a generator.
+The transformer enters as a velocity field v(latents, t, cond) (zrcore.diffusion.velocity: Z-Image, SD3, Flux).
 
     x_{i+1} = scheduler.step(v(x_i, t_i), t_i, x_i)        (Euler on FlowMatchEulerDiscreteScheduler's sigmas)
     v = v_cond + g (v_cond - v_uncond)                       (classifier-free guidance, g = guidance_scale)
