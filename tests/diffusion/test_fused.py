@@ -105,3 +105,9 @@ def test_fused_vae_decoder_gradients_equal_plain(gen):
 def test_bad_input():
     with pytest.raises(ValueError, match="impl"):
         group_norm_silu(torch.zeros(1, 4, 2), 2, torch.ones(4), torch.zeros(4), impl="cuda")
+    if extension() is not None:
+        with pytest.raises(TypeError, match="one dtype for v_cond and v_uncond"):
+            cfg_euler_step(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bfloat16), 1.0, 0.1,
+                           impl="ext")
+        with pytest.raises(TypeError, match="float32 \\(CPU\\)"):
+            group_norm_silu(torch.zeros(1, 4, 2, dtype=torch.bfloat16), 2, torch.ones(4), torch.zeros(4), impl="ext")

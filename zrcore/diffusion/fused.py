@@ -28,13 +28,17 @@ def extension_supports(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" or (x.device.type == "cuda" and bool(ext.with_cuda))
 
 
-def _resolve(impl: str, supported: bool) -> bool:
+def _resolve(impl: str, device_ok: bool, inputs_ok: bool, inputs_rule: str) -> bool:
+    """Whether to use the compiled kernel: impl 'ext' demands it (clear error when impossible), 'auto' uses it when
+    the device and the inputs allow, 'torch' never."""
     if impl not in ("auto", "torch", "ext"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'ext', got {impl!r}")
-    if impl == "ext" and not supported:
+    if impl == "ext" and not device_ok:
         raise RuntimeError("impl='ext' needs the compiled extension zrcore._C with a kernel for this device "
                            "(CUDA tensors need an extension built with CUDA)")
-    return impl == "ext" or (impl == "auto" and supported)
+    if impl == "ext" and not inputs_ok:
+        raise TypeError(f"impl='ext' needs {inputs_rule}")
+    return impl == "ext" or (impl == "auto" and device_ok and inputs_ok)
 
 
 class _GroupNormSiLU(torch.autograd.Function):
@@ -57,7 +61,7 @@ def group_norm_silu(x: torch.Tensor, groups: int, gamma: torch.Tensor, beta: tor
     """silu(group_norm(x, groups, gamma, beta, eps)); impl "auto" uses the compiled kernel for float32 CPU input and
     for float32 / bfloat16 / float16 CUDA input (when the extension was built with CUDA)."""
     dtype_ok = x.dtype == torch.float32 or (x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16))
-    if _resolve(impl, extension_supports(x) and dtype_ok):
+    if _resolve(impl, extension_supports(x), dtype_ok, "x in float32 (CPU) or float32 / bfloat16 / float16 (CUDA)"):
         return _GroupNormSiLU.apply(x, gamma, beta, int(groups), float(eps))
     return F.silu(F.group_norm(x, groups, gamma, beta, eps))
 
@@ -110,8 +114,8 @@ class _CFGEuler(torch.autograd.Function):
 def cfg_euler_step(x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, dt: float,
                    impl: str = "auto") -> torch.Tensor:
     """x + dt * (v_c + s (v_c - v_u)) for fp32 latents x and fp32 / bf16 / fp16 velocities (one dtype for both)."""
-    supported = extension_supports(x) and x.dtype == torch.float32 and v_cond.dtype == v_uncond.dtype
-    if _resolve(impl, supported):
+    inputs_ok = x.dtype == torch.float32 and v_cond.dtype == v_uncond.dtype
+    if _resolve(impl, extension_supports(x), inputs_ok, "float32 latents x and one dtype for v_cond and v_uncond"):
         return _CFGEuler.apply(x, v_cond, v_uncond, float(scale), float(dt))
     vc, vu = v_cond.float(), v_uncond.float()
     return x + dt * (vc + scale * (vc - vu))
