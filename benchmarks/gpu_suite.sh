@@ -43,8 +43,7 @@ unset TRITON_INTERPRET
   date -u +%Y-%m-%d
 } | tee "$OUT/device.txt"
 
-step "build" 240 "$OUT/build.log" env MAX_JOBS="${MAX_JOBS:-8}" ZRCORE_BUILD_CUDA=1 python3 setup.py build_ext \
-  --inplace
+step "build" 240 "$OUT/build.log" env ZRCORE_BUILD_CUDA=1 python3 setup.py build_ext --inplace
 (($? == 0)) || tail -20 "$OUT/build.log" 2>/dev/null
 
 step "CUDA tests" 150 "$OUT/tests.log" python3 -m pytest -q tests/ops tests/diffusion/test_fused.py \

@@ -8,27 +8,26 @@
 #include <tuple>
 #include <vector>
 
-#include "../group_norm_silu_checks.h"
+#include "../group_norm_silu_common.h"
 
 namespace zrcore {
 
 namespace {
-void check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
-  check_group_norm_silu_inputs(x, gamma, beta, groups);
+GroupNormShape check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "group_norm_silu: x must be float32 on the CPU path");
+  return check_group_norm_silu_inputs(x, gamma, beta, groups);
 }
 }  // namespace
 
 std::vector<at::Tensor> group_norm_silu_forward_cpu(const at::Tensor& x_in, const at::Tensor& gamma_in,
                                                     const at::Tensor& beta_in, int64_t groups, double eps) {
-  check_inputs(x_in, gamma_in, beta_in, groups);
+  const GroupNormShape shape = check_inputs(x_in, gamma_in, beta_in, groups);
+  const int64_t N = shape.N, C = shape.C, HW = shape.HW, cpg = shape.cpg, count = shape.count;
   auto x = x_in.contiguous();
   auto gamma = gamma_in.contiguous().to(at::kFloat);
   auto beta = beta_in.contiguous().to(at::kFloat);
-  const int64_t N = x.size(0), C = x.size(1);
-  const int64_t HW = x.numel() / (N * C);
-  const int64_t cpg = C / groups;
   auto y = at::empty_like(x);
+  if (x.numel() == 0) return {y, at::zeros({N, groups}, x.options()), at::ones({N, groups}, x.options())};
   auto mean = at::empty({N, groups}, x.options());
   auto rstd = at::empty({N, groups}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -42,7 +41,6 @@ std::vector<at::Tensor> group_norm_silu_forward_cpu(const at::Tensor& x_in, cons
       const int64_t n = ng / groups, g = ng % groups;
       const float* base = xp + (n * C + g * cpg) * HW;
       double sum = 0.0, sq = 0.0;
-      const int64_t count = cpg * HW;
       for (int64_t i = 0; i < count; ++i) {
         sum += base[i];
         sq += static_cast<double>(base[i]) * base[i];
@@ -70,15 +68,15 @@ std::vector<at::Tensor> group_norm_silu_forward_cpu(const at::Tensor& x_in, cons
 std::vector<at::Tensor> group_norm_silu_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in,
                                                      const at::Tensor& gamma_in, const at::Tensor& beta_in,
                                                      const at::Tensor& mean, const at::Tensor& rstd, int64_t groups) {
-  check_inputs(x_in, gamma_in, beta_in, groups);
+  const GroupNormShape shape = check_inputs(x_in, gamma_in, beta_in, groups);
+  const int64_t N = shape.N, C = shape.C, HW = shape.HW, cpg = shape.cpg, count = shape.count;
   auto x = x_in.contiguous();
   auto dy = dy_in.contiguous().to(at::kFloat);
   auto gamma = gamma_in.contiguous().to(at::kFloat);
   auto beta = beta_in.contiguous().to(at::kFloat);
-  const int64_t N = x.size(0), C = x.size(1);
-  const int64_t HW = x.numel() / (N * C);
-  const int64_t cpg = C / groups;
   auto dx = at::empty_like(x);
+  if (x.numel() == 0) return {dx, at::zeros({C}, x.options()), at::zeros({C}, x.options())};
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "group_norm_silu backward: dy and x must have one shape");
   // per-(n, channel) partial sums for dgamma / dbeta, reduced over n afterwards (no races between threads)
   auto dgamma_n = at::zeros({N, C}, x.options());
   auto dbeta_n = at::zeros({N, C}, x.options());
@@ -109,7 +107,6 @@ std::vector<at::Tensor> group_norm_silu_backward_cpu(const at::Tensor& dy_in, co
         dgp[n * C + ch] = static_cast<float>(dgam);
         dbp[n * C + ch] = static_cast<float>(dbet);
       }
-      const int64_t count = cpg * HW;
       const float mean_dxhat = static_cast<float>(sum_dxhat / count);
       const float mean_dxhat_xhat = static_cast<float>(sum_dxhat_xhat / count);
       for (int64_t c = 0; c < cpg; ++c) {

@@ -11,7 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ATen.h>
 
-#include "../group_norm_silu_checks.h"
+#include "../group_norm_silu_common.h"
 #include "launch.cuh"
 
 #include <vector>
@@ -99,22 +99,21 @@ __global__ void group_norm_silu_dx_kernel(const scalar_t* __restrict__ dy, const
   }
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
+GroupNormShape check_inputs(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, int64_t groups) {
   TORCH_CHECK(x.is_cuda(), "group_norm_silu (CUDA): x must be a CUDA tensor");
-  check_group_norm_silu_inputs(x, gamma, beta, groups);
+  return check_group_norm_silu_inputs(x, gamma, beta, groups);
 }
 
 }  // namespace
 
 std::vector<at::Tensor> group_norm_silu_forward_cuda(const at::Tensor& x_in, const at::Tensor& gamma_in,
                                                      const at::Tensor& beta_in, int64_t groups, double eps) {
-  check_inputs(x_in, gamma_in, beta_in, groups);
+  const GroupNormShape shape = check_inputs(x_in, gamma_in, beta_in, groups);
+  const int64_t N = shape.N, C = shape.C, HW = shape.HW, count = shape.count, rows = N * groups;
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
   auto gamma = gamma_in.contiguous().to(at::kFloat);
   auto beta = beta_in.contiguous().to(at::kFloat);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / std::max<int64_t>(1, N * C);
-  const int64_t rows = N * groups, count = (C / groups) * HW;
   auto y = at::empty_like(x);
   auto f32 = x.options().dtype(at::kFloat);
   if (x.numel() == 0) return {y, at::zeros({N, groups}, f32), at::ones({N, groups}, f32)};
@@ -144,7 +143,8 @@ std::vector<at::Tensor> group_norm_silu_backward_cuda(const at::Tensor& dy_in, c
                                                       const at::Tensor& gamma_in, const at::Tensor& beta_in,
                                                       const at::Tensor& mean_in, const at::Tensor& rstd_in,
                                                       int64_t groups) {
-  check_inputs(x_in, gamma_in, beta_in, groups);
+  const GroupNormShape shape = check_inputs(x_in, gamma_in, beta_in, groups);
+  const int64_t N = shape.N, C = shape.C, HW = shape.HW, cpg = shape.cpg, count = shape.count;
   TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "group_norm_silu backward: dy and x must have one shape");
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
@@ -153,8 +153,6 @@ std::vector<at::Tensor> group_norm_silu_backward_cuda(const at::Tensor& dy_in, c
   auto beta = beta_in.contiguous().to(at::kFloat);
   auto mean = mean_in.contiguous().to(at::kFloat);
   auto rstd = rstd_in.contiguous().to(at::kFloat);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / std::max<int64_t>(1, N * C);
-  const int64_t cpg = C / groups, count = cpg * HW;
   auto dx = at::empty_like(x);
   auto f32 = x.options().dtype(at::kFloat);
   if (x.numel() == 0) return {dx, at::zeros({C}, f32), at::zeros({C}, f32)};

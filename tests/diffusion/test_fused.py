@@ -41,6 +41,19 @@ def test_group_norm_silu_matches_float64_reference(gen, shape, groups, device):
         assert float((a.double().cpu() - b).norm() / b.norm()) < 1e-5
 
 
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 8, 5, 5), (2, 8, 0, 3)])
+def test_group_norm_silu_empty_inputs(device, shape):
+    x = torch.zeros(shape, device=device, requires_grad=True)
+    gamma = torch.ones(8, device=device, requires_grad=True)
+    beta = torch.zeros(8, device=device, requires_grad=True)
+    y = group_norm_silu(x, 4, gamma, beta, impl="ext")
+    assert y.shape == x.shape
+    dx, dgamma, dbeta = torch.autograd.grad(y.sum(), (x, gamma, beta), allow_unused=True)
+    assert dx.shape == x.shape and float(dgamma.abs().sum()) == 0 and float(dbeta.abs().sum()) == 0
+
+
 @pytest.mark.skipif(not CUDA_EXT, reason="no CUDA build of zrcore._C")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_group_norm_silu_half_precision_cuda(gen, dtype):

@@ -101,14 +101,14 @@ def fuse_vae_decoder(vae, impl: str = "auto") -> int:
 class _CFGEuler(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, vc, vu, scale, dt):
-        ctx.meta = (scale, dt, vc.dtype, vu.dtype)
+        ctx.meta = (scale, dt, vc.dtype)  # v_cond and v_uncond share one dtype (cfg_euler_step checks)
         return extension().cfg_euler_forward(x, vc, vu, scale, dt)
 
     @staticmethod
     def backward(ctx, g):
-        scale, dt, c_dtype, u_dtype = ctx.meta
-        dx, dvc, dvu = extension().cfg_euler_backward(g, scale, dt, c_dtype)
-        return dx, dvc, dvu.to(u_dtype), None, None
+        scale, dt, v_dtype = ctx.meta
+        dx, dvc, dvu = extension().cfg_euler_backward(g, scale, dt, v_dtype)
+        return dx, dvc, dvu, None, None
 
 
 def cfg_euler_step(x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, dt: float,

@@ -18,9 +18,8 @@ def add_lora(transformer, rank: int, alpha: float | None = None,
         from peft import LoraConfig
     except ImportError as err:  # pragma: no cover - peft is a dependency
         raise ImportError("LoRA needs peft: pip install peft") from err
-    names = {name.rsplit(".", 1)[-1] for name, _ in transformer.named_modules()}
-    full = {name for name, _ in transformer.named_modules()}
-    missing = [t for t in target_modules if t not in names and not any(n.endswith("." + t) for n in full)]
+    names = [name for name, _ in transformer.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]  # peft's rule
     if missing:
         raise ValueError(f"target_modules {missing} match no module of {type(transformer).__name__}")
     transformer.requires_grad_(False)

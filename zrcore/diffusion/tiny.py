@@ -28,12 +28,11 @@ class TinyPromptEncoder(torch.nn.Module):
         pad = self.tokenizer.pad_token_id
         for p in prompts:
             ids = self.tokenizer.encode(p, add_special_tokens=False)[:self.max_length] or [pad]
+            n = len(ids)
+            if self.pooled:
+                ids = ids + [pad] * (self.max_length - n)
             tokens = self.embed[torch.tensor(ids, device=self.embed.device)]
-            if not self.pooled:
-                out.append(tokens)
-                continue
-            padded = self.embed[torch.tensor(ids + [pad] * (self.max_length - len(ids)), device=self.embed.device)]
-            out.append({"prompt_embeds": padded, "pooled": tokens.mean(0)})
+            out.append({"prompt_embeds": tokens, "pooled": tokens[:n].mean(0)} if self.pooled else tokens)
         return out
 
 

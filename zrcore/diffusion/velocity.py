@@ -114,10 +114,9 @@ class FluxVelocity(_Velocity):
 
 def velocity_for(transformer, **kwargs):
     """The wrapper matching a diffusers transformer's class."""
-    name = type(transformer).__name__
     wrappers = {"ZImageTransformer2DModel": ZImageVelocity, "SD3Transformer2DModel": SD3Velocity,
                 "FluxTransformer2DModel": FluxVelocity}
-    for cls_name, wrapper in wrappers.items():
-        if name == cls_name or any(base.__name__ == cls_name for base in type(transformer).__mro__):
-            return wrapper(transformer, **kwargs)
-    raise ValueError(f"no velocity wrapper for {name}; supported: {sorted(wrappers)}")
+    for cls in type(transformer).__mro__:  # the class itself, then its bases (subclasses of the three)
+        if cls.__name__ in wrappers:
+            return wrappers[cls.__name__](transformer, **kwargs)
+    raise ValueError(f"no velocity wrapper for {type(transformer).__name__}; supported: {sorted(wrappers)}")
