@@ -41,6 +41,16 @@ def save_checkpoint(output_dir: str | Path, state: dict) -> Path:
     return final
 
 
+def stop_if_requested(step: int, total: int, before_exit=None) -> None:
+    """Simulates a killed run (tests): raises SystemExit after ``step`` when ZRCORE_STOP_AFTER_STEP <= step < total,
+    calling ``before_exit`` first (e.g. to close a progress bar)."""
+    stop_after = int(os.environ.get("ZRCORE_STOP_AFTER_STEP", "0"))
+    if stop_after and stop_after <= step < total:
+        if before_exit is not None:
+            before_exit()
+        raise SystemExit(f"stopped after step {step} (ZRCORE_STOP_AFTER_STEP)")
+
+
 def load_checkpoint(output_dir: str | Path) -> dict | None:
     path = Path(output_dir) / CKPT_NAME
     if not path.exists():

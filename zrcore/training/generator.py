@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.diffusion import FlowMatchSampler, SamplerConfig, build_tiny_generator, reward_of_images, velocity_for
 from zrcore.diffusion.lora import DEFAULT_TARGETS, add_lora
-from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, stop_if_requested
 from zrcore.training.config import save_config
 from zrcore.training.logging import MetricsLog, Progress, plot_curves
 
@@ -167,6 +167,7 @@ class GeneratorTrainer:
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 save_checkpoint(self.out, {"step": self.step, "model": self.transformer.state_dict(),
                                            "optimizer": self.opt.state_dict(), "rng": rng_state(), "before": before})
+            stop_if_requested(self.step, cfg.steps, bar.close)
         bar.close()
         after, imgs = self.validate()
         _grid(list(before["images"]) + list(imgs), rows=2).save(self.out / "before_after.png")

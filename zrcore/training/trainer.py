@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 
 from zrcore.data.records import batch_groups
 from zrcore.training import distributed as D
-from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_model_atomic, set_rng_state
+from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_model_atomic, set_rng_state, stop_if_requested
 from zrcore.training.config import save_config
 from zrcore.training.data import build_data
 from zrcore.training.evaluate import evaluate_model, format_table
@@ -139,7 +138,6 @@ class Trainer:
         if "start" not in self.results:
             self.results["start"] = self.evaluate("start")
             self.log.write({"step": 0, **{f"eval/{k}": v for k, v in self.results["start"]["all"].items()}})
-        stop_after = int(os.environ.get("ZRCORE_STOP_AFTER_STEP", "0"))  # simulates a killed run in tests
         bar = Progress(cfg.steps, self.step, enabled=cfg.progress and self.main, desc=type(self).__name__)
         t0 = time.time()
         while self.step < cfg.steps:
@@ -155,9 +153,7 @@ class Trainer:
             bar.update(metrics)
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save()
-            if stop_after and self.step >= stop_after and self.step < cfg.steps:
-                bar.close()
-                raise SystemExit(f"stopped after step {self.step} (ZRCORE_STOP_AFTER_STEP)")
+            stop_if_requested(self.step, cfg.steps, bar.close)
         bar.close()
         if "final" not in self.results:
             self.results["final"] = self.evaluate("final")
