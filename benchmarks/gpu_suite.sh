@@ -4,13 +4,13 @@
 # Wheels of packages missing on the GPU machine (liger-kernel, diffusers, transformers and their dependencies) may be
 # placed in .whl/ beforehand (benchmarks/install_wheels.py installs the missing or older ones); a machine
 # without the git history should be given the commit as ZRCORE_COMMIT=<hash> for the tables.
-# The whole suite stays within ZRCORE_SUITE_BUDGET seconds (default 540): each step gets at most what is left,
+# The whole suite stays within ZRCORE_SUITE_BUDGET seconds (default 560): each step gets at most what is left,
 # and a step with less than 20 s left is skipped, so every table written so far comes back.
 set -uo pipefail
 OUT="${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-BUDGET="${ZRCORE_SUITE_BUDGET:-540}"
+BUDGET="${ZRCORE_SUITE_BUDGET:-560}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -43,32 +43,47 @@ unset TRITON_INTERPRET
   date -u +%Y-%m-%d
 } | tee "$OUT/device.txt"
 
-step "build" 240 "$OUT/build.log" env ZRCORE_BUILD_CUDA=1 python3 setup.py build_ext --inplace
-(($? == 0)) || tail -20 "$OUT/build.log" 2>/dev/null
-
-step "CUDA tests" 150 "$OUT/tests.log" python3 -m pytest -q tests/ops tests/diffusion/test_fused.py \
-  -p no:cacheprovider --ignore=tests/ops/test_compile.py
+# the Triton ops first (they need no build), then the compiled extension and the diffusion benchmarks
+XDIST=""
+python3 -c "import xdist" 2>/dev/null && XDIST="-n 4"  # Triton compiles the test variants in parallel
+step "CUDA tests (ops)" 150 "$OUT/tests.log" python3 -m pytest -q tests/ops $XDIST -p no:cacheprovider \
+  --ignore=tests/ops/test_compile.py
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" 2>/dev/null | head -20; tail -1 "$OUT/tests.log" 2>/dev/null
 
-step "kernel launches" 90 "$OUT/launches.txt" python3 benchmarks/count_launches.py
+step "kernel launches" 60 "$OUT/launches.txt" python3 benchmarks/count_launches.py
 cut -c1-400 "$OUT/launches.txt" 2>/dev/null | grep -E "launches|do_bench|Error" | head -20
 
-step "device time (CUDA graph replay)" 90 "$OUT/graph_replay.log" python3 benchmarks/graph_replay.py
+step "device time (CUDA graph replay)" 60 "$OUT/graph_replay.log" python3 benchmarks/graph_replay.py
 grep "^|" "$OUT/graph_replay.log" 2>/dev/null | tee "$OUT/graph_replay.md"
 
-step "op benchmarks" 300 "$OUT/bench.log" env ZRCORE_BENCH_OUT="$OUT" python3 -m pytest -q \
+step "score kernel launch configurations" 60 "$OUT/tune.log" env \
+  ZRCORE_TUNE="${ZRCORE_TUNE:-16x256x4x3x1,16x256x4x3,16x128x4x3,16x512x4x3,32x256x4x3,16x256x4x4,16x256x8x3,16x128x4x4}" \
+  python3 benchmarks/tune_score.py
+grep -E "^\||Error" "$OUT/tune.log" 2>/dev/null | tee "$OUT/tune.md"
+
+step "op benchmarks" 240 "$OUT/bench.log" env ZRCORE_BENCH_OUT="$OUT" python3 -m pytest -q \
   benchmarks/test_ops_bench.py --benchmark-enable -p no:cacheprovider --benchmark-columns=median,rounds
 cat "$OUT/ops-cuda.md" 2>/dev/null || grep -E "Error|error" "$OUT/bench.log" 2>/dev/null | head -20
 
-step "compile tests" 120 "$OUT/tests_compile.log" python3 -m pytest -q tests/ops/test_compile.py -p no:cacheprovider
+step "host profile" 40 "$OUT/host.log" python3 benchmarks/profile_host.py
+grep -E "per step|tottime|^ +[0-9]" "$OUT/host.log" 2>/dev/null | head -34
+
+step "compile tests" 100 "$OUT/tests_compile.log" python3 -m pytest -q tests/ops/test_compile.py -p no:cacheprovider
 grep -E "^(FAILED|ERROR)" "$OUT/tests_compile.log" 2>/dev/null | head -20; tail -1 "$OUT/tests_compile.log" 2>/dev/null
 
-step "extension and reward-backprop benchmarks" 120 "$OUT/bench_diffusion.log" env ZRCORE_BENCH_OUT="$OUT/diffusion" \
+step "build" 150 "$OUT/build.log" env ZRCORE_BUILD_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace
+(($? == 0)) || tail -20 "$OUT/build.log" 2>/dev/null
+
+step "CUDA tests (extension)" 60 "$OUT/tests_ext.log" python3 -m pytest -q tests/diffusion/test_fused.py \
+  -p no:cacheprovider
+grep -E "^(FAILED|ERROR)" "$OUT/tests_ext.log" 2>/dev/null | head -20; tail -1 "$OUT/tests_ext.log" 2>/dev/null
+
+step "extension and reward-backprop benchmarks" 90 "$OUT/bench_diffusion.log" env ZRCORE_BENCH_OUT="$OUT/diffusion" \
   python3 -m pytest -q benchmarks/test_extension_bench.py benchmarks/test_diffusion_bench.py --benchmark-enable \
   -p no:cacheprovider
 cat "$OUT/diffusion/ops-cuda.md" 2>/dev/null || tail -5 "$OUT/bench_diffusion.log" 2>/dev/null
 
-step "full-size Z-Image reward-backprop step (bf16, 1024x1024)" 200 "$OUT/zimage.log" python3 \
+step "full-size Z-Image reward-backprop step (bf16, 1024x1024)" 150 "$OUT/zimage.log" python3 \
   benchmarks/zimage_fullsize.py --out "$OUT"
 tail -12 "$OUT/zimage.log" 2>/dev/null
 echo "suite finished after ${SECONDS}s"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.ops.conftest import device
+from tests.ops.conftest import device, impls
 from tests.reference import score_distribution_naive
 from zrcore import ScoreBins
 from zrcore.ops import ScoreHead, score_distribution, score_distribution_from_logits
@@ -45,6 +45,53 @@ def test_matches_float64_reference_forward_and_backward(gen, impl, n, h, v, k, t
     other = torch.ones(v, dtype=torch.bool)
     other[ids] = False
     assert grads[1].cpu()[other].abs().max() == 0
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 5, "auto"])
+def test_hidden_split_across_programs(gen, monkeypatch, split):
+    """Programs sharing a row block's hidden dimension: partial logits summed by the last program of the block
+    (forward), hidden-gradient slices written by each (backward). Odd H and N, every slice count; the ticket
+    counters are left at zero and a second call gives the same bits."""
+    if "triton" not in impls():
+        pytest.skip("needs the Triton path (CUDA or TRITON_INTERPRET=1)")
+    from zrcore.ops._dispatch import ticket_counters
+    from zrcore.ops.score_distribution import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "block_h", 16)
+    monkeypatch.setitem(LAUNCH, "split_h", split)
+    dev = device()
+    n, h, v = 37, 70, 101
+    hidden, weight, ids, b, values = _inputs(gen, n, h, v)
+    ref = score_distribution_naive(hidden.requires_grad_(), weight, ids, values, b)
+    hs = _to(hidden.detach(), torch.float32, dev)
+    args = (weight.float().to(dev), ids.to(dev), values.float().to(dev))
+    out = score_distribution(hs, *args, bias=b.float().to(dev), impl="triton")
+    for got, want in zip(out, ref):
+        torch.testing.assert_close(got.double().cpu(), want.detach(), rtol=1e-5, atol=1e-5)
+    go = [torch.randn(x.shape, generator=gen, dtype=D) for x in ref]
+    (want,) = torch.autograd.grad(ref, (hidden,), go)
+    (got,) = torch.autograd.grad(tuple(out), (hs,), [x.float().to(dev) for x in go])
+    assert float((got.double().cpu() - want).norm() / want.norm()) < 1e-5
+    again = score_distribution(hs.detach(), *args, bias=b.float().to(dev), impl="triton")
+    for x, y in zip(out, again):
+        assert torch.equal(x.detach(), y)
+    assert int(ticket_counters(torch.device(dev), 1).abs().sum()) == 0
+
+
+@pytest.mark.cuda
+def test_split_reduction_is_exact_on_every_call():
+    """The forward's cross-program sum of partial logits at the benchmark's N and H, many times, against the
+    torch path: a partial read before another program's store would show as a wrong mean."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    weight = torch.randn(1000, 5120, device="cuda", generator=g).to(torch.bfloat16) / 5120**0.5
+    ids = torch.randperm(1000, device="cuda", generator=g)[:9]
+    values = VALUES.to("cuda")
+    for _ in range(100):
+        hidden = torch.randn(512, 5120, device="cuda", generator=g).to(torch.bfloat16)
+        got = score_distribution(hidden, weight, ids, values, impl="triton")
+        want = score_distribution(hidden, weight, ids, values, impl="torch")
+        torch.testing.assert_close(got.mean, want.mean, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.log_probs, want.log_probs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("used", ["mean", "log_probs", "var+mean"])

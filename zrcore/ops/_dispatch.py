@@ -41,3 +41,26 @@ def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
             raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 in the environment")
     return impl
 
+
+
+_TICKETS: dict = {}
+
+
+def _current_stream_handle(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    try:
+        return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
+    except AttributeError:  # pragma: no cover - older torch
+        return torch.cuda.current_stream(device).cuda_stream
+
+
+def ticket_counters(device: torch.device, n: int) -> torch.Tensor:
+    """At least ``n`` int32 counters, all zero, for kernels whose last-finishing program does a final reduction
+    (an atomic ticket per group of programs). A kernel leaves every counter it used at zero again, so no fill is
+    launched per call; one set per device and stream, since launches on one stream run one after another."""
+    key = (device, _current_stream_handle(device))
+    counters = _TICKETS.get(key)
+    if counters is None or counters.numel() < n:
+        counters = _TICKETS[key] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
+    return counters

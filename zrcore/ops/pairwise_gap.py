@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, ticket_counters, tl, triton
 
 
 class PairwiseGap(NamedTuple):
@@ -80,9 +80,10 @@ def pairwise_gap_torch(mean, scores, score_range, mask=None, include_ties=False)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton: one program per prompt walks the (M*G) x (M*G) gap block in tiles held in registers; it writes the
-# reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab. The program
-# that finishes last (an atomic ticket, reset by that program) reduces the per-prompt losses in prompt order
-# (deterministic), so the forward is one launch; the backward is one elementwise launch.
+# reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab / (pairs of p).
+# The program that finishes last (an atomic ticket, reset by that program) reduces the per-prompt losses in prompt
+# order (deterministic) and writes 1 / #prompts with pairs, so the forward is one launch and the backward is the
+# product of the saved weights with that scale and the loss gradient (no kernel of its own).
 # ----------------------------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
@@ -105,10 +106,10 @@ if HAS_TRITON:
         return cand, score, valid & inb, count
 
     @triton.jit
-    def _pairwise_fwd_kernel(mu_ptr, s_ptr, mask_ptr, reward_ptr, has_ptr, gsum_ptr, loss_p_ptr, npairs_ptr,
-                             ticket_ptr, stats_ptr, loss_ptr, P, MG, G, inv_r, HAS_MASK: tl.constexpr,
-                             TIES: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                             BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr):
+    def _pairwise_fwd_kernel(mu_ptr, s_ptr, mask_ptr, reward_ptr, has_ptr, gw_ptr, work_ptr, ticket_ptr, out_ptr,
+                             P, MG, G, inv_r, HAS_MASK: tl.constexpr, TIES: tl.constexpr, BLOCK_A: tl.constexpr,
+                             BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr):
+        # work_ptr: [2, P] (per-prompt loss, per-prompt pair weight); out_ptr: [2] (loss, 1 / #prompts with pairs)
         p = tl.program_id(0).to(tl.int64)
         loss_acc = 0.0
         pair_acc = 0.0
@@ -136,13 +137,21 @@ if HAS_TRITON:
             has = partners > 0.5
             reward = tl.where(has & valid_a, 1.0 - abs_sum * inv_r / tl.maximum(partners, 1.0), 0.0)
             tl.store(reward_ptr + p * MG + ia, reward, mask=ia < MG)
-            tl.store(gsum_ptr + p * MG + ia, 2.0 * row_w * sign_sum * inv_r, mask=ia < MG)
+            tl.store(gw_ptr + p * MG + ia, 2.0 * row_w * sign_sum * inv_r, mask=ia < MG)
             first = (ia % G == 0) & (ia < MG)
             tl.store(has_ptr + p * (MG // G) + cand_a, has.to(tl.int8), mask=first)
             loss_acc += tl.sum(row_w * abs_sum, axis=0) * inv_r
             pair_acc += tl.sum(row_w * partners, axis=0)
-        tl.store(loss_p_ptr + p, loss_acc / tl.maximum(pair_acc, 1.0))
-        tl.store(npairs_ptr + p, pair_acc)
+        # the prompt's weights are divided by its pair weight, known only now (same layout: each thread rescales
+        # what it stored)
+        tl.debug_barrier()
+        inv_pairs = 1.0 / tl.maximum(pair_acc, 1.0)
+        for a0 in range(0, MG, BLOCK_A):
+            ia = a0 + tl.arange(0, BLOCK_A)
+            gw = tl.load(gw_ptr + p * MG + ia, mask=ia < MG, other=0.0)
+            tl.store(gw_ptr + p * MG + ia, gw * inv_pairs, mask=ia < MG)
+        tl.store(work_ptr + p, loss_acc * inv_pairs)
+        tl.store(work_ptr + P + p, pair_acc)
         # every warp's stores precede the ticket; acq_rel makes them visible to the last program, which sees all
         tl.debug_barrier()
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
@@ -152,40 +161,15 @@ if HAS_TRITON:
             for p0 in range(0, P, BLOCK_P):
                 idx = p0 + tl.arange(0, BLOCK_P)
                 m = idx < P
-                n = tl.load(npairs_ptr + idx, mask=m, other=0.0, volatile=True)
-                lp = tl.load(loss_p_ptr + idx, mask=m, other=0.0, volatile=True)
+                lp = tl.load(work_ptr + idx, mask=m, other=0.0, volatile=True)
+                n = tl.load(work_ptr + P + idx, mask=m, other=0.0, volatile=True)
                 has = n > 0.5
                 total += tl.sum(tl.where(has, lp, 0.0), axis=0)
                 count += tl.sum(tl.where(has, 1.0, 0.0), axis=0)
-            tl.store(stats_ptr, total / tl.maximum(count, 1.0))
-            tl.store(stats_ptr + 1, count)
-            tl.store(loss_ptr, total / tl.maximum(count, 1.0))
+            inv_count = 1.0 / tl.maximum(count, 1.0)
+            tl.store(out_ptr, total * inv_count)
+            tl.store(out_ptr + 1, inv_count)
             tl.atomic_xchg(ticket_ptr, 0)  # ready for the next launch on this stream
-
-    @triton.jit
-    def _pairwise_bwd_kernel(gsum_ptr, npairs_ptr, stats_ptr, gout_ptr, grad_ptr, MG, total,
-                             BLOCK: tl.constexpr):
-        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = idx < total
-        p = idx // MG
-        n = tl.load(npairs_ptr + p, mask=m, other=1.0)
-        count = tl.load(stats_ptr + 1)
-        g = tl.load(gout_ptr)
-        gs = tl.load(gsum_ptr + idx, mask=m, other=0.0)
-        tl.store(grad_ptr + idx, gs / tl.maximum(n, 1.0) * g / tl.maximum(count, 1.0), mask=m)
-
-
-_TICKETS: dict = {}
-
-
-def _ticket(dev: torch.device) -> torch.Tensor:
-    """The forward's int32 ticket counter of this device and stream: zero between launches (the last program
-    resets it), so no fill is launched per call; one per stream, since launches on one stream run in order."""
-    key = (dev, torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0)
-    ticket = _TICKETS.get(key)
-    if ticket is None:
-        ticket = _TICKETS[key] = torch.zeros(1, dtype=torch.int32, device=dev)
-    return ticket
 
 
 def _pairwise_blocks(mg: int, g: int):
@@ -194,98 +178,76 @@ def _pairwise_blocks(mg: int, g: int):
 
 
 def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
-    """One launch. Returns (loss, reward, has_pair, gsum, npairs, stats)
-    where gsum holds the unnormalised gradient weights and stats = (loss, #prompts with pairs)."""
+    """One launch. Returns (out, reward, has_pair, grad_weights): out = [loss, 1 / #prompts with pairs] (fp32),
+    grad_weights [P, M, G] = d loss / d mean times #prompts with pairs."""
     p, m, g = mean.shape
     dev = mean.device
     reward = torch.empty(p, m, g, dtype=torch.float32, device=dev)
     has = torch.empty(p, m, dtype=torch.int8, device=dev)
-    gsum = torch.empty(p, m, g, dtype=torch.float32, device=dev)
-    loss_p = torch.empty(p, dtype=torch.float32, device=dev)
-    npairs = torch.empty(p, dtype=torch.float32, device=dev)
-    stats = torch.empty(2, dtype=torch.float32, device=dev)
-    loss = torch.empty((), dtype=torch.float32, device=dev)
+    gw = torch.empty(p, m, g, dtype=torch.float32, device=dev)
+    out = torch.empty(2, dtype=torch.float32, device=dev)
     if p == 0 or m * g == 0:
-        has.zero_(), reward.zero_(), gsum.zero_(), npairs.zero_(), stats.zero_(), loss.zero_()
-        return loss, reward, has.view(torch.bool), gsum, npairs, stats
+        has.zero_(), reward.zero_(), gw.zero_(), out.zero_()
+        return out, reward, has.view(torch.bool), gw
+    work = torch.empty(2, p, dtype=torch.float32, device=dev)
     ba, bb, bg = _pairwise_blocks(m * g, g)
     mu = mean.contiguous()
     s = scores.contiguous() if scores.dtype == torch.float32 else scores.to(torch.float32).contiguous()
     mk = mask.contiguous() if mask is not None else mu
-    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gsum, loss_p, npairs, _ticket(dev), stats, loss, p, m * g, g,
+    _pairwise_fwd_kernel[(p,)](mu, s, mk, reward, has, gw, work, ticket_counters(dev, 1), out, p, m * g, g,
                                1.0 / score_range, HAS_MASK=mask is not None, TIES=include_ties, BLOCK_A=ba,
                                BLOCK_B=bb, BLOCK_G=bg, BLOCK_P=1024)
-    return loss, reward, has.view(torch.bool), gsum, npairs, stats
+    return out, reward, has.view(torch.bool), gw
 
 
-def pairwise_backward_launch(grad_loss, gsum, npairs, stats):
-    grad = torch.empty_like(gsum)
-    total = gsum.numel()
-    if total:
-        p, m, g = gsum.shape
-        gl = grad_loss.reshape(1)
-        gl = gl if gl.dtype == torch.float32 else gl.float()
-        _pairwise_bwd_kernel[(triton.cdiv(total, 1024),)](gsum, npairs, stats, gl, grad, m * g, total, BLOCK=1024)
-    return grad
+def pairwise_grad(grad_loss: torch.Tensor, grad_weights: torch.Tensor, out: torch.Tensor, dtype: torch.dtype):
+    """d loss / d mean = grad_weights * (grad_loss / #prompts with pairs): two elementwise ops, no kernel."""
+    return (grad_weights * (grad_loss * out[1])).to(dtype)
 
 
 class _PairwiseFunction(torch.autograd.Function):
-    """Eager entry calling the launchers directly; torch.compile traces the registered op below instead."""
+    """Eager entry calling the launcher directly; torch.compile traces the registered op below instead."""
 
     @staticmethod
     def forward(ctx, mean, scores, mask, score_range, include_ties):
-        loss, reward, has, gsum, npairs, stats = pairwise_forward_launch(mean, scores, mask, score_range,
-                                                                         include_ties)
-        ctx.save_for_backward(gsum, npairs, stats)
+        out, reward, has, gw = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
+        ctx.save_for_backward(gw, out)
         ctx.mean_dtype = mean.dtype
         ctx.mark_non_differentiable(reward, has)
-        return loss, reward, has
+        return out[0], reward, has
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        gsum, npairs, stats = ctx.saved_tensors
-        return pairwise_backward_launch(grad_loss, gsum, npairs, stats).to(ctx.mean_dtype), None, None, None, None
+        gw, out = ctx.saved_tensors
+        return pairwise_grad(grad_loss, gw, out, ctx.mean_dtype), None, None, None, None
 
 
 @torch.library.custom_op("zrcore::pairwise_gap", mutates_args=())
 def _pairwise_op(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
-                 include_ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor]:
-    loss, reward, has, gsum, npairs, stats = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
-    return loss, reward, has.clone(), gsum, npairs, stats
+                 include_ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, reward, has, gw = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
+    return out, reward, has.clone(), gw
 
 
 @_pairwise_op.register_fake
 def _(mean, scores, mask, score_range, include_ties):
     p, m, g = mean.shape
     f32 = torch.float32
-    return (mean.new_empty((), dtype=f32), mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, m, dtype=torch.bool),
-            mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, dtype=f32), mean.new_empty(2, dtype=f32))
-
-
-@torch.library.custom_op("zrcore::pairwise_gap_backward", mutates_args=())
-def _pairwise_backward_op(grad_loss: torch.Tensor, gsum: torch.Tensor, npairs: torch.Tensor,
-                          stats: torch.Tensor) -> torch.Tensor:
-    return pairwise_backward_launch(grad_loss, gsum, npairs, stats)
-
-
-@_pairwise_backward_op.register_fake
-def _(grad_loss, gsum, npairs, stats):
-    return torch.empty_like(gsum)
+    return (mean.new_empty(2, dtype=f32), mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, m, dtype=torch.bool),
+            mean.new_empty(p, m, g, dtype=f32))
 
 
 def _pairwise_setup_context(ctx, inputs, output):
-    _, _, gsum, npairs, stats = output[1:]
-    ctx.save_for_backward(gsum, npairs, stats)
+    out, _, _, gw = output
+    ctx.save_for_backward(gw, out)
     ctx.mean_dtype = inputs[0].dtype
 
 
-def _pairwise_backward(ctx, grad_loss, *_):
-    gsum, npairs, stats = ctx.saved_tensors
-    if grad_loss is None:
+def _pairwise_backward(ctx, grad_out, *_):
+    gw, out = ctx.saved_tensors
+    if grad_out is None:
         return None, None, None, None, None
-    grad = _pairwise_backward_op(grad_loss, gsum, npairs, stats)
-    return grad.to(ctx.mean_dtype), None, None, None, None
+    return pairwise_grad(grad_out[0], gw, out, ctx.mean_dtype), None, None, None, None
 
 
 if HAS_TRITON:
@@ -296,7 +258,8 @@ def pairwise_gap_triton(mean, scores, score_range, mask=None, include_ties=False
     if _checks.check_values():
         loss, reward, has_pair = _PairwiseFunction.apply(mean, scores, mask, float(score_range), bool(include_ties))
     else:
-        loss, reward, has_pair, *_ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
+        out, reward, has_pair, _ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
+        loss = out[0]
     return PairwiseGap(loss, reward.detach(), has_pair)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from zrcore import _checks
 from zrcore.bins import ScoreBins, ScoreDistribution
-from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, ticket_counters, tl, triton
 
 
 def _as_values(values, device) -> torch.Tensor:
@@ -146,24 +146,9 @@ if HAS_TRITON:
         return ks.to(tl.int64)
 
     @triton.jit
-    def _score_fwd_kernel(h_ptr, w_ptr, ids_ptr, b_ptr, val_ptr, logq_ptr, mean_ptr, var_ptr,
-                          N, H, K, stride_hn, stride_hh, stride_wv, stride_wh, inv_t,
-                          HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
-        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-        ks = tl.arange(0, BLOCK_K)
-        rmask = rows < N
-        kmask = ks < K
-        wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            hs = h0 + tl.arange(0, BLOCK_H)
-            hmask = hs < H
-            x = tl.load(h_ptr + rows[:, None] * stride_hn + hs[None, :] * stride_hh,
-                        mask=rmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + wrow[None, :] * stride_wv + hs[:, None] * stride_wh,
-                        mask=kmask[None, :] & hmask[:, None], other=0.0).to(tl.float32)
-            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    def _score_epilogue(acc, b_ptr, wrow, val_ptr, ks, kmask, rows, rmask, logq_ptr, mean_ptr, var_ptr, K, inv_t,
+                        HAS_BIAS: tl.constexpr):
+        """From the score logits acc [BLOCK_N, BLOCK_K] (bias not yet added): log q, mean and variance stored."""
         if HAS_BIAS:
             acc += tl.load(b_ptr + wrow, mask=kmask, other=0.0).to(tl.float32)[None, :]
         z = tl.where(kmask[None, :], acc * inv_t, float("-inf"))
@@ -181,14 +166,61 @@ if HAS_TRITON:
         tl.store(var_ptr + rows, var, mask=rmask)
 
     @triton.jit
+    def _score_fwd_kernel(h_ptr, w_ptr, ids_ptr, b_ptr, val_ptr, logq_ptr, mean_ptr, var_ptr, part_ptr, ticket_ptr,
+                          N, H, K, H_SPLIT, stride_hn, stride_hh, stride_wv, stride_wh, inv_t,
+                          HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                          PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          BLOCK_H: tl.constexpr):
+        # grid (row blocks, hidden slices of H_SPLIT columns). With SPLIT, each program writes its partial logits
+        # and the last of a row block's programs (atomic ticket, reset by it) sums them in slice order (the
+        # result does not depend on which finishes last) and runs the epilogue.
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        n_split = tl.num_programs(1)
+        rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        ks = tl.arange(0, BLOCK_K)
+        rmask = rows < N
+        kmask = ks < K
+        wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        h_lo = pid_s * H_SPLIT
+        h_hi = tl.minimum(h_lo + H_SPLIT, H)
+        for h0 in range(h_lo, h_hi, BLOCK_H):
+            hs = h0 + tl.arange(0, BLOCK_H)
+            hmask = hs < h_hi
+            x = tl.load(h_ptr + rows[:, None] * stride_hn + hs[None, :] * stride_hh,
+                        mask=rmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + wrow[None, :] * stride_wv + hs[:, None] * stride_wh,
+                        mask=kmask[None, :] & hmask[:, None], other=0.0).to(tl.float32)
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        if SPLIT:
+            tile = tl.arange(0, BLOCK_N)[:, None] * BLOCK_K + ks[None, :]
+            block = part_ptr + pid_n.to(tl.int64) * n_split * BLOCK_N * BLOCK_K
+            tl.store(block + pid_s * BLOCK_N * BLOCK_K + tile, acc)
+            tl.debug_barrier()
+            ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel")
+            if ticket == n_split - 1:
+                total = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+                for s in range(0, n_split):
+                    total += tl.load(block + s * BLOCK_N * BLOCK_K + tile, volatile=True)
+                _score_epilogue(total, b_ptr, wrow, val_ptr, ks, kmask, rows, rmask, logq_ptr, mean_ptr, var_ptr,
+                                K, inv_t, HAS_BIAS)
+                tl.atomic_xchg(ticket_ptr + pid_n, 0)  # ready for the next launch on this stream
+        else:
+            _score_epilogue(acc, b_ptr, wrow, val_ptr, ks, kmask, rows, rmask, logq_ptr, mean_ptr, var_ptr, K, inv_t,
+                            HAS_BIAS)
+
+    @triton.jit
     def _score_bwd_dz_dh_kernel(gl_ptr, gmu_ptr, gvar_ptr, logq_ptr, mean_ptr, val_ptr, w_ptr, ids_ptr,
-                                dz_ptr, dh_ptr, N, H, K, stride_gln, stride_glk, stride_gmu, stride_gvar,
+                                dz_ptr, dh_ptr, N, H, K, H_SPLIT, stride_gln, stride_glk, stride_gmu, stride_gvar,
                                 stride_wv, stride_wh, inv_t, HAS_GL: tl.constexpr, HAS_GMU: tl.constexpr,
                                 HAS_GVAR: tl.constexpr, HAS_IDS: tl.constexpr, NEED_DH: tl.constexpr,
                                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 BLOCK_H: tl.constexpr):
         # output gradients are read with their own strides (autograd's expanded gradients have stride 0) and an
-        # absent one (HAS_* False) counts as zero: no copies, no fills
+        # absent one (HAS_* False) counts as zero: no copies, no fills. Grid (row blocks, hidden slices): every
+        # program of a row block recomputes its dz (K values per row), the first one stores it.
+        pid_s = tl.program_id(1)
         rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         ks = tl.arange(0, BLOCK_K)
         rmask = rows < N
@@ -212,12 +244,15 @@ if HAS_TRITON:
         dq = gmu[:, None] * v[None, :] + gvar[:, None] * dev * dev
         dz = (gl - q * tl.sum(gl, axis=1)[:, None]) + q * (dq - tl.sum(q * dq, axis=1)[:, None])
         dz = tl.where(m2, dz * inv_t, 0.0)
-        tl.store(dz_ptr + rows[:, None] * BLOCK_K + ks[None, :], dz, mask=rmask[:, None])
+        if pid_s == 0:
+            tl.store(dz_ptr + rows[:, None] * BLOCK_K + ks[None, :], dz, mask=rmask[:, None])
         if NEED_DH:
             wrow = _weight_rows(ids_ptr, ks, kmask, HAS_IDS)
-            for h0 in range(0, H, BLOCK_H):
+            h_lo = pid_s * H_SPLIT
+            h_hi = tl.minimum(h_lo + H_SPLIT, H)
+            for h0 in range(h_lo, h_hi, BLOCK_H):
                 hs = h0 + tl.arange(0, BLOCK_H)
-                hmask = hs < H
+                hmask = hs < h_hi
                 w = tl.load(w_ptr + wrow[:, None] * stride_wv + hs[None, :] * stride_wh,
                             mask=kmask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
                 dh = tl.dot(dz, w, input_precision=PRECISION)
@@ -250,9 +285,30 @@ if HAS_TRITON:
                 tl.store(db_ptr + wrow, db, mask=kmask)
 
 
-# Launch configuration (rows per program, hidden columns per step, warps, pipeline stages); benchmarks/
-# tune_score.py measures alternatives on a GPU.
-LAUNCH = {"block_n": 16, "block_h": 256, "num_warps": 4, "num_stages": 3}
+# Launch configuration (rows per program, hidden columns per step, warps, pipeline stages, and "split_h": how
+# many programs share a row block's hidden dimension: "auto" fills the GPU's multiprocessors about twice, an int
+# fixes it); benchmarks/tune_score.py measures alternatives on a GPU.
+LAUNCH = {"block_n": 16, "block_h": 256, "num_warps": 4, "num_stages": 3, "split_h": "auto"}
+
+_SM_COUNT: dict = {}
+
+
+def _hidden_slices(n: int, h: int, device: torch.device) -> tuple[int, int]:
+    """(number of hidden slices per row block, hidden columns per slice: a multiple of block_h)."""
+    bn, bh = LAUNCH["block_n"], LAUNCH["block_h"]
+    steps = triton.cdiv(h, bh)
+    want = LAUNCH["split_h"]
+    if steps <= 1:
+        return 1, max(h, 1)
+    if want == "auto":
+        if device.type == "cuda":
+            if device not in _SM_COUNT:
+                _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+            want = triton.cdiv(2 * _SM_COUNT[device], triton.cdiv(n, bn))
+        else:  # the interpreter: split too, so that the CPU tests exercise the reduction
+            want = 2
+    per = triton.cdiv(steps, max(1, min(int(want), steps))) * bh
+    return triton.cdiv(h, per), per
 
 
 def _blocks(n: int, k: int):
@@ -280,10 +336,17 @@ def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
         return logq, mean, var
     bn, bk, bh = _blocks(n, k)
     ids = token_ids if token_ids is not None else values  # placeholder pointer when HAS_IDS is False
-    _score_fwd_kernel[(triton.cdiv(n, bn),)](
-        hidden, weight, ids, bias if bias is not None else values, values, logq, mean, var,
-        n, h, k, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
-        HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype),
+    row_blocks = triton.cdiv(n, bn)
+    n_split, per = _hidden_slices(n, h, hidden.device)
+    if n_split > 1:
+        part = torch.empty(row_blocks * n_split * bn * bk, dtype=torch.float32, device=hidden.device)
+        tickets = ticket_counters(hidden.device, row_blocks)
+    else:
+        part = tickets = mean  # unused placeholders
+    _score_fwd_kernel[(row_blocks, n_split)](
+        hidden, weight, ids, bias if bias is not None else values, values, logq, mean, var, part, tickets,
+        n, h, k, per, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
+        HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, SPLIT=n_split > 1, PRECISION=_precision(hidden.dtype),
         BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
     return logq, mean, var
 
@@ -306,8 +369,9 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     prec = _precision(hidden.dtype)
     gl, gmu, gvar = (logq if grad_logq is None else grad_logq, mean if grad_mean is None else grad_mean,
                      mean if grad_var is None else grad_var)
-    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn),)](
-        gl, gmu, gvar, logq, mean, values, weight, ids, dz, dh if need_h else dz, n, h, k,
+    n_split, per = _hidden_slices(n, h, dev) if need_h else (1, h)
+    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn), n_split)](
+        gl, gmu, gvar, logq, mean, values, weight, ids, dz, dh if need_h else dz, n, h, k, per,
         gl.stride(0), gl.stride(1), gmu.stride(0), gvar.stride(0), weight.stride(0), weight.stride(1),
         1.0 / temperature, HAS_GL=grad_logq is not None, HAS_GMU=grad_mean is not None,
         HAS_GVAR=grad_var is not None, HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec,
