@@ -37,7 +37,8 @@ def _extensions():
         )
     else:
         ext = CppExtension("zrcore._C", cpp_sources, extra_compile_args={"cxx": cxx_flags})
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    # ninja compiles the sources in parallel (MAX_JOBS caps it); without ninja the build falls back to one at a time
+    return [ext], {"build_ext": BuildExtension}
 
 
 ext_modules, cmdclass = _extensions()

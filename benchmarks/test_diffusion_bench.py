@@ -16,7 +16,7 @@ cases measured after it.)
 import pytest
 import torch
 
-from benchmarks.harness import sync, tensor_peak_growth
+from benchmarks.harness import bench_device, sync, tensor_peak_growth
 from zrcore.diffusion import FlowMatchSampler, SamplerConfig, ZImageVelocity, reward_of_images
 from zrcore.models import build_tiny_reward_model
 
@@ -44,16 +44,18 @@ def setup():
     rm = build_tiny_reward_model("qwen2_vl", "student")
     for p in list(rm.model.parameters()) + list(vae.parameters()):
         p.requires_grad_(False)
+    dev = bench_device()
+    tr.to(dev), vae.to(dev), rm.to(dev)
     enc = TinyPromptEncoder()
     prompts = ["two red circles on a white background"]
-    return tr, sampler, rm, [c.detach() for c in enc(prompts)], prompts
+    return tr, sampler, rm, [c.detach().to(dev) for c in enc(prompts)], prompts
 
 
 @pytest.mark.parametrize("mode,k,ck", CASES, ids=[f"{m}-K{k}-{c}" for m, k, c in CASES])
 def test_reward_backprop_step(benchmark, setup, record, mode, k, ck):
     tr, sampler, rm, cond, prompts = setup
     cfg = SamplerConfig(num_steps=8, backprop=mode, k=k, checkpoint=ck, checkpoint_vae=ck != "none")
-    lat = torch.randn(1, 16, 48, 48, generator=torch.Generator().manual_seed(0))
+    lat = torch.randn(1, 16, 48, 48, generator=torch.Generator().manual_seed(0)).to(bench_device())
 
     def step(set_to_none: bool = False):
         tr.zero_grad(set_to_none=set_to_none)
