@@ -46,11 +46,14 @@ def record():
 
 
 def _commit() -> str:
+    """ZRCORE_COMMIT when given (a copied working tree may carry stale git metadata), else git's HEAD."""
+    if os.environ.get("ZRCORE_COMMIT"):
+        return os.environ["ZRCORE_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return os.environ.get("ZRCORE_COMMIT", "unknown")
+        return "unknown"
 
 
 def format_table(rows: list[dict]) -> str:

@@ -3,7 +3,7 @@
 # acceptance shapes, and write the tables to OUT_DIR. Usage: bash benchmarks/gpu_suite.sh OUT_DIR
 # Wheels of packages missing on the GPU machine (liger-kernel, diffusers, transformers and their dependencies) may be
 # placed in .whl/ beforehand (benchmarks/install_wheels.py installs the missing or older ones); a machine
-# without the git history should be given the commit as ZRCORE_COMMIT=<hash> for the tables.
+# without the git history (or with stale git metadata) should be given the commit as ZRCORE_COMMIT=<hash>.
 # The whole suite stays within ZRCORE_SUITE_BUDGET seconds (default 560): each step gets at most what is left,
 # and a step with less than 20 s left is skipped, so every table written so far comes back.
 set -uo pipefail
@@ -39,7 +39,7 @@ unset TRITON_INTERPRET
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  git rev-parse --short HEAD 2>/dev/null || echo "commit ${ZRCORE_COMMIT:-unknown}"
+  echo "commit ${ZRCORE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   date -u +%Y-%m-%d
 } | tee "$OUT/device.txt"
 
