@@ -214,10 +214,13 @@ class _PairwiseFunction(torch.autograd.Function):
         ctx.save_for_backward(gw, out)
         ctx.mean_dtype = mean.dtype
         ctx.mark_non_differentiable(reward, has)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for reward and has_pair
         return out[0], reward, has
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
+        if grad_loss is None:
+            return None, None, None, None, None
         gw, out = ctx.saved_tensors
         return pairwise_grad(grad_loss, gw, out, ctx.mean_dtype), None, None, None, None
 
