@@ -133,7 +133,8 @@ def score_distribution_from_logits(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Triton kernels: forward (one launch), backward (dz + dh, then dW_S + db: two launches)
+# Triton kernels: forward (one launch), backward (dz + dh, then dW_S + db: two launches). A row block's hidden
+# dimension is shared by several programs when the row blocks alone would leave the GPU's multiprocessors idle.
 # ----------------------------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
