@@ -75,7 +75,7 @@ def test_hidden_split_across_programs(gen, monkeypatch, split):
     again = score_distribution(hs.detach(), *args, bias=b.float().to(dev), impl="triton")
     for x, y in zip(out, again):
         assert torch.equal(x.detach(), y)
-    assert int(ticket_counters(torch.device(dev), 1).abs().sum()) == 0
+    assert int(ticket_counters(hs.device, 1).abs().sum()) == 0
 
 
 @pytest.mark.cuda

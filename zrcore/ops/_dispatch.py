@@ -42,7 +42,6 @@ def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
     return impl
 
 
-
 _TICKETS: dict = {}
 
 
@@ -50,7 +49,7 @@ def _current_stream_handle(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     try:
-        return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
+        return torch._C._cuda_getCurrentRawStream(device.index)
     except AttributeError:  # pragma: no cover - older torch
         return torch.cuda.current_stream(device).cuda_stream
 
@@ -59,6 +58,8 @@ def ticket_counters(device: torch.device, n: int) -> torch.Tensor:
     """At least ``n`` int32 counters, all zero, for kernels whose last-finishing program does a final reduction
     (an atomic ticket per group of programs). A kernel leaves every counter it used at zero again, so no fill is
     launched per call; one set per device and stream, since launches on one stream run one after another."""
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" must share one set
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (device, _current_stream_handle(device))
     counters = _TICKETS.get(key)
     if counters is None or counters.numel() < n:
