@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     results, predictions = {}, {}
     for spec in args.checkpoints:
         rm, mode = load(spec)
-        rm.model.eval()
+        rm.eval()
         res = evaluate_model(rm, records, mode=mode, samples=args.samples, seed=cfg.seed,
                              max_reasoning_tokens=args.max_reasoning_tokens, temperature=args.temperature)
         pred = res.pop("_pred")

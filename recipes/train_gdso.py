@@ -3,11 +3,11 @@
     python recipes/train_gdso.py                                  # tiny teacher on the synthetic rubric set
     python recipes/train_gdso.py --lambda_pw 0 --alpha_pt 0 --alpha_pw 0 --output_dir runs/grpo   # GRPO baseline
     python recipes/train_gdso.py --reward_from text               # reward from the sampled, parsed score
-    torchrun --nproc_per_node 2 recipes/train_gdso.py --prompts_per_step 4
+    torchrun --nproc_per_node 2 recipes/train_gdso.py --distributed fsdp     # sharded over 2 processes
 """
 
-from zrcore.training.config import GDSOConfig, parse_config
+from zrcore.training.config import GDSOConfig, run_recipe
 from zrcore.training.gdso import GDSOTrainer
 
 if __name__ == "__main__":
-    GDSOTrainer(parse_config(GDSOConfig, description=__doc__)).fit()
+    run_recipe(GDSOConfig, GDSOTrainer, __doc__)

@@ -5,8 +5,8 @@
     python recipes/train_generator.py --reward_model runs/risd/model --backprop refl
 """
 
-from zrcore.training.config import parse_config
-from zrcore.training.generator import GeneratorConfig, GeneratorTrainer
+from zrcore.training.config import GeneratorConfig, run_recipe
+from zrcore.training.generator import GeneratorTrainer
 
 if __name__ == "__main__":
-    GeneratorTrainer(parse_config(GeneratorConfig, description=__doc__)).fit()
+    run_recipe(GeneratorConfig, GeneratorTrainer, __doc__)

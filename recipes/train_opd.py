@@ -3,8 +3,8 @@
     python recipes/train_opd.py --teacher runs/gdso/model --output_dir runs/opd
 """
 
-from zrcore.training.config import OPDConfig, parse_config
+from zrcore.training.config import OPDConfig, run_recipe
 from zrcore.training.student import OPDTrainer
 
 if __name__ == "__main__":
-    OPDTrainer(parse_config(OPDConfig, description=__doc__)).fit()
+    run_recipe(OPDConfig, OPDTrainer, __doc__)

@@ -3,8 +3,8 @@
     python recipes/train_risd.py --teacher runs/gdso/model --output_dir runs/risd
 """
 
-from zrcore.training.config import RISDConfig, parse_config
+from zrcore.training.config import RISDConfig, run_recipe
 from zrcore.training.student import RISDTrainer
 
 if __name__ == "__main__":
-    RISDTrainer(parse_config(RISDConfig, description=__doc__)).fit()
+    run_recipe(RISDConfig, RISDTrainer, __doc__)

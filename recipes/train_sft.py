@@ -5,8 +5,8 @@ spread by default).
     python recipes/train_sft.py --preset teacher --output_dir runs/sft_teacher
 """
 
-from zrcore.training.config import SFTConfig, parse_config
+from zrcore.training.config import SFTConfig, run_recipe
 from zrcore.training.student import SFTTrainer
 
 if __name__ == "__main__":
-    SFTTrainer(parse_config(SFTConfig, description=__doc__)).fit()
+    run_recipe(SFTConfig, SFTTrainer, __doc__)

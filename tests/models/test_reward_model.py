@@ -29,7 +29,7 @@ def _naive_score(rm, prompts, images, dim):
     outs = []
     for p, img in zip(prompts, images):
         feats = rm.image_inputs([img])
-        inputs = rm.model_inputs(rm._prompt_ids([p], feats["image_grid_thw"], dim, False), feats)
+        inputs = rm.tensor_inputs(*rm.left_pad(rm._prompt_ids([p], feats["image_grid_thw"], dim, False)), feats)
         logits = rm.model(**inputs, use_cache=False).logits[:, -1]
         outs.append(score_distribution_from_logits(logits, rm.decoder.token_ids, rm.bins.values))
     return torch.cat([o.log_probs for o in outs]), torch.cat([o.mean for o in outs])
@@ -49,7 +49,7 @@ def test_score_matches_naive_full_logits_and_batching(rm):
 
 def test_score_never_applies_the_lm_head(rm):
     calls = []
-    handle = rm.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    handle = rm.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
             rm.score(PROMPTS[:1], _images()[:1], "realism")
@@ -84,22 +84,78 @@ def test_score_pixels_matches_official_processor_and_finite_differences(rm):
         rm.model.float()
 
 
-def test_judge_returns_distributions_and_reproducible_logprobs(rm):
-    torch.manual_seed(0)
-    j, gen_logits = rm.judge(PROMPTS[:2], _images()[:2], "plausibility", num_samples=3, max_reasoning_tokens=6,
-                             temperature=0.9, return_generation_logits=True)
+def _spy_generate(rm, calls):
+    original = rm.model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    rm.model.generate = spy
+    return original
+
+
+def test_judge_returns_distributions_and_its_behaviour_logprobs(rm):
+    calls = []
+    original = _spy_generate(rm, calls)
+    try:
+        j = rm.judge(PROMPTS[:2], _images()[:2], "plausibility", num_samples=3, max_reasoning_tokens=6,
+                     temperature=0.9, seeds=range(6))
+    finally:
+        rm.model.generate = original
+    # nothing asks generate for per-step logits or scores
+    assert calls and all(not kw.get(k) for kw in calls for k in ("output_logits", "output_scores"))
     assert j.distribution.log_probs.shape == (2, 3, 9) and j.distribution.mean.shape == (2, 3)
     torch.testing.assert_close(j.distribution.log_probs.exp().sum(-1), torch.ones(2, 3), atol=1e-5, rtol=0)
     assert ((j.distribution.mean >= 1) & (j.distribution.mean <= 5)).all()
     assert len(j.texts) == 6 and j.completion_mask.sum(-1).tolist() == [len(r) for r in j.reasoning_ids]
-    # re-feeding the returned ids gives the log-probs generate sampled them with
+    # the behaviour log-probs are those of the full-vocabulary softmax at T (suppressed tokens excluded) on the
+    # returned sequences; the module's own token log-probs agree where no suppressed token carries mass
     with torch.no_grad():
+        inputs = rm.tensor_inputs(j.sequences, j.attention_mask, j.image_inputs)
+        logits = rm.model(**inputs, use_cache=False).logits.float()
         lp = rm.token_logprobs(j.sequences, j.attention_mask, j.image_inputs, j.completion_mask, temperature=0.9)
-    for row, ids in enumerate(j.reasoning_ids):
-        cols = j.completion_mask[row].nonzero().flatten()
-        for t, col in enumerate(cols.tolist()):
-            ref = torch.log_softmax(gen_logits[t][row].float() / 0.9, -1)[ids[t]]
-            torch.testing.assert_close(lp[row, col], ref, atol=1e-4, rtol=1e-4)
+    logits[..., rm.suppressed_ids] = float("-inf")
+    ref = torch.log_softmax(logits / 0.9, -1)
+    rows, cols = j.completion_mask.nonzero(as_tuple=True)
+    expected = ref[rows, cols - 1, j.sequences[rows, cols]]
+    torch.testing.assert_close(j.behaviour_logprobs[rows, cols], expected, atol=1e-4, rtol=1e-4)
+    full = torch.log_softmax(rm.model(**inputs, use_cache=False).logits.float().detach() / 0.9, -1)
+    torch.testing.assert_close(lp[rows, cols], full[rows, cols - 1, j.sequences[rows, cols]], atol=1e-4, rtol=1e-4)
+
+
+def test_judge_rows_do_not_depend_on_their_batch(rm):
+    """A row's trace is a function of its seed: split into calls of one row, or judged alone, it is the same."""
+    images = _images()
+    dims = ["realism", "alignment", "aesthetics"]
+    whole = rm.judge(PROMPTS, images, dims, num_samples=2, max_reasoning_tokens=5, seeds=[10, 11, 12, 13, 14, 15])
+    split = rm.judge(PROMPTS, images, dims, num_samples=2, max_reasoning_tokens=5, seeds=[10, 11, 12, 13, 14, 15],
+                     rollout_batch_size=1)
+    alone = rm.judge(PROMPTS[2:], images[2:], dims[2:], num_samples=2, max_reasoning_tokens=5, seeds=[14, 15])
+    assert [r.tolist() for r in whole.reasoning_ids] == [r.tolist() for r in split.reasoning_ids]
+    assert [r.tolist() for r in whole.reasoning_ids[4:]] == [r.tolist() for r in alone.reasoning_ids]
+    torch.testing.assert_close(whole.distribution.mean[2], alone.distribution.mean[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="seeds: need one per row"):
+        rm.judge(PROMPTS[:1], images[:1], "realism", num_samples=2, seeds=[1])
+    with pytest.raises(ValueError, match="rollout_batch_size"):
+        rm.judge(PROMPTS[:1], images[:1], "realism", rollout_batch_size=-1)
+
+
+def test_forward_entry_points_agree(rm):
+    """score, forward on score_inputs, and policy_forward / token_logprobs on a judgement compute the same thing."""
+    images = _images()[:2]
+    with torch.no_grad():
+        q = rm.score(PROMPTS[:2], images, ["realism", "alignment"])
+        out = rm(*rm.score_inputs(PROMPTS[:2], images, ["realism", "alignment"]))
+        j = rm.judge(PROMPTS[:1], images[:1], "realism", num_samples=2, max_reasoning_tokens=4, seeds=[1, 2])
+        pf = rm.policy_forward(j, temperature=1.0)
+        lp = rm.token_logprobs(j.sequences, j.attention_mask, j.image_inputs, j.completion_mask)
+    torch.testing.assert_close(out.distribution.log_probs, q.log_probs)
+    assert out.logps is None
+    torch.testing.assert_close(pf.logps, lp)
+    torch.testing.assert_close(pf.distribution.mean, j.distribution.mean.reshape(-1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="dimension: got 3 dimensions for 2 prompts"):
+        rm.score(PROMPTS[:2], images, ["realism"] * 3)
 
 
 def test_judge_when_every_trace_hits_the_limit(rm):

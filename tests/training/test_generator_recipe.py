@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from zrcore.training.config import parse_config
-from zrcore.training.generator import GeneratorConfig, GeneratorTrainer
+from zrcore.training.config import GeneratorConfig, parse_config
+from zrcore.training.generator import GeneratorTrainer
 
 
 @pytest.mark.slow
@@ -15,8 +15,10 @@ def test_generator_recipe_runs_and_writes_its_outputs(tmp_path):
     res = GeneratorTrainer(parse_config(GeneratorConfig, args)).fit()
     assert set(res) == {"before", "after"} and "val/realism" in res["after"]
     rows = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2] and all("val/reward" in r for r in rows)
-    for name in ("before_after.png", "val_reward.png", "results.md", "checkpoint.pt"):
+    # step 0 (validation before training), steps 1-2 (training; step 1 validates), the final validation at step 2
+    assert [r["step"] for r in rows] == [0, 1, 2, 2]
+    assert ["val/reward" in r for r in rows] == [True, True, False, True]
+    for name in ("before_after.png", "val_reward.png", "results.md", "checkpoint/trainer_state.json"):
         assert (tmp_path / "gen" / name).exists(), name
 
 
@@ -67,5 +69,5 @@ def test_killed_generator_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         return [(r["step"], r.get("reward"), r.get("val/reward")) for r in rows]
 
     assert rewards("full") == rewards("cut")
-    assert len(rewards("full")) == 5  # step 0 (validation) and steps 1-4
+    assert len(rewards("full")) == 6  # step 0 (validation), steps 1-4 and the final validation
     assert full == resumed

@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+    except (OSError, ValueError) as err:
+        parser.error(f"--model {args.model!r}: {err}")
     dims = list(model.dimensions) if args.dimension == "all" else [args.dimension]
     for d in dims:
         if d not in model.dimensions:

@@ -31,8 +31,9 @@ def _stack_prompt_conditioning(cond: list, batch: int) -> tuple[torch.Tensor, to
 class _Velocity:
     """A transformer behind the v(latents, t, cond) interface; latent_channels is what the latents must have."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, net=None):
         self.transformer = transformer
+        self.net = transformer if net is None else net  # what is called: the transformer or its DDP wrapper
 
     @property
     def latent_channels(self) -> int:
@@ -46,7 +47,7 @@ class ZImageVelocity(_Velocity):
         b = latents.shape[0]
         timestep = (1000 - t.expand(b).float()) / 1000
         x = list(latents.to(self.transformer.dtype).unsqueeze(2).unbind(0))
-        out = self.transformer(x, timestep, cap_feats, return_dict=False)[0]
+        out = self.net(x, timestep, cap_feats, return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)
 
 
@@ -56,7 +57,7 @@ class SD3Velocity(_Velocity):
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, cond: list) -> torch.Tensor:
         b, dtype = latents.shape[0], self.transformer.dtype
         embeds, pooled = _stack_prompt_conditioning(cond, b)
-        out = self.transformer(hidden_states=latents.to(dtype), encoder_hidden_states=embeds.to(dtype),
+        out = self.net(hidden_states=latents.to(dtype), encoder_hidden_states=embeds.to(dtype),
                                pooled_projections=pooled.to(dtype), timestep=t.expand(b), return_dict=False)[0]
         return out.float()
 
@@ -87,8 +88,8 @@ class FluxVelocity(_Velocity):
     """v(x, t) of a FluxTransformer2DModel; ``guidance`` is the distilled guidance scale (models with
     guidance_embeds, e.g. FLUX.1-dev); it is ignored by models without it."""
 
-    def __init__(self, transformer, guidance: float = 3.5):
-        super().__init__(transformer)
+    def __init__(self, transformer, guidance: float = 3.5, net=None):
+        super().__init__(transformer, net)
         self.guidance = guidance
 
     @property
@@ -104,7 +105,7 @@ class FluxVelocity(_Velocity):
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance), device=device, dtype=torch.float32)
-        out = self.transformer(
+        out = self.net(
             hidden_states=pack_latents(latents).to(dtype), encoder_hidden_states=embeds.to(dtype),
             pooled_projections=pooled.to(dtype), timestep=t.expand(b).float() / 1000,
             img_ids=image_position_ids(h, w, device), txt_ids=torch.zeros(embeds.shape[1], 3, device=device),

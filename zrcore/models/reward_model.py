@@ -1,9 +1,17 @@
 """RewardModel: a distributional reward model over a Hugging Face Qwen-VL ``*ForConditionalGeneration``.
 
-Student mode (``score``): one batched forward (left padding); the hidden state at the scoring position goes to
-``zrcore.ops.score_distribution`` with the LM head's K score rows, so the [B, T, V] logits are never formed.
-Teacher mode (``judge``): G reasoning traces sampled with ``generate``, the scoring suffix appended (forced), and q
-read after it, so a truncated trace still yields a distribution.
+It is one ``nn.Module`` and training reaches the network only through its methods:
+
+- ``forward(sequences, attention_mask, image_inputs, completion_mask=None)``: one pass over left-padded
+  sequences giving log pi(y_t | y_<t) on the completion positions and q at the last position;
+- ``score`` / ``score_pixels``: student mode, the rubric prompt ends with the scoring suffix, one forward;
+- ``judge``: teacher mode, G reasoning traces sampled by a rollout backend (HF ``generate`` by default), the scoring
+  suffix appended (forced), and q read after it, so a truncated trace still yields a distribution;
+- ``policy_forward(rollouts)`` and ``token_logprobs``: ``forward`` on a rollout batch.
+
+q = softmax(W_S h / T) over the K score rows W_S of the LM head (``zrcore.ops.score_distribution``): the [B, T, V]
+logits are never formed. Under FSDP2 every entry point other than ``forward`` is registered with
+``register_fsdp_forward_method`` (``fsdp_methods``), so sharded parameters are gathered for each call.
 """
 
 from __future__ import annotations
@@ -23,6 +31,14 @@ from zrcore.models.templates import RubricTemplates
 from zrcore.ops import score_distribution
 
 
+class PolicyOutput(NamedTuple):
+    """``forward``'s result: completion token log-probs [B, L] (0 off the completion; None when not asked for)
+    and q at the last position ([B]; None when not asked for)."""
+
+    logps: torch.Tensor | None
+    distribution: ScoreDistribution | None
+
+
 class Judgement(NamedTuple):
     """Teacher output for B inputs x G samples (rows ordered input-major: row = b * G + g)."""
 
@@ -34,6 +50,7 @@ class Judgement(NamedTuple):
     truncated: torch.Tensor  # [B*G] bool: the trace hit max_reasoning_tokens
     distribution: ScoreDistribution  # log_probs [B, G, K], mean [B, G], var [B, G]
     image_inputs: dict  # pixel_values / image_grid_thw for the B*G rows (to re-feed the sequences)
+    behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the reasoning tokens with (0 elsewhere)
 
 
 def load_images(images: Sequence) -> list[Image.Image]:
@@ -57,6 +74,8 @@ def load_images(images: Sequence) -> list[Image.Image]:
 class RewardModel(torch.nn.Module):
     """See the module docstring. ``dimensions``: the rubric dimension keys the templates define."""
 
+    fsdp_methods = ("score", "score_pixels", "judge", "policy_forward", "token_logprobs")
+
     def __init__(self, model, tokenizer, image_processor, bins: ScoreBins | None = None,
                  templates: RubricTemplates | None = None):
         super().__init__()
@@ -77,6 +96,7 @@ class RewardModel(torch.nn.Module):
                                      | {tokenizer.convert_tokens_to_ids(t) for t in
                                         ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
                                         if t in tokenizer.get_vocab()})
+        self.synced_generation = False  # set when sharded: every rank decodes the same number of steps
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -87,8 +107,18 @@ class RewardModel(torch.nn.Module):
         return next(self.model.parameters()).device
 
     @property
-    def lm_head(self) -> torch.nn.Module:
-        return self.model.get_output_embeddings()
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The blocks FSDP2 shards one by one: every decoder layer and vision block (the RewardModel itself is the
+        root unit holding the rest: embeddings, norms, merger, LM head)."""
+        from zrcore.training.distributed import block_units
+
+        units = block_units(self.model)
+        if not units:
+            raise ValueError(f"no decoder layers or vision blocks found in {type(self.model).__name__}")
+        return units
 
     # ---- loading -------------------------------------------------------------------------------------------------
     @classmethod
@@ -100,6 +130,8 @@ class RewardModel(torch.nn.Module):
         path = Path(path)
         if not path.is_dir():
             raise ValueError(f"path {str(path)!r} is not a local checkpoint directory")
+        if not (path / "config.json").exists():
+            raise ValueError(f"path {str(path)!r} has no config.json: not a saved reward model")
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         image_processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
@@ -113,19 +145,24 @@ class RewardModel(torch.nn.Module):
             bins = ScoreBins(spec["values"], spec["labels"])
         return cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """Hugging Face folder (safetensors) plus zrcore's score metadata. ``state_dict``: the model's full state
+        (keys of ``self.model``), e.g. gathered from shards; default the module's own."""
         import yaml
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        if state_dict is None:
+            self.model.save_pretrained(path)
+        else:  # transformers may empty the dict it is given: pass a copy
+            self.model.save_pretrained(path, state_dict=dict(state_dict))
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
         (path / "zrcore_bins.yaml").write_text(yaml.safe_dump({"values": [float(v) for v in self.bins.values],
                                                                "labels": list(self.bins.labels)}))
 
     # ---- inputs --------------------------------------------------------------------------------------------------
-    def _check(self, prompts, n_images: int, dimension: str) -> list[str]:
+    def _check(self, prompts, n_images: int, dimension) -> tuple[list[str], list[str]]:
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
@@ -133,8 +170,12 @@ class RewardModel(torch.nn.Module):
             raise TypeError("prompts must be strings")
         if len(prompts) != n_images:
             raise ValueError(f"got {len(prompts)} prompts but {n_images} images: one prompt per image")
-        self.templates.check_dimension(dimension)
-        return prompts
+        dims = [dimension] * len(prompts) if isinstance(dimension, str) else list(dimension)
+        if len(dims) != len(prompts):
+            raise ValueError(f"dimension: got {len(dims)} dimensions for {len(prompts)} prompts (one, or one per prompt)")
+        for d in set(dims):
+            self.templates.check_dimension(d)
+        return prompts, dims
 
     def image_inputs(self, images: Sequence) -> dict:
         """Official image processor on PIL images / paths -> pixel_values, image_grid_thw."""
@@ -142,13 +183,15 @@ class RewardModel(torch.nn.Module):
         feats = self.image_processor(images=pil, return_tensors="pt")
         return {"pixel_values": feats["pixel_values"], "image_grid_thw": feats["image_grid_thw"]}
 
-    def _prompt_ids(self, prompts, grid_thw, dimension, reasoning: bool) -> list[list[int]]:
+    def _prompt_ids(self, prompts, grid_thw, dimensions, reasoning: bool) -> list[list[int]]:
         n_tokens = self.geometry.tokens(grid_thw).tolist()
-        texts = [self.templates.chat(p, dimension, self.bins.min, self.bins.max, n, reasoning=reasoning)
-                 for p, n in zip(prompts, n_tokens)]
+        dims = [dimensions] * len(prompts) if isinstance(dimensions, str) else dimensions
+        texts = [self.templates.chat(p, d, self.bins.min, self.bins.max, n, reasoning=reasoning)
+                 for p, d, n in zip(prompts, dims, n_tokens)]
         return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists -> left-padded ids [B, L] and attention mask, on the model's device."""
         length = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(seqs), length), pad, dtype=torch.long)
@@ -158,110 +201,141 @@ class RewardModel(torch.nn.Module):
             mask[i, length - len(s):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def model_inputs(self, seqs: list[list[int]], image_inputs: dict) -> dict:
-        return self.tensor_inputs(*self._left_pad(seqs), image_inputs)
-
-    def tensor_inputs(self, ids: torch.Tensor, mask: torch.Tensor, image_inputs: dict, model=None) -> dict:
-        """Keyword inputs of the VLM for left-padded ids [B, L] and their images (``model``: rm.model or a copy
-        of it, for the parameter dtype and device)."""
-        param = next((model or self.model).parameters())
-        return {"input_ids": ids, "attention_mask": mask,
-                "pixel_values": image_inputs["pixel_values"].to(param.device, param.dtype),
+    def tensor_inputs(self, ids: torch.Tensor, mask: torch.Tensor, image_inputs: dict) -> dict:
+        """Keyword inputs of the VLM for left-padded ids [B, L] and their images."""
+        param = next(self.model.parameters())
+        dtype = param.dtype if param.is_floating_point() else torch.float32
+        return {"input_ids": ids.to(param.device), "attention_mask": mask.to(param.device),
+                "pixel_values": image_inputs["pixel_values"].to(param.device, dtype),
                 "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
-                "mm_token_type_ids": (ids == self.image_pad_id).int()}
+                "mm_token_type_ids": (ids == self.image_pad_id).int().to(param.device)}
 
-    def last_hidden(self, inputs: dict) -> torch.Tensor:
-        """Hidden state at the last position [B, H], from the base model (no logits over the vocabulary)."""
-        out = self.model.model(**inputs, use_cache=False)
-        return out.last_hidden_state[:, -1]
+    def score_inputs(self, prompts, images: Sequence, dimension) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Student-mode (sequences, attention_mask, image_inputs) for ``forward``: the rubric prompt ending with
+        the scoring suffix. ``dimension``: one key, or one per prompt."""
+        images = list(images)
+        prompts, dims = self._check(prompts, len(images), dimension)
+        img = self.image_inputs(images)
+        ids, mask = self.left_pad(self._prompt_ids(prompts, img["image_grid_thw"], dims, False))
+        return ids, mask, img
 
-    def distribution(self, hidden: torch.Tensor, impl: str = "auto") -> ScoreDistribution:
-        head = self.lm_head
-        return score_distribution(hidden, head.weight, self.decoder.token_ids.to(hidden.device),
-                                  self.bins.values.to(hidden.device), bias=head.bias, impl=impl)
+    # ---- the network ---------------------------------------------------------------------------------------------
+    def _hidden(self, sequences, attention_mask, image_inputs) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the base model (no logits over the vocabulary)."""
+        inputs = self.tensor_inputs(sequences, attention_mask, image_inputs)
+        return self.model.model(**inputs, use_cache=False).last_hidden_state
+
+    def _distribution(self, hidden: torch.Tensor, impl: str = "auto") -> ScoreDistribution:
+        head = self.model.get_output_embeddings()
+        weight = head.weight
+        if hidden.dtype != weight.dtype:  # autocast: hidden in the compute dtype, fp32 master weights
+            hidden = hidden.to(weight.dtype)
+        dev = hidden.device
+        return score_distribution(hidden, weight, self.decoder.token_ids.to(dev), self.bins.values.to(dev),
+                                  bias=head.bias, impl=impl)
+
+    def _policy(self, sequences, attention_mask, image_inputs, completion_mask=None, temperature: float = 1.0,
+                with_distribution: bool = True, impl: str = "auto") -> PolicyOutput:
+        hidden = self._hidden(sequences, attention_mask, image_inputs)
+        logps = None
+        if completion_mask is not None:
+            logps = completion_logprobs(hidden, sequences.to(hidden.device), completion_mask.to(hidden.device),
+                                        self.model.get_output_embeddings(), temperature)
+        dist = self._distribution(hidden[:, -1], impl=impl) if with_distribution else None
+        return PolicyOutput(logps, dist)
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
+                completion_mask: torch.Tensor | None = None, temperature: float = 1.0, with_distribution: bool = True,
+                impl: str = "auto") -> PolicyOutput:
+        """One pass over left-padded ``sequences`` [B, L]: log pi(y_t | y_<t) / T on the positions of
+        ``completion_mask`` (token t predicted from position t - 1; 0 elsewhere) and q at the last position."""
+        return self._policy(sequences, attention_mask, image_inputs, completion_mask, temperature, with_distribution,
+                            impl)
+
+    def policy_forward(self, rollouts, temperature: float = 1.0, with_distribution: bool = True) -> PolicyOutput:
+        """``forward`` on a rollout batch (``zrcore.training.rollout.Rollouts`` or a ``Judgement``)."""
+        return self._policy(rollouts.sequences, rollouts.attention_mask, rollouts.image_inputs,
+                            rollouts.completion_mask, temperature, with_distribution)
+
+    def token_logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
+                       completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log pi(y_t | y_<t) at temperature T for the positions of completion_mask ([B, L], 0 elsewhere)."""
+        return self._policy(sequences, attention_mask, image_inputs, completion_mask, temperature, False).logps
 
     # ---- student -------------------------------------------------------------------------------------------------
-    def score(self, prompts, images: Sequence, dimension: str, impl: str = "auto") -> ScoreDistribution:
-        """Student mode: q over the bins for each (prompt, image), one batched forward, no reasoning."""
-        images = list(images)
-        prompts = self._check(prompts, len(images), dimension)
-        img = self.image_inputs(images)
-        inputs = self.model_inputs(self._prompt_ids(prompts, img["image_grid_thw"], dimension, False), img)
-        return self.distribution(self.last_hidden(inputs), impl=impl)
+    def score(self, prompts, images: Sequence, dimension, impl: str = "auto") -> ScoreDistribution:
+        """Student mode: q over the bins for each (prompt, image), one batched forward, no reasoning.
+        ``dimension``: one key, or one per prompt."""
+        return self._policy(*self.score_inputs(prompts, images, dimension), impl=impl).distribution
 
-    def score_pixels(self, prompts, pixels: torch.Tensor, dimension: str, impl: str = "auto") -> ScoreDistribution:
+    def score_pixels(self, prompts, pixels: torch.Tensor, dimension, impl: str = "auto") -> ScoreDistribution:
         """Student mode on a float image tensor [B, 3, H, W] in [0, 1], differentiable w.r.t. the pixels."""
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4:
             raise ValueError(f"pixels must be a tensor [B, 3, H, W], got {getattr(pixels, 'shape', type(pixels))}")
-        prompts = self._check(prompts, pixels.shape[0], dimension)
+        prompts, dims = self._check(prompts, pixels.shape[0], dimension)
         pixel_values, grid = preprocess_pixels(pixels, self.geometry)
         img = {"pixel_values": pixel_values, "image_grid_thw": grid}
-        inputs = self.model_inputs(self._prompt_ids(prompts, grid, dimension, False), img)
-        return self.distribution(self.last_hidden(inputs), impl=impl)
+        ids, mask = self.left_pad(self._prompt_ids(prompts, grid, dims, False))
+        return self._policy(ids, mask, img, impl=impl).distribution
 
     # ---- teacher -------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample_reasoning(self, prompts, images: Sequence, dimension: str, num_samples: int,
-                         max_reasoning_tokens: int, temperature: float):
-        """G sampled reasoning traces per input: (prompt id lists, image inputs, generated [B*G, T], truncated)."""
+    def judge(self, prompts, images: Sequence, dimension, num_samples: int = 4, max_reasoning_tokens: int = 64,
+              temperature: float = 1.0, impl: str = "auto", seeds: Sequence[int] | None = None,
+              rollout_batch_size: int = 0, backend=None) -> Judgement:
+        """Teacher mode (see module docstring) for B inputs x G samples.
+
+        ``seeds``: one sampling seed per row (B*G, input-major), so that a row's trace does not depend on which
+        rows share its batch or process; default drawn from torch's global generator. ``rollout_batch_size``: at
+        most this many rows per sampling call (0 = all in one). ``backend``: a ``RolloutBackend`` (default HF
+        ``generate``)."""
+        from zrcore.training.rollout import HFGenerateBackend, RolloutRequest
+
         images = list(images)
-        prompts = self._check(prompts, len(images), dimension)
+        prompts, dims = self._check(prompts, len(images), dimension)
         if num_samples < 1 or max_reasoning_tokens < 1 or not temperature > 0:
             raise ValueError("num_samples and max_reasoning_tokens must be >= 1 and temperature > 0")
-        img = self.image_inputs(images)
-        prompt_ids = self._prompt_ids(prompts, img["image_grid_thw"], dimension, True)
-        inputs = self.model_inputs(prompt_ids, img)
-        out = self.model.generate(**inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                  max_new_tokens=max_reasoning_tokens, num_return_sequences=num_samples,
-                                  eos_token_id=self.end_of_turn_id, pad_token_id=self.tokenizer.pad_token_id,
-                                  suppress_tokens=self.suppressed_ids, return_dict_in_generate=True,
-                                  output_logits=True)
-        generated = out.sequences[:, inputs["input_ids"].shape[1]:]
-        return prompt_ids, img, generated, out.logits
-
-    def judge(self, prompts, images: Sequence, dimension: str, num_samples: int = 4,
-              max_reasoning_tokens: int = 64, temperature: float = 1.0, impl: str = "auto",
-              return_generation_logits: bool = False):
-        """Teacher mode (see module docstring). Returns a Judgement; with return_generation_logits also the
-        per-step logits that generate sampled from (for checks)."""
-        prompt_ids, img, generated, gen_logits = self.sample_reasoning(prompts, images, dimension, num_samples,
-                                                                       max_reasoning_tokens, temperature)
+        if rollout_batch_size < 0:
+            raise ValueError(f"rollout_batch_size must be >= 1 (or 0 for one call), got {rollout_batch_size}")
         g = num_samples
-        reasoning, truncated, seqs, spans = [], [], [], []
-        for row in range(generated.shape[0]):
-            toks = generated[row].tolist()
+        rows = len(prompts) * g
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (rows,)).tolist()
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != rows:
+            raise ValueError(f"seeds: need one per row (B*G = {rows}), got {len(seeds)}")
+        img = self.image_inputs(images)
+        prompt_ids = self._prompt_ids(prompts, img["image_grid_thw"], dims, True)
+        rep = {"pixel_values": _repeat_images(img["pixel_values"], img["image_grid_thw"], g),
+               "image_grid_thw": img["image_grid_thw"].repeat_interleave(g, dim=0)}
+        row_ids = [prompt_ids[r // g] for r in range(rows)]
+        request = RolloutRequest(row_ids, rep, seeds, max_reasoning_tokens, temperature, self.end_of_turn_id,
+                                 self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size)
+        sampled = (backend or HFGenerateBackend()).sample(self, request)
+        reasoning, truncated, seqs, spans, behaviour = [], [], [], [], []
+        for row in range(rows):
+            toks = sampled.token_ids[row]
             cut = toks.index(self.end_of_turn_id) if self.end_of_turn_id in toks else None
             kept = toks[:cut] if cut is not None else toks
             truncated.append(cut is None)
             reasoning.append(torch.tensor(kept, dtype=torch.long))
-            base = prompt_ids[row // g]
+            behaviour.append(sampled.logprobs[row][:len(kept)])
+            base = row_ids[row]
             seqs.append(base + kept + self._suffix_ids)
             spans.append((len(base), len(base) + len(kept)))
-        rep = {"pixel_values": _repeat_images(img["pixel_values"], img["image_grid_thw"], g),
-               "image_grid_thw": img["image_grid_thw"].repeat_interleave(g, dim=0)}
-        inputs = self.model_inputs(seqs, rep)
-        length = inputs["input_ids"].shape[1]
-        comp = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        ids, mask = self.left_pad(seqs)
+        length = ids.shape[1]
+        comp = torch.zeros_like(ids, dtype=torch.bool)
+        beh = torch.zeros(ids.shape, dtype=torch.float32)
         for row, (s, e) in enumerate(spans):
             shift = length - len(seqs[row])
             comp[row, shift + s: shift + e] = True
-        dist = self.distribution(self.last_hidden(inputs), impl=impl)
-        b = len(prompt_ids)
-        k = len(self.bins)
+            beh[row, shift + s: shift + e] = torch.tensor(behaviour[row], dtype=torch.float32)
+        with torch.no_grad():
+            dist = self._policy(ids, mask, rep, impl=impl).distribution
+        b, k = len(prompts), len(self.bins)
         dist = ScoreDistribution(dist.log_probs.view(b, g, k), dist.mean.view(b, g), dist.var.view(b, g))
         texts = self.tokenizer.batch_decode([r.tolist() for r in reasoning], skip_special_tokens=True)
-        result = Judgement(inputs["input_ids"], inputs["attention_mask"], comp, reasoning, texts,
-                           torch.tensor(truncated), dist, rep)
-        return (result, gen_logits) if return_generation_logits else result
-
-    def token_logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
-                       completion_mask: torch.Tensor, temperature: float = 1.0, model=None) -> torch.Tensor:
-        """log pi(y_t | y_<t) at temperature T for the positions of completion_mask ([B, L], 0 elsewhere), under
-        ``model`` (default rm.model; a frozen reference copy works too). No [B, L, V] logits are formed."""
-        model = model or self.model
-        hidden = model.model(**self.tensor_inputs(sequences, attention_mask, image_inputs, model),
-                             use_cache=False).last_hidden_state
-        return completion_logprobs(hidden, sequences, completion_mask, model.get_output_embeddings(), temperature)
+        return Judgement(ids, mask, comp, reasoning, texts, torch.tensor(truncated), dist, rep, beh.to(ids.device))
 
 
 def _repeat_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, g: int) -> torch.Tensor:

@@ -15,11 +15,50 @@ import yaml
 
 
 @dataclass
-class TrainConfig:
-    """What every recipe shares."""
+class RunConfig:
+    """What every training run shares: bookkeeping, optimisation, device, precision and processes."""
 
     output_dir: str = "runs/default"
     seed: int = 0
+    steps: int = 60
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    lr_schedule: str = "cosine"  # "cosine" (after the linear warm-up) | "constant"
+    max_grad_norm: float = 1.0
+    save_every: int = 10
+    log_every: int = 1
+    progress: bool = True
+    # device, precision, processes
+    device: str = "auto"  # "auto" = cuda:LOCAL_RANK when CUDA is available, else cpu; or "cpu", "cuda", "cuda:N"
+    dtype: str = "fp32"  # "fp32" | "bf16" | "fp16": fsdp mixed precision (fp32 gradient reduction), else autocast
+    distributed: str = "none"  # "none" | "ddp" | "fsdp" (FSDP2 fully_shard); ddp and fsdp need torchrun
+    fsdp_cpu_offload: bool = False  # fsdp: parameters, gradients and optimizer state kept on the CPU
+    gradient_checkpointing: bool = False  # the model's own activation checkpointing
+    attn_implementation: str = "auto"  # "auto" (flash_attention_2 on CUDA when flash-attn is installed, else sdpa)
+
+    def __post_init__(self):
+        from zrcore.training.distributed import check_fields, resolve_device
+
+        check_fields(self.distributed, self.dtype)
+        resolve_device(self.device)
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {list(ATTN_IMPLEMENTATIONS)}, "
+                             f"got {self.attn_implementation!r}")
+        for name in ("steps", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """What every reward-model recipe shares."""
+
     # model
     arch: str = "qwen2_vl"
     preset: str = "student"
@@ -33,19 +72,17 @@ class TrainConfig:
     candidates: int = 4  # images per prompt (synthetic) / candidates per GDSO group (M)
     image_size: int = 112
     eval_limit: int = 0  # at most this many eval records per dimension (0 = all)
+    eval_batch_size: int = 16
     # optimisation
-    steps: int = 60
-    prompts_per_step: int = 4
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 5
-    max_grad_norm: float = 1.0
-    # bookkeeping
-    save_every: int = 10
-    log_every: int = 1
+    prompts_per_step: int = 4  # the global batch, split over processes (uneven shards allowed)
+    rollout_batch_size: int = 64  # at most this many sequences per sampling (generate) call
     eval_every: int = 0  # 0 = only at the start and the end
-    progress: bool = True
-    distributed: str = "auto"  # "auto" | "none" | "ddp": gradients all-reduced across torchrun processes
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("rollout_batch_size", "prompts_per_step", "eval_batch_size", "candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -102,6 +139,44 @@ class OPDConfig(TrainConfig):
     temperature: float = 1.0
 
 
+@dataclass
+class GeneratorConfig(RunConfig):
+    """A text-to-image generator optimised through a frozen student reward (paper section 5)."""
+
+    output_dir: str = "runs/generator"
+    arch: str = "zimage"  # tiny random-init generator: zimage | sd3 | flux
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (peft), base weights frozen
+    lora_alpha: float | None = None  # default: the rank
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    reward_model: str = "tiny"  # "tiny" (random-init student) or a student checkpoint folder (train_risd.py)
+    dimensions: list[str] = field(default_factory=lambda: ["realism", "aesthetics", "plausibility", "alignment"])
+    aggregation: str = "mean"  # mean | weighted | min | pessimistic
+    kappa: float = 0.0  # > 0: pessimistic aggregation mean - kappa * std
+    steps: int = 60
+    batch: int = 4  # images per step (the global batch, split over processes)
+    lr: float = 2e-3
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    num_steps: int = 4  # denoising steps
+    backprop: str = "last_k"
+    k: int = 1
+    checkpoint: str = "step"
+    guidance_scale: float = 0.0
+    latent_size: int = 28  # latents [16, s, s] -> images [3, 2s, 2s]
+    train_prompts: int = 32
+    val_prompts: int = 4
+    val_every: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.arch not in ("zimage", "sd3", "flux"):
+            raise ValueError(f"arch must be one of ['zimage', 'sd3', 'flux'], got {self.arch!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be 0 (full fine-tuning) or positive, got {self.lora_rank}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+
+
 def _coerce(tp, text: str):
     origin = typing.get_origin(tp)
     if tp is bool:
@@ -144,3 +219,16 @@ def parse_config(cls, argv: list[str] | None = None, description: str = ""):
 
 def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] | None = None):
+    """A recipe's main: parse the config, build the trainer and fit. A bad configuration (a ValueError while
+    parsing or building) ends the program with a one-line error naming the field, not a traceback."""
+    import sys
+
+    try:
+        trainer = trainer_cls(parse_config(config_cls, argv, description=description))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return trainer.fit()

@@ -1,62 +1,224 @@
-"""One process or several under torchrun: init (gloo on CPU, nccl on GPU), sharding, gradient all-reduce."""
+"""Processes, devices and precision, on torch's own engine.
+
+``Runtime.from_config(cfg)`` reads the config fields ``device``, ``dtype`` and ``distributed``:
+
+- ``distributed="none"``: one process; ``"ddp"``: ``DistributedDataParallel``; ``"fsdp"``: FSDP2 ``fully_shard`` per
+  decoder layer / vision block / transformer block, the model itself as the root. Both need torchrun's variables;
+  the process group is gloo on CPU and nccl on CUDA.
+- ``device="auto"``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
+- ``dtype``: under fsdp a ``MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=fp32)``; otherwise fp32 master
+  weights and ``torch.autocast`` to ``dtype`` around the forward passes.
+
+The batch of a step is split over ranks in contiguous, possibly uneven shards (``shard``). Each rank scales its loss
+by ``share`` = world * local units / global units, so that the gradient average DDP and FSDP take equals the
+gradient of the global batch's loss, whatever the split.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-def setup(mode: str = "auto") -> tuple[int, int]:
-    """(rank, world_size). mode "auto" initialises torch.distributed when torchrun's variables are present."""
-    if mode not in ("auto", "none", "ddp"):
-        raise ValueError(f"distributed must be 'auto', 'none' or 'ddp', got {mode!r}")
-    if mode == "none" or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return dist.get_rank(), dist.get_world_size()
+DISTRIBUTED_MODES = ("none", "ddp", "fsdp")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" -> cuda:LOCAL_RANK."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {device!r} is not a device ('auto', 'cpu', 'cuda' or 'cuda:N')") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asks for CUDA, but torch.cuda.is_available() is False")
+        return torch.device("cuda", local if dev.index is None else dev.index)
+    if dev.type != "cpu":
+        raise ValueError(f"device: {device!r} is not supported (use 'auto', 'cpu' or 'cuda[:N]')")
+    return dev
 
 
-def shard(items: list, rank: int, world: int) -> list:
-    """Contiguous equal shards; the batch must divide evenly (so the per-rank losses average to the global one)."""
-    if len(items) % world:
-        raise ValueError(f"a batch of {len(items)} does not split over {world} processes; make it a multiple")
-    per = len(items) // world
-    return items[rank * per:(rank + 1) * per]
+def check_fields(distributed: str, dtype: str) -> None:
+    if distributed not in DISTRIBUTED_MODES:
+        raise ValueError(f"distributed must be one of {list(DISTRIBUTED_MODES)}, got {distributed!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
 
 
-def average_gradients(params, world: int) -> None:
-    """What DDP does after backward: each gradient becomes the mean over processes."""
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(world)
+@dataclass
+class Runtime:
+    mode: str
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    cpu_offload: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode != "none"
+
+    @classmethod
+    def from_config(cls, cfg) -> Runtime:
+        check_fields(cfg.distributed, cfg.dtype)
+        world_env = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.distributed == "none":
+            if world_env > 1:
+                raise ValueError(f"distributed='none' but torchrun started {world_env} processes: "
+                                 "pass --distributed ddp or --distributed fsdp")
+            return cls("none", 0, 1, resolve_device(cfg.device), DTYPES[cfg.dtype])
+        missing = [v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise ValueError(f"distributed={cfg.distributed!r} needs torchrun's environment (missing {missing}): "
+                             f"launch with torchrun --nproc_per_node N, or use distributed='none'")
+        device = resolve_device(cfg.device)
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(cfg.distributed, dist.get_rank(), dist.get_world_size(), device, DTYPES[cfg.dtype],
+                   getattr(cfg, "fsdp_cpu_offload", False))
+
+    # ---- precision ----------------------------------------------------------------------------------------------
+    def autocast(self):
+        """Autocast to the compute dtype outside fsdp (fsdp casts parameters itself); a no-op for fp32."""
+        if self.dtype == torch.float32 or self.mode == "fsdp":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # ---- models -------------------------------------------------------------------------------------------------
+    def prepare(self, module: torch.nn.Module, units: list[torch.nn.Module], trainable: bool = True,
+                methods: tuple[str, ...] = ()):
+        """Place ``module`` on the device and wrap it for the mode. Returns the callable whose forward carries
+        gradients between ranks: DDP(module) under ddp, ``module`` itself otherwise (fully_shard works in place).
+        ``units``: the sub-modules FSDP2 shards one by one; ``methods``: entry points other than forward that
+        FSDP2 must gather parameters for. A frozen module (``trainable=False``) is put in eval mode without
+        gradients and, under ddp, left unwrapped (a replica per rank, no gradient sync)."""
+        module.to(self.device)
+        if not trainable:
+            module.requires_grad_(False)
+            module.eval()
+        if self.mode == "fsdp":
+            from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+            kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)}
+            if self.cpu_offload:
+                kw["offload_policy"] = CPUOffloadPolicy()
+            for unit in units:
+                fully_shard(unit, **kw)
+            fully_shard(module, **kw)
+            for name in methods:
+                register_fsdp_forward_method(module, name)
+            if hasattr(module, "synced_generation"):
+                module.synced_generation = self.world > 1
+            return module
+        if self.mode == "ddp" and trainable:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return module
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def shard(self, items: list, what: str = "prompts_per_step") -> list:
+        """This rank's contiguous part of ``items``: the first len % world ranks hold one more item."""
+        return shard(items, self.rank, self.world, what)
+
+    def global_sum(self, value: float) -> float:
+        if self.world == 1:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def share(self, local_units: float) -> float:
+        """world * local / global: the factor that makes the mean over ranks of per-rank mean losses equal the
+        global batch's mean loss when ranks hold different numbers of units."""
+        total = self.global_sum(local_units)
+        return self.world * float(local_units) / total if total else 0.0
+
+    def mean_over_ranks(self, values: dict) -> dict:
+        if self.world == 1:
+            return values
+        keys = sorted(k for k, v in values.items() if isinstance(v, float))
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        t /= self.world
+        return values | {k: float(v) for k, v in zip(keys, t.tolist())}
+
+    def gather(self, obj):
+        """Every rank's ``obj``, in rank order (objects, e.g. per-rank prediction lists)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def teardown(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    if dist.is_initialized():
-        for p in module.parameters():
-            dist.broadcast(p.data, src=0)
+def shard(items: list, rank: int, world: int, what: str = "batch") -> list:
+    """Contiguous shards of ``items`` over ``world`` ranks, sizes differing by at most one (the first
+    len % world ranks hold one more). Every rank must hold at least one item."""
+    if len(items) < world:
+        raise ValueError(f"{what}: {len(items)} items cannot give each of {world} processes at least one; "
+                         f"make it >= {world}")
+    per, extra = divmod(len(items), world)
+    start = rank * per + min(rank, extra)
+    return items[start:start + per + (rank < extra)]
 
 
-def mean_over_ranks(values: dict) -> dict:
-    if not dist.is_initialized():
-        return values
-    keys = sorted(k for k, v in values.items() if isinstance(v, float))
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return values | {k: float(v) for k, v in zip(keys, t.tolist())}
+def padded_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
+    """(indices, kept) for evaluation: this rank's contiguous part of range(n), padded by repeating its last index
+    (or index 0 when it has none) up to ceil(n / world) entries so that every rank makes the same number of
+    forward calls; only the first ``kept`` results are real."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    idx = list(range(start, start + per + (rank < extra)))
+    width = per + (extra > 0)
+    kept = len(idx)
+    fill = idx[-1] if idx else 0
+    return idx + [fill] * (width - kept), kept
+
+
+def block_units(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a model, the units FSDP2 shards one by one: the members of its ModuleLists that hold
+    parameters (decoder layers, vision blocks, transformer blocks), outermost lists only."""
+    units: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for _, child in module.named_modules():
+        if id(child) in inside or not isinstance(child, torch.nn.ModuleList):
+            continue
+        for block in child:
+            if any(True for _ in block.parameters()):
+                units.append(block)
+                inside.update(id(m) for m in block.modules())
+    return units

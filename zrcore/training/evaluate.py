@@ -4,7 +4,6 @@ the raters' distribution) and mean output tokens, per dimension and averaged."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import torch
 
@@ -14,35 +13,39 @@ from zrcore.data.records import Record
 METRIC_KEYS = ("plcc", "srcc", "hpa", "hpa_margin", "nll", "w1", "tokens")
 
 
+def eval_seed(seed: int, record: int, sample: int) -> int:
+    """The sampling seed of one reasoning sample of one evaluation record (independent of batching and ranks)."""
+    return (seed * 1_000_003 + record * 101 + sample + 17) % (2**62)
+
+
 @torch.no_grad()
 def predict(rm, records: list[Record], mode: str = "student", samples: int = 2, max_reasoning_tokens: int = 8,
-            temperature: float = 1.0, batch_size: int = 16, seed: int = 0) -> dict:
-    """Per-record q (probs [N, K]), mean [N] and output tokens [N]. Teacher mode averages q over ``samples``
-    sampled reasoning traces (a Monte-Carlo estimate of the reasoning-marginal distribution)."""
+            temperature: float = 1.0, batch_size: int = 16, seed: int = 0, indices: list[int] | None = None,
+            rollout_batch_size: int = 0) -> dict:
+    """Per-record q (probs [N, K]), mean [N] and output tokens [N], ``batch_size`` records per call (dimensions
+    mixed). Teacher mode averages q over ``samples`` sampled reasoning traces (a Monte-Carlo estimate of the
+    reasoning-marginal distribution), seeded per (record, sample); ``indices`` are the records' global indices
+    (default 0..N-1), so a record's traces do not depend on the batch or the process that scores it."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    indices = list(range(len(records))) if indices is None else list(indices)
     probs = torch.zeros(len(records), len(rm.bins))
     tokens = torch.zeros(len(records))
-    by_dim = defaultdict(list)
-    for i, r in enumerate(records):
-        by_dim[r.dimension].append(i)
-    rng = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        for dim, idx in by_dim.items():
-            for s in range(0, len(idx), batch_size):
-                part = idx[s:s + batch_size]
-                prompts = [records[i].prompt for i in part]
-                images = [records[i].image for i in part]
-                if mode == "student":
-                    q = rm.score(prompts, images, dim).probs.float().cpu()
-                else:
-                    j = rm.judge(prompts, images, dim, num_samples=samples, max_reasoning_tokens=max_reasoning_tokens,
-                                 temperature=temperature)
-                    q = j.distribution.probs.float().mean(1).cpu()
-                    lens = torch.tensor([len(t) for t in j.reasoning_ids], dtype=torch.float32)
-                    tokens[part] = lens.view(len(part), samples).mean(1)
-                probs[part] = q
-    finally:
-        torch.set_rng_state(rng)
+    for s in range(0, len(records), batch_size):
+        part = list(range(s, min(s + batch_size, len(records))))
+        prompts = [records[i].prompt for i in part]
+        images = [records[i].image for i in part]
+        dims = [records[i].dimension for i in part]
+        if mode == "student":
+            q = rm.score(prompts, images, dims).probs.float().cpu()
+        else:
+            seeds = [eval_seed(seed, indices[i], g) for i in part for g in range(samples)]
+            j = rm.judge(prompts, images, dims, num_samples=samples, max_reasoning_tokens=max_reasoning_tokens,
+                         temperature=temperature, seeds=seeds, rollout_batch_size=rollout_batch_size)
+            q = j.distribution.probs.float().mean(1).cpu()
+            lens = torch.tensor([len(t) for t in j.reasoning_ids], dtype=torch.float32)
+            tokens[part] = lens.view(len(part), samples).mean(1)
+        probs[part] = q
     mean = probs @ rm.bins.values.float()
     return {"probs": probs, "mean": mean, "tokens": tokens}
 

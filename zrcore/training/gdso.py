@@ -1,84 +1,102 @@
 """GDSO training of the reasoning teacher (Algorithm 1): rollouts with the current policy, K_gdso updates of
-L_GDSO = L_GRPO + alpha_pt L_ce + alpha_pw L_pw per rollout batch, the reference policy reset every N_ref steps."""
+L_GDSO = L_GRPO + alpha_pt L_ce + alpha_pw L_pw per rollout batch, the reference policy reset every N_ref steps.
+
+Over several processes each rank holds a contiguous share of the step's prompts (all M candidates of a prompt stay
+on one rank) and scales each term by ``Runtime.share`` of its units, so the averaged gradient is that of the global
+batch: sequences for the policy term (tokens for bnpo / dapo), samples for the CE term, prompts with a pair for the
+pairwise term.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from zrcore import losses
-from zrcore.training import distributed as D
-from zrcore.training.rollout import merge_judgements, policy_forward
-from zrcore.training.trainer import Trainer, clone_frozen, step_seed
+from zrcore.training.rollout import rollouts_of
+from zrcore.training.trainer import Trainer, step_seed
+
+
+def judge_groups(rm, groups: list, first: int, step: int, cfg, num_samples: int):
+    """One ``judge`` call for all (group, candidate) rows of ``groups``, rows ordered (group, candidate, sample) and
+    seeded by their global position (``first``: the global index of groups[0])."""
+    m = len(groups[0].records)
+    prompts = [g.prompt for g in groups for _ in g.records]
+    images = [img for g in groups for img in g.images]
+    dims = [g.dimension for g in groups for _ in g.records]
+    seeds = [step_seed(cfg.seed, step, ((first + gi) * m + mi) * num_samples + s)
+             for gi in range(len(groups)) for mi in range(m) for s in range(num_samples)]
+    return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=cfg.max_reasoning_tokens,
+                    temperature=cfg.temperature, seeds=seeds, rollout_batch_size=cfg.rollout_batch_size)
+
+
+def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """One bin index per row of probs [B, K], each from its own seeded generator."""
+    return torch.cat([torch.multinomial(p, 1, generator=torch.Generator().manual_seed(s))
+                      for p, s in zip(probs.float().cpu(), seeds)])
 
 
 class GDSOTrainer(Trainer):
     eval_mode = "teacher"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, model=None, data=None):
         if cfg.reward_from not in ("distribution", "text"):
             raise ValueError(f"reward_from must be 'distribution' or 'text', got {cfg.reward_from!r}")
-        super().__init__(cfg)
-        self.ref = clone_frozen(self.rm.model) if cfg.beta > 0 else None
+        super().__init__(cfg, model, data)
+        self.ref = self.frozen.get("ref")
+
+    def frozen_models(self, rm) -> dict:
+        return {"ref": copy.deepcopy(rm)} if self.cfg.beta > 0 else {}
+
+    def frozen_state(self) -> dict:
+        return self.frozen
 
     def eval_kwargs(self) -> dict:
         c = self.cfg
-        return {"samples": c.eval_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature}
+        return {"samples": c.eval_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature,
+                "rollout_batch_size": c.rollout_batch_size}
 
-    def state_dict_extra(self) -> dict:
-        return {"ref": self.ref.state_dict()} if self.ref is not None else {}
-
-    def load_state_extra(self, state: dict) -> None:
-        if self.ref is not None and "ref" in state:
-            self.ref.load_state_dict(state["ref"])
-
-    @torch.no_grad()
-    def rollouts(self, groups: list, step: int):
-        c = self.cfg
-        judgements = []
-        offset = self.rank * len(groups)
-        for i, g in enumerate(groups):
-            torch.manual_seed(step_seed(c.seed, step, offset + i))
-            judgements.append(self.rm.judge([g.prompt] * len(g.records), g.images, g.dimension,
-                                            num_samples=c.num_samples, max_reasoning_tokens=c.max_reasoning_tokens,
-                                            temperature=c.temperature))
-        return merge_judgements(judgements, self.rm.tokenizer.pad_token_id)
-
-    def train_step(self, groups: list, step: int) -> dict:
-        c = self.cfg
-        local = D.shard(groups, self.rank, self.world)
+    def train_step(self, step: int) -> dict:
+        c, rt = self.cfg, self.rt
+        local, first = self.local_batch(step)
         p, m, g = len(local), len(local[0].records), c.num_samples
-        batch = self.rollouts(local, step)
-        scores = torch.stack([grp.scores for grp in local])
-        target = self.rm.bins.index(scores)
-        with torch.no_grad():
-            old_logps, _ = policy_forward(self.rm, self.rm.model, batch, c.temperature, with_distribution=False)
-            ref_logps = (policy_forward(self.rm, self.ref, batch, c.temperature, with_distribution=False)[0]
+        with torch.no_grad(), rt.autocast():
+            batch = rollouts_of(judge_groups(self.rm, local, first, step, c, g))
+            old_logps = self.rm.policy_forward(batch, c.temperature, with_distribution=False).logps
+            ref_logps = (self.ref.policy_forward(batch, c.temperature, with_distribution=False).logps
                          if self.ref is not None else None)
+        device = old_logps.device
+        scores = torch.stack([grp.scores for grp in local]).to(device)
+        target = self.rm.bins.index(scores)
         reward_mean = None
         if c.reward_from == "text":  # the score token sampled from q and parsed, instead of the expectation
-            gen = torch.Generator().manual_seed(step_seed(c.seed, step, 10**6 + self.rank))
-            idx = torch.multinomial(batch.distribution.probs.float().cpu(), 1, generator=gen).squeeze(-1)
-            reward_mean = self.rm.bins.values[idx].view(p, m, g)
+            seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
+            reward_mean = self.rm.bins.values[sample_bins(batch.distribution.probs, seeds)].view(p, m, g).to(device)
+        # each term's share of the global batch (uneven shards over ranks)
+        tokens = batch.completion_mask.sum().item()
+        paired = sum(len(set(grp.scores.tolist())) > 1 or (c.include_ties and m > 1) for grp in local)
+        w_policy = rt.share(tokens if c.loss_type in ("bnpo", "dapo") else p * m * g)
+        w_ce, w_pw = rt.share(p * m * g), rt.share(paired)
         metrics = {}
         for _ in range(c.updates_per_rollout):
-            logps, dist = policy_forward(self.rm, self.rm.model, batch, c.temperature)
+            with rt.autocast():
+                out_policy = self.net(batch.sequences, batch.attention_mask, batch.image_inputs,
+                                      batch.completion_mask, c.temperature)
+            dist = out_policy.distribution
             out = losses.gdso_loss(
-                logps, old_logps, batch.completion_mask, dist.mean.view(p, m, g),
+                out_policy.logps.float(), old_logps.float(), batch.completion_mask, dist.mean.view(p, m, g),
                 dist.log_probs.view(p, m, g, -1), scores, score_range=self.rm.bins.range, target=target,
-                ref_logps=ref_logps, reward_mean=reward_mean, beta=c.beta, eps_low=c.eps_low, eps_high=c.eps_high,
-                loss_type=c.loss_type, lambda_pt=c.lambda_pt, lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt,
-                alpha_pw=c.alpha_pw, adv_scale=c.adv_scale, include_ties=c.include_ties,
-                max_completion_length=c.max_reasoning_tokens)
-            self.opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            D.average_gradients(self.params, self.world)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-            self.opt.step()
-            metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(out.total.detach()),
-                                                                       "grad_norm": float(norm)}
+                ref_logps=None if ref_logps is None else ref_logps.float(), reward_mean=reward_mean, beta=c.beta,
+                eps_low=c.eps_low, eps_high=c.eps_high, loss_type=c.loss_type, lambda_pt=c.lambda_pt,
+                lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt, alpha_pw=c.alpha_pw, adv_scale=c.adv_scale,
+                include_ties=c.include_ties, max_completion_length=c.max_reasoning_tokens)
+            total = w_policy * out.policy + c.alpha_pt * w_ce * out.ce + c.alpha_pw * w_pw * out.pairwise
+            metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(total.detach())}
+            metrics |= self.optimizer_step(total)
         self.sched.step()
         if self.ref is not None and (step + 1) % c.ref_reset_every == 0:
-            self.ref.load_state_dict(self.rm.model.state_dict())
+            self.ref.load_state_dict(self.rm.state_dict())
         metrics["rollout/tokens"] = float(batch.lengths.mean())
         metrics["rollout/truncated"] = float(batch.truncated.float().mean())
         return metrics

@@ -3,54 +3,28 @@ denoising steps, decode, score on the rubric dimensions, aggregate, ascend the r
 
 Validation every ``val_every`` steps samples fixed prompts from fixed noise without gradients and logs the mean
 predicted score and spread per dimension (the curves of the paper's figure 5); at the end a grid of the validation
-images before and after training is saved.
+images before and after training is saved. Runs on the shared loop: DDP or FSDP2 for the transformer (LoRA
+included), the reward model frozen (a replica per rank under ddp, sharded under fsdp). Each image's noise is seeded
+by (step, image), so the split of a batch over ranks does not change what is sampled.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils import _pytree as pytree
 
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.diffusion import FlowMatchSampler, SamplerConfig, build_tiny_generator, reward_of_images, velocity_for
-from zrcore.diffusion.lora import DEFAULT_TARGETS, add_lora
-from zrcore.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, stop_if_requested
-from zrcore.training.config import save_config
-from zrcore.training.logging import MetricsLog, Progress, plot_curves
+from zrcore.diffusion.lora import add_lora
+from zrcore.training.distributed import block_units, padded_shard
+from zrcore.training.logging import plot_curves
+from zrcore.training.loop import TrainLoop
+from zrcore.training.trainer import configure_reward_model, load_reward_model
 
-
-@dataclass
-class GeneratorConfig:
-    output_dir: str = "runs/generator"
-    seed: int = 0
-    arch: str = "zimage"  # tiny random-init generator: zimage | sd3 | flux
-    lora_rank: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (peft), base weights frozen
-    lora_alpha: float | None = None  # default: the rank
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    reward_model: str = "tiny"  # "tiny" (random-init student) or a student checkpoint folder (train_risd.py)
-    dimensions: list[str] = field(default_factory=lambda: ["realism", "aesthetics", "plausibility", "alignment"])
-    aggregation: str = "mean"  # mean | weighted | min | pessimistic
-    kappa: float = 0.0  # > 0: pessimistic aggregation mean - kappa * std
-    steps: int = 60
-    batch: int = 4
-    lr: float = 2e-3
-    num_steps: int = 4  # denoising steps
-    backprop: str = "last_k"
-    k: int = 1
-    checkpoint: str = "step"
-    guidance_scale: float = 0.0
-    latent_size: int = 28  # latents [16, s, s] -> images [3, 2s, 2s]
-    train_prompts: int = 32
-    val_prompts: int = 4
-    val_every: int = 5
-    max_grad_norm: float = 1.0
-    save_every: int = 10
-    progress: bool = True
+VAL_SEED = 12345
 
 
 def _grid(images: list[torch.Tensor], rows: int) -> Image.Image:  # noqa: F821
@@ -66,118 +40,122 @@ def _grid(images: list[torch.Tensor], rows: int) -> Image.Image:  # noqa: F821
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
 
 
-class GeneratorTrainer:
-    def __init__(self, cfg: GeneratorConfig):
-        from zrcore.models import RewardModel, build_tiny_reward_model
+class GeneratorTrainer(TrainLoop):
+    name = "generator"
 
-        self.cfg = cfg
-        torch.manual_seed(cfg.seed)
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
-        self.transformer, vae, scheduler, self.encoder = build_tiny_generator(seed=cfg.seed, arch=cfg.arch)
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        transformer, vae, scheduler, self.encoder = build_tiny_generator(seed=cfg.seed, arch=cfg.arch)
         from zrcore.diffusion.fused import extension, fuse_vae_decoder
 
         if extension() is not None:  # fused GroupNorm + SiLU in the VAE decoder (less memory, see RESULTS)
             fuse_vae_decoder(vae)
-        self.sampler = FlowMatchSampler(velocity_for(self.transformer), scheduler, vae)
-        self.rm = (build_tiny_reward_model("qwen2_vl", "student", seed=cfg.seed) if cfg.reward_model == "tiny"
-                   else RewardModel.from_pretrained(cfg.reward_model))
-        self.rm.model.eval()
-        for p in list(self.rm.model.parameters()) + list(vae.parameters()) + list(self.encoder.parameters()):
-            p.requires_grad_(False)
-        unknown = [d for d in cfg.dimensions if d not in self.rm.dimensions]
+        rm = configure_reward_model(load_reward_model(cfg.reward_model, cfg.seed), cfg, self.rt.device)
+        unknown = [d for d in cfg.dimensions if d not in rm.dimensions]
         if unknown:
-            raise ValueError(f"dimensions {unknown} are not known to the reward model ({list(self.rm.dimensions)})")
+            raise ValueError(f"dimensions {unknown} are not known to the reward model ({list(rm.dimensions)})")
+        for module in (vae, self.encoder):
+            module.requires_grad_(False)
+            module.to(self.rt.device)
+        if cfg.lora_rank > 0:
+            add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        self.rm = self.rt.prepare(rm, rm.shard_units(), trainable=False, methods=rm.fsdp_methods)
+        net = self.rt.prepare(transformer, block_units(transformer))
+        self.transformer = transformer
         self.mode = "pessimistic" if cfg.kappa > 0 else cfg.aggregation
         self.sampler_cfg = SamplerConfig(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
                                          backprop=cfg.backprop, k=cfg.k, checkpoint=cfg.checkpoint)
         self.sampler_cfg.validate()
+        self.sampler = FlowMatchSampler(velocity_for(transformer, net=net), scheduler, vae)
         gen = SyntheticRubric(seed=cfg.seed)
         self.train_prompts = [gen.scene(i).prompt for i in range(cfg.train_prompts)]
         self.val_prompts = [gen.scene(10_000 + i).prompt for i in range(cfg.val_prompts)]
-        if cfg.lora_rank < 0:
-            raise ValueError(f"lora_rank must be 0 (full fine-tuning) or positive, got {cfg.lora_rank}")
-        if cfg.lora_rank > 0:
-            self.params = add_lora(self.transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-        else:
-            self.params = [p for p in self.transformer.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr)
-        self.log = MetricsLog(self.out)
-        self.step = 0
+        self.setup_optimizer(transformer, net)
 
-    def _latents(self, n: int, seed: int) -> torch.Tensor:
+    def _latents(self, seeds: list[int]) -> torch.Tensor:
         s = self.cfg.latent_size
-        return torch.randn(n, 16, s, s, generator=torch.Generator().manual_seed(seed))
+        return torch.stack([torch.randn(16, s, s, generator=torch.Generator().manual_seed(x)) for x in seeds]
+                           ).to(self.rt.device)
 
-    def generate(self, prompts: list[str], seed: int, grad: bool) -> torch.Tensor:
-        cond = pytree.tree_map(torch.Tensor.detach, self.encoder(prompts))
+    def generate(self, prompts: list[str], seeds: list[int], grad: bool) -> torch.Tensor:
+        cond = pytree.tree_map(lambda t: t.detach().to(self.rt.device), self.encoder(prompts))
         uncond = None
         if self.cfg.guidance_scale > 0:  # the empty prompt's features, zeroed
-            uncond = pytree.tree_map(lambda t: t.detach() * 0, self.encoder([""] * len(prompts)))
-        with torch.set_grad_enabled(grad):
-            x = self.sampler.sample(self._latents(len(prompts), seed), cond, self.sampler_cfg, uncond=uncond)
+            uncond = pytree.tree_map(lambda t: t.detach().to(self.rt.device) * 0, self.encoder([""] * len(prompts)))
+        with torch.set_grad_enabled(grad), self.rt.autocast():
+            x = self.sampler.sample(self._latents(seeds), cond, self.sampler_cfg, uncond=uncond)
             return self.sampler.decode(x)
+
+    def reward(self, prompts: list[str], images: torch.Tensor):
+        with self.rt.autocast():
+            return reward_of_images(self.rm, prompts, images.float(), self.cfg.dimensions, mode=self.mode,
+                                    kappa=self.cfg.kappa)
 
     @torch.no_grad()
     def validate(self) -> tuple[dict, torch.Tensor]:
-        imgs = self.generate(self.val_prompts, seed=12345, grad=False)
-        reward, dists = reward_of_images(self.rm, self.val_prompts, imgs, self.cfg.dimensions, mode=self.mode,
-                                         kappa=self.cfg.kappa)
-        row = {"val/reward": float(reward.mean())}
-        for d, q in dists.items():
-            row[f"val/{d}"] = float(q.mean.mean())
-            row[f"val/std/{d}"] = float(q.std.mean())
-        row["val/mean_score"] = sum(float(q.mean.mean()) for q in dists.values()) / len(dists)
-        row["val/mean_std"] = sum(float(q.std.mean()) for q in dists.values()) / len(dists)
-        return row, imgs
+        """Validation prompts split over ranks (padded so that every rank makes the same calls), gathered."""
+        n = len(self.val_prompts)
+        idx, kept = padded_shard(n, self.rt.rank, self.rt.world)
+        prompts = [self.val_prompts[i] for i in idx]
+        imgs = self.generate(prompts, [VAL_SEED + i for i in idx], grad=False)
+        reward, dists = self.reward(prompts, imgs)
+        local = {"images": imgs[:kept].float().cpu(), "reward": reward[:kept].float().cpu(),
+                 **{d: (q.mean[:kept].float().cpu(), q.std[:kept].float().cpu()) for d, q in dists.items()}}
+        parts = self.rt.gather(local)
+        images = torch.cat([p["images"] for p in parts])
+        means = {d: torch.cat([p[d][0] for p in parts]) for d in dists}
+        stds = {d: torch.cat([p[d][1] for p in parts]) for d in dists}
+        row = {"val/reward": float(torch.cat([p["reward"] for p in parts]).mean())}
+        for d in dists:
+            row[f"val/{d}"] = float(means[d].mean())
+            row[f"val/std/{d}"] = float(stds[d].mean())
+        row["val/mean_score"] = sum(float(means[d].mean()) for d in dists) / len(dists)
+        row["val/mean_std"] = sum(float(stds[d].mean()) for d in dists) / len(dists)
+        return row, images
 
-    def fit(self) -> dict:
+    # ---- loop hooks --------------------------------------------------------------------------------------------
+    def evaluate(self, name: str) -> dict:
+        row, imgs = self.validate()
+        if name == "start":
+            self.extra_tensors["before_images"] = imgs
+        if name == "final":
+            self.extra_tensors["after_images"] = imgs
+        return row
+
+    def log_row(self, result: dict) -> dict:
+        return result
+
+    def eval_due(self, step: int) -> bool:
+        return step % self.cfg.val_every == 0 and step < self.cfg.steps
+
+    def train_step(self, step: int) -> dict:
         cfg = self.cfg
-        state = load_checkpoint(self.out)
-        if state is not None:
-            self.transformer.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
-            self.step = state["step"]
-            self.log.truncate_after(self.step)
-            before = state["before"]
-        else:
-            row, imgs = self.validate()
-            before = {"metrics": row, "images": imgs}
-            self.log.write({"step": 0, **row})
-        bar = Progress(cfg.steps, self.step, enabled=cfg.progress, desc="generator")
-        while self.step < cfg.steps:
-            g = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
-            idx = torch.randint(len(self.train_prompts), (cfg.batch,), generator=g).tolist()
-            prompts = [self.train_prompts[i] for i in idx]
-            imgs = self.generate(prompts, seed=cfg.seed * 100_003 + self.step, grad=True)
-            reward, _ = reward_of_images(self.rm, prompts, imgs, cfg.dimensions, mode=self.mode, kappa=cfg.kappa)
-            loss = -reward.mean()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.opt.step()
-            self.step += 1
-            metrics = {"reward": float(reward.detach().mean()), "grad_norm": float(norm)}
-            if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                metrics |= self.validate()[0]
-            self.log.write({"step": self.step, **metrics})
-            bar.update(metrics | {"loss": float(loss.detach())})
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                save_checkpoint(self.out, {"step": self.step, "model": self.transformer.state_dict(),
-                                           "optimizer": self.opt.state_dict(), "rng": rng_state(), "before": before})
-            stop_if_requested(self.step, cfg.steps, bar.close)
-        bar.close()
-        after, imgs = self.validate()
-        _grid(list(before["images"]) + list(imgs), rows=2).save(self.out / "before_after.png")
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        items = list(range(cfg.batch))
+        picks = torch.randint(len(self.train_prompts), (cfg.batch,), generator=g).tolist()
+        local = self.rt.shard(items, "batch")
+        prompts = [self.train_prompts[picks[i]] for i in local]
+        imgs = self.generate(prompts, [cfg.seed * 100_003 + step * 1_009 + i for i in local], grad=True)
+        reward, _ = self.reward(prompts, imgs)
+        loss = -reward.float().mean() * self.rt.share(len(local))
+        metrics = self.optimizer_step(loss)
+        self.sched.step()
+        return metrics | {"reward": float(reward.detach().float().mean()), "loss": float(loss.detach())}
+
+    def report(self) -> None:
+        cfg = self.cfg
+        before, after = self.results["start"], self.results["final"]
+        _grid(list(self.extra_tensors["before_images"]) + list(self.extra_tensors["after_images"]), rows=2).save(
+            self.out / "before_after.png")
         keys = ["val/reward", *[f"val/{d}" for d in cfg.dimensions], "val/mean_std"]
         plot_curves(self.out / "metrics.jsonl", self.out / "val_reward.png", keys=keys,
                     title="validation reward per dimension")
-        result = {"before": before["metrics"], "after": after}
-        (self.out / "results.json").write_text(json.dumps(result, indent=1))
+        (self.out / "results.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
         lines = ["| metric | start | end |", "|---|---:|---:|"]
-        lines += [f"| {k} | {before['metrics'][k]:.4f} | {after[k]:.4f} |" for k in after]
+        lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} |" for k in after]
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
-        return result
+
+    def fit(self) -> dict:
+        res = super().fit()
+        return {"before": res["start"], "after": res["final"]}

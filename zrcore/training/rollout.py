@@ -1,15 +1,120 @@
-"""Rollouts: teacher judgements of a batch of groups merged into one left-padded batch, and the policy forward that
-gives both the token log-probs of the sampled reasoning and the score distribution after the forced suffix."""
+"""Rollouts: the sampling backend interface, its default over Hugging Face ``generate``, and the rollout batch the
+policy losses read.
+
+A backend turns a ``RolloutRequest`` (prompt token ids and images per row, one seed per row, decoding limits) into
+sampled token ids and the behaviour log-probs log pi_old(y_t | y_<t) / T they were drawn with. ``RewardModel.judge``
+calls it and appends the forced scoring suffix, so a serving engine can replace ``HFGenerateBackend`` without
+touching the losses.
+
+Sampling is seeded per row (``SeededSampler``): row r draws its tokens from its own generator, so its trace does not
+depend on which rows share its batch, how many calls the rows are split into, or which process holds them.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 
 from zrcore.bins import ScoreDistribution
-from zrcore.models.logprobs import completion_logprobs
-from zrcore.ops import score_distribution
+
+
+@dataclass
+class RolloutRequest:
+    prompt_ids: list  # one token id list per row (left padding is the backend's job)
+    image_inputs: dict  # pixel_values / image_grid_thw with one image per row, back to back
+    seeds: list  # one sampling seed per row
+    max_new_tokens: int
+    temperature: float
+    eos_token_id: int
+    pad_token_id: int
+    suppress_ids: list  # token ids a trace must not contain
+    batch_size: int = 0  # at most this many rows per sampling call; 0 = all rows in one call
+
+
+class SampledTokens(NamedTuple):
+    token_ids: list  # per row: the sampled ids (up to and including end-of-turn when it came)
+    logprobs: list  # per row: behaviour log-probs of those ids (floats)
+
+
+class RolloutBackend(Protocol):
+    def sample(self, rm, request: RolloutRequest) -> SampledTokens: ...
+
+
+class SeededSampler:
+    """A ``generate`` logits processor that samples each row from softmax(z / T) with that row's own generator and
+    leaves only the drawn token finite, so greedy decoding emits it; it records the drawn tokens' log-probs."""
+
+    def __init__(self, seeds: list[int], temperature: float):
+        self.seeds = [int(s) % (2**63) for s in seeds]
+        self.temperature = float(temperature)
+        self.generators: list[torch.Generator] | None = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        probs = logp.exp()
+        picks = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(self.generators)])
+        self.logprobs.append(logp.gather(1, picks[:, None]).squeeze(1))
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, picks[:, None], 0.0)
+
+
+def _image_rows(image_inputs: dict, rows: list[int]) -> dict:
+    sizes = image_inputs["image_grid_thw"].prod(-1).tolist()
+    chunks = torch.split(image_inputs["pixel_values"], sizes, dim=0)
+    return {"pixel_values": torch.cat([chunks[r] for r in rows]), "image_grid_thw": image_inputs["image_grid_thw"][rows]}
+
+
+def _max_over_ranks(n: int) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([n], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class HFGenerateBackend:
+    """Sampling with the model's own ``generate`` (KV cache), ``batch_size`` rows per call. No logits or scores
+    are requested from ``generate``. When the model is sharded (``rm.synced_generation``), every rank makes the same
+    number of calls (a rank with fewer rows repeats one row and drops it) and decodes with ``synced_gpus``."""
+
+    @torch.no_grad()
+    def sample(self, rm, request: RolloutRequest) -> SampledTokens:
+        from transformers import LogitsProcessorList
+
+        rows = list(range(len(request.prompt_ids)))
+        size = request.batch_size or len(rows)
+        chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+        calls = _max_over_ranks(len(chunks)) if rm.synced_generation else len(chunks)
+        tokens: list = [None] * len(rows)
+        logprobs: list = [None] * len(rows)
+        for c in range(calls):
+            part = chunks[c] if c < len(chunks) else chunks[0][:1]
+            ids, mask = rm.left_pad([request.prompt_ids[r] for r in part])
+            sampler = SeededSampler([request.seeds[r] for r in part], request.temperature)
+            out = rm.model.generate(**rm.tensor_inputs(ids, mask, _image_rows(request.image_inputs, part)),
+                                    do_sample=False, max_new_tokens=request.max_new_tokens,
+                                    eos_token_id=request.eos_token_id, pad_token_id=request.pad_token_id,
+                                    suppress_tokens=request.suppress_ids,
+                                    logits_processor=LogitsProcessorList([sampler]),
+                                    synced_gpus=rm.synced_generation, top_k=None, top_p=None, temperature=None)
+            if c >= len(chunks):
+                continue
+            generated = out[:, ids.shape[1]:].tolist()
+            lp = torch.stack(sampler.logprobs, 1).tolist() if sampler.logprobs else [[] for _ in part]
+            for i, r in enumerate(part):
+                toks = generated[i]
+                if request.eos_token_id in toks:
+                    toks = toks[:toks.index(request.eos_token_id) + 1]
+                tokens[r] = toks
+                logprobs[r] = lp[i][:len(toks)]
+        return SampledTokens(tokens, logprobs)
 
 
 class Rollouts(NamedTuple):
@@ -20,39 +125,14 @@ class Rollouts(NamedTuple):
     distribution: ScoreDistribution  # at sampling time, [B] flattened
     lengths: torch.Tensor  # [B] reasoning tokens
     truncated: torch.Tensor  # [B] bool
+    behaviour_logprobs: torch.Tensor  # [B, L] log-probs the sampler drew the completion with
 
 
-def merge_judgements(judgements: list, pad_id: int) -> Rollouts:
-    length = max(j.sequences.shape[1] for j in judgements)
-
-    def pad(t, value):
-        extra = length - t.shape[1]
-        return torch.cat([torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device), t], 1) if extra else t
-
-    seqs = torch.cat([pad(j.sequences, pad_id) for j in judgements])
-    att = torch.cat([pad(j.attention_mask, 0) for j in judgements])
-    comp = torch.cat([pad(j.completion_mask, False) for j in judgements])
-    images = {"pixel_values": torch.cat([j.image_inputs["pixel_values"] for j in judgements]),
-              "image_grid_thw": torch.cat([j.image_inputs["image_grid_thw"] for j in judgements])}
-    k = judgements[0].distribution.log_probs.shape[-1]
-    dist = ScoreDistribution(torch.cat([j.distribution.log_probs.reshape(-1, k) for j in judgements]),
-                             torch.cat([j.distribution.mean.reshape(-1) for j in judgements]),
-                             torch.cat([j.distribution.var.reshape(-1) for j in judgements]))
-    lengths = torch.tensor([len(r) for j in judgements for r in j.reasoning_ids], dtype=torch.float32)
-    trunc = torch.cat([j.truncated for j in judgements])
-    return Rollouts(seqs, att, comp, images, dist, lengths, trunc)
-
-
-def policy_forward(rm, model, batch: Rollouts, temperature: float, with_distribution: bool = True):
-    """(token log-probs [B, L] at the sampling temperature, 0 outside the completion; score distribution [B] or
-    None), from one forward of ``model`` (rm.model or a frozen copy of it: the reference / old policy)."""
-    seqs = batch.sequences
-    inputs = rm.tensor_inputs(seqs, batch.attention_mask, batch.image_inputs, model)
-    hidden = model.model(**inputs, use_cache=False).last_hidden_state
-    head = model.get_output_embeddings()
-    logps = completion_logprobs(hidden, seqs, batch.completion_mask, head, temperature)
-    dist = None
-    if with_distribution:
-        dist = score_distribution(hidden[:, -1], head.weight, rm.decoder.token_ids.to(seqs.device),
-                                  rm.bins.values.to(seqs.device), bias=head.bias)
-    return logps, dist
+def rollouts_of(judgement) -> Rollouts:
+    """A Judgement ([B, G] distributions) as a flat rollout batch."""
+    d = judgement.distribution
+    k = d.log_probs.shape[-1]
+    dist = ScoreDistribution(d.log_probs.reshape(-1, k), d.mean.reshape(-1), d.var.reshape(-1))
+    lengths = torch.tensor([len(r) for r in judgement.reasoning_ids], dtype=torch.float32)
+    return Rollouts(judgement.sequences, judgement.attention_mask, judgement.completion_mask, judgement.image_inputs,
+                    dist, lengths, judgement.truncated, judgement.behaviour_logprobs)

@@ -1,100 +1,79 @@
 """Student recipes: SFT (cross-entropy on the annotated bin, no reasoning), RISD (KL to the teacher's
-reasoning-marginal distribution, eq. 15) and the OPD baseline (on-policy distillation, eq. 18-19)."""
+reasoning-marginal distribution, eq. 15) and the OPD baseline (on-policy distillation, eq. 18-19).
+
+Each rank takes a contiguous share of the step's prompts and scales its loss by its share of the loss's units
+(records, or completion tokens for OPD), so the averaged gradient is that of the global batch.
+"""
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import torch
 
 from zrcore import losses
-from zrcore.bins import ScoreDistribution
-from zrcore.models import RewardModel
-from zrcore.training import distributed as D
-from zrcore.training.rollout import Rollouts, merge_judgements, policy_forward
-from zrcore.training.trainer import Trainer, step_seed
+from zrcore.training.gdso import judge_groups, sample_bins
+from zrcore.training.rollout import rollouts_of
+from zrcore.training.trainer import Trainer, build_reward_model, step_seed
 
 
-def student_distributions(rm, records: list) -> ScoreDistribution:
-    """q for each record (one batched forward per dimension), in the records' order, with gradients."""
-    by_dim = defaultdict(list)
-    for i, r in enumerate(records):
-        by_dim[r.dimension].append(i)
-    k = len(rm.bins)
-    log_probs = [None] * len(records)
-    for dim, idx in by_dim.items():
-        q = rm.score([records[i].prompt for i in idx], [records[i].image for i in idx], dim)
-        for row, i in enumerate(idx):
-            log_probs[i] = q.log_probs[row]
-    lp = torch.stack(log_probs) if records else torch.zeros(0, k)
-    probs = lp.exp()
-    mean = probs @ rm.bins.values.to(lp.device, lp.dtype)
-    var = (probs * (rm.bins.values.to(lp.device, lp.dtype) - mean[:, None]) ** 2).sum(-1)
-    return ScoreDistribution(lp, mean, var)
+def _records(groups: list) -> list:
+    return [r for g in groups for r in g.records]
 
 
 class _StudentTrainer(Trainer):
-    def _update(self, loss: torch.Tensor) -> dict:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        D.average_gradients(self.params, self.world)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.opt.step()
+    def student_distributions(self, records: list):
+        """q for each record from one forward through ``self.net`` (the gradient-carrying entry), records' order."""
+        rm = self.rm
+        inputs = rm.score_inputs([r.prompt for r in records], [r.image for r in records],
+                                 [r.dimension for r in records])
+        with self.rt.autocast():
+            return self.net(*inputs).distribution
+
+    def update(self, loss: torch.Tensor, units: float) -> dict:
+        scaled = self.rt.share(units) * loss
+        metrics = {"loss": float(scaled.detach())} | self.optimizer_step(scaled)
         self.sched.step()
-        return {"loss": float(loss.detach()), "grad_norm": float(norm)}
+        return metrics
 
 
 class SFTTrainer(_StudentTrainer):
-    def train_step(self, groups: list, step: int) -> dict:
-        records = [r for g in D.shard(groups, self.rank, self.world) for r in g.records]
-        q = student_distributions(self.rm, records)
+    def train_step(self, step: int) -> dict:
+        records = _records(self.local_batch(step)[0])
+        q = self.student_distributions(records)
         scores = torch.tensor([r.score for r in records], dtype=torch.float64)
         if self.cfg.soft_targets:
             std = torch.tensor([r.std or 0.0 for r in records], dtype=torch.float64)
             target = self.rm.bins.soft_labels(scores, std).to(q.log_probs.dtype)
         else:
             target = self.rm.bins.index(scores)
-        return self._update(losses.pointwise_ce(q.log_probs, target))
+        return self.update(losses.pointwise_ce(q.log_probs, target.to(q.log_probs.device)), len(records))
 
 
-def load_teacher(path: str) -> RewardModel:
+def check_teacher_path(path: str) -> str:
     if not path:
-        raise ValueError("--teacher is required: a teacher checkpoint folder (output_dir/model of train_gdso.py)")
-    teacher = RewardModel.from_pretrained(path)
-    teacher.model.eval()
-    for p in teacher.model.parameters():
-        p.requires_grad_(False)
-    return teacher
+        raise ValueError("teacher is required: a teacher checkpoint folder (output_dir/model of train_gdso.py)")
+    return path
 
 
 class RISDTrainer(_StudentTrainer):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.teacher = load_teacher(cfg.teacher)
-        if self.teacher.bins != self.rm.bins:
+    def frozen_models(self, rm) -> dict:
+        teacher = build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher), device=self.rt.device)
+        if teacher.bins != rm.bins:
             raise ValueError("teacher and student must share the score bins")
+        return {"teacher": teacher}
 
     @torch.no_grad()
-    def teacher_probs(self, records: list, step: int) -> torch.Tensor:
-        """q_T averaged over teacher_samples sampled reasonings (Monte-Carlo reasoning-marginal)."""
+    def teacher_probs(self, groups: list, first: int, step: int) -> torch.Tensor:
+        """q_T averaged over teacher_samples sampled reasonings (Monte-Carlo reasoning-marginal), [records, K]."""
         c = self.cfg
-        out = torch.zeros(len(records), len(self.rm.bins))
-        by_dim = defaultdict(list)
-        for i, r in enumerate(records):
-            by_dim[r.dimension].append(i)
-        for d_i, (dim, idx) in enumerate(sorted(by_dim.items())):
-            torch.manual_seed(step_seed(c.seed, step, 1000 * self.rank + d_i))
-            j = self.teacher.judge([records[i].prompt for i in idx], [records[i].image for i in idx], dim,
-                                   num_samples=c.teacher_samples, max_reasoning_tokens=c.max_reasoning_tokens,
-                                   temperature=c.temperature)
-            out[idx] = j.distribution.probs.float().mean(1).cpu()
-        return out
+        with self.rt.autocast():
+            j = judge_groups(self.frozen["teacher"], groups, first, step, c, c.teacher_samples)
+        return j.distribution.probs.float().mean(1)
 
-    def train_step(self, groups: list, step: int) -> dict:
-        records = [r for g in D.shard(groups, self.rank, self.world) for r in g.records]
-        q_t = self.teacher_probs(records, step)
-        q_s = student_distributions(self.rm, records)
-        return self._update(losses.risd_loss(q_s.log_probs, q_t.to(q_s.log_probs.dtype)))
+    def train_step(self, step: int) -> dict:
+        groups, first = self.local_batch(step)
+        q_t = self.teacher_probs(groups, first, step)
+        q_s = self.student_distributions(_records(groups))
+        return self.update(losses.risd_loss(q_s.log_probs, q_t.to(q_s.log_probs)), q_s.log_probs.shape[0])
 
 
 class OPDTrainer(_StudentTrainer):
@@ -102,42 +81,42 @@ class OPDTrainer(_StudentTrainer):
 
     eval_mode = "teacher"  # the OPD student reasons before it scores
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.teacher = load_teacher(cfg.teacher)
+    def frozen_models(self, rm) -> dict:
+        return {"teacher": build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher),
+                                              device=self.rt.device)}
 
     def eval_kwargs(self) -> dict:
         c = self.cfg
-        return {"samples": c.num_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature}
+        return {"samples": c.num_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature,
+                "rollout_batch_size": c.rollout_batch_size}
 
     @torch.no_grad()
-    def sample(self, groups: list, step: int) -> Rollouts:
+    def sample(self, groups: list, first: int, step: int):
         c = self.cfg
-        judgements = []
-        for i, g in enumerate(groups):
-            torch.manual_seed(step_seed(c.seed, step, self.rank * len(groups) + i))
-            judgements.append(self.rm.judge([g.prompt] * len(g.records), g.images, g.dimension, num_samples=c.num_samples,
-                                            max_reasoning_tokens=c.max_reasoning_tokens, temperature=c.temperature))
-        batch = merge_judgements(judgements, self.rm.tokenizer.pad_token_id)
+        with self.rt.autocast():
+            batch = rollouts_of(judge_groups(self.rm, groups, first, step, c, c.num_samples))
         # append the sampled score token: the last completion token the student emits
-        gen = torch.Generator().manual_seed(step_seed(c.seed, step, 10**6 + self.rank))
-        idx = torch.multinomial(batch.distribution.probs.float().cpu(), 1, generator=gen).squeeze(-1)
-        score_tok = self.rm.decoder.token_ids[idx].to(batch.sequences.device)
+        rows = batch.sequences.shape[0]
+        seeds = [step_seed(c.seed, step, 10**9 + first * rows // len(groups) + r) for r in range(rows)]
+        score_tok = self.rm.decoder.token_ids[sample_bins(batch.distribution.probs, seeds)].to(batch.sequences.device)
         seqs = torch.cat([batch.sequences, score_tok[:, None]], 1)
         att = torch.cat([batch.attention_mask, torch.ones_like(score_tok[:, None])], 1)
         comp = torch.cat([batch.completion_mask, torch.ones_like(score_tok[:, None], dtype=torch.bool)], 1)
         return batch._replace(sequences=seqs, attention_mask=att, completion_mask=comp)
 
-    def train_step(self, groups: list, step: int) -> dict:
+    def train_step(self, step: int) -> dict:
         c = self.cfg
-        batch = self.sample(D.shard(groups, self.rank, self.world), step)
-        with torch.no_grad():
-            t_lp, _ = policy_forward(self.teacher, self.teacher.model, batch, c.temperature, with_distribution=False)
-            old_lp, _ = policy_forward(self.rm, self.rm.model, batch, c.temperature, with_distribution=False)
-        adv = losses.opd_advantages(t_lp, old_lp)
-        logps, _ = policy_forward(self.rm, self.rm.model, batch, c.temperature, with_distribution=False)
+        groups, first = self.local_batch(step)
+        batch = self.sample(groups, first, step)
+        with torch.no_grad(), self.rt.autocast():
+            t_lp = self.frozen["teacher"].policy_forward(batch, c.temperature, with_distribution=False).logps
+            old_lp = self.rm.policy_forward(batch, c.temperature, with_distribution=False).logps
+        adv = losses.opd_advantages(t_lp.float(), old_lp.float())
+        with self.rt.autocast():
+            logps = self.net(batch.sequences, batch.attention_mask, batch.image_inputs, batch.completion_mask,
+                             c.temperature, with_distribution=False).logps
         mask = batch.completion_mask.clone()
         mask[:, 0] = False
-        metrics = self._update(losses.opd_loss(logps, adv, mask))
+        metrics = self.update(losses.opd_loss(logps.float(), adv, mask), float(mask.sum()))
         metrics["advantage/mean"] = float((adv * mask).sum() / mask.sum().clamp_min(1))
         return metrics

@@ -1,0 +1,161 @@
+"""The one training loop every recipe runs (reward models and the generator alike).
+
+``TrainLoop.fit``: resume from the newest complete checkpoint, evaluate at the start, then per step
+``train_step`` -> metrics averaged over ranks -> optional evaluation -> log / progress bar -> atomic DCP checkpoint
+every ``save_every`` steps -> the stop helper (simulated kills in tests); at the end evaluate, export and report.
+Subclasses build their modules in ``__init__`` (``self.rt.prepare``), call ``setup_optimizer`` and implement
+``train_step``, ``evaluate``, ``export`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from zrcore.training.checkpoint import load_checkpoint, save_checkpoint, stop_if_requested
+from zrcore.training.config import save_config
+from zrcore.training.distributed import Runtime
+from zrcore.training.logging import MetricsLog, Progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, item: int) -> int:
+    """A seed per (run, step, global item), so that sampling does not depend on how items are spread over processes
+    or batched."""
+    return (seed * 1_000_003 + step * 10_007 + item * 7_919 + 1) % (2**62)
+
+
+def lr_lambda(cfg):
+    warm = max(1, cfg.warmup_steps)
+    if cfg.lr_schedule == "constant":
+        return lambda s: min(1.0, (s + 1) / warm)
+    return lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))
+
+
+class TrainLoop:
+    name = "train"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rt = Runtime.from_config(cfg)
+        self.main = self.rt.main
+        seed_everything(cfg.seed)
+        self.out = Path(cfg.output_dir)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        self.log = MetricsLog(self.out, enabled=self.main)
+        self.step = 0
+        self.results: dict = {}
+        self.extra_tensors: dict = {}
+
+    # ---- set by subclasses -------------------------------------------------------------------------------------
+    def setup_optimizer(self, module: torch.nn.Module, net) -> None:
+        """``module``: the trained module (after sharding); ``net``: what its gradient-carrying calls go through."""
+        self.module, self.net = module, net
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg))
+
+    def frozen_state(self) -> dict:
+        """name -> frozen module whose parameters a checkpoint keeps (they can change, e.g. a reset reference)."""
+        return {}
+
+    def train_step(self, step: int) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self, name: str) -> dict:
+        """Evaluation results (collective); ``self.log_row`` flattens them into the metrics log."""
+        raise NotImplementedError
+
+    def log_row(self, result: dict) -> dict:
+        return {}
+
+    def export(self) -> None:
+        pass
+
+    def report(self) -> None:
+        pass
+
+    def state_extra(self) -> dict:
+        return {}
+
+    def load_state_extra(self, state: dict) -> None:
+        pass
+
+    # ---- shared pieces -----------------------------------------------------------------------------------------
+    def optimizer_step(self, loss: torch.Tensor) -> dict:
+        """zero_grad, backward (DDP / FSDP average the gradients), clip, AdamW step."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.opt.step()
+        return {"grad_norm": float(norm)}
+
+    def save(self) -> None:
+        meta = {"step": self.step, "scheduler": self.sched.state_dict(), "results": self.results,
+                "extra": self.state_extra()}
+        save_checkpoint(self.out, self.rt, self.module, self.opt, meta, self.frozen_state(), self.extra_tensors)
+
+    def maybe_resume(self) -> bool:
+        meta = load_checkpoint(self.out, self.rt, self.module, self.opt, self.frozen_state())
+        if meta is None:
+            return False
+        self.sched.load_state_dict(meta["scheduler"])
+        self.step = meta["step"]
+        self.results = meta.get("results", {})
+        self.extra_tensors = meta.get("extra_tensors", {})
+        self.load_state_extra(meta.get("extra", {}))
+        self.log.truncate_after(self.step)
+        if self.main:
+            print(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
+                  f"now {self.rt.world})", flush=True)
+        return True
+
+    def _evaluate_logged(self, name: str) -> None:
+        if name not in self.results:
+            self.results[name] = self.evaluate(name)
+            self.log.write({"step": self.step, **self.log_row(self.results[name])})
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.maybe_resume()
+        self._evaluate_logged("start")
+        bar = Progress(cfg.steps, self.step, enabled=cfg.progress and self.main, desc=self.name)
+        t0 = time.time()
+        while self.step < cfg.steps:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            metrics = self.rt.mean_over_ranks(metrics | {"lr": self.sched.get_last_lr()[0]})
+            if self.eval_due(self.step):
+                metrics |= self.log_row(self.evaluate(f"step{self.step}"))
+            if self.step % cfg.log_every == 0:
+                self.log.write({"step": self.step, "time": time.time() - t0, **metrics})
+            bar.update(metrics)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save()
+            stop_if_requested(self.step, cfg.steps, bar.close)
+        bar.close()
+        if "final" not in self.results:
+            self._evaluate_logged("final")
+            self.save()
+        self.export()
+        if self.main:
+            self.report()
+        self.rt.teardown()
+        return self.results
+
+    def eval_due(self, step: int) -> bool:
+        return False
