@@ -1,12 +1,8 @@
-"""Recipes at tiny scale: exact resume after a kill, 2-process torchrun equals 1 process, evaluate.py reproduces
-the logged numbers, and the student recipes run end to end."""
+"""Recipes at tiny scale in one process: exact resume after a kill, evaluate.py reproduces the logged numbers, and
+the student recipes run end to end (several processes: test_distributed.py)."""
 
-import importlib.util
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +12,8 @@ from zrcore.training.config import GDSOConfig, OPDConfig, RISDConfig, SFTConfig,
 from zrcore.training.gdso import GDSOTrainer
 from zrcore.training.student import OPDTrainer, RISDTrainer, SFTTrainer
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--train_prompts", "4", "--eval_prompts", "2", "--prompts_per_step", "2", "--candidates", "3",
-        "--dimensions", "realism", "--image_size", "56", "--progress", "false", "--save_every", "1", "--lr", "1e-3"]
-GDSO_TINY = TINY + ["--num_samples", "2", "--max_reasoning_tokens", "3", "--eval_samples", "1", "--steps", "4"]
-
-
-def _losses(out: Path, key: str) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r[key] for r in rows if key in r]
+from tests.training.runs import GDSO_TINY, ROOT, TINY
+from tests.training.runs import logged as _losses
 
 
 @pytest.mark.slow
@@ -39,27 +28,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     res_cut = GDSOTrainer(parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])).fit()
     assert _losses(tmp_path / "full", "loss/total") == _losses(tmp_path / "cut", "loss/total")
     assert res_full["final"]["all"] == res_cut["final"]["all"]
-
-
-def _torchrun(args: list[str], nproc: int, out: Path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    env.pop("ZRCORE_STOP_AFTER_STEP", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args,
-           "--output_dir", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_two_process_torchrun_matches_one_process(tmp_path):
-    if importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_available():
-        pytest.skip("torch.distributed is unavailable in this torch build")
-    args = ["recipes/train_gdso.py", *GDSO_TINY, "--steps", "3", "--prompts_per_step", "2"]
-    _torchrun(args, 1, tmp_path / "one")
-    _torchrun(args, 2, tmp_path / "two")
-    one, two = _losses(tmp_path / "one", "loss/total"), _losses(tmp_path / "two", "loss/total")
-    assert len(one) == len(two) == 3
-    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -92,8 +60,9 @@ def test_students_and_evaluate_reproduce_logged_numbers(tmp_path):
     # the JSON output recomputes to the same metrics with zrcore.metrics
     data = json.loads((ev_out / "results.json").read_text())
     preds = data["predictions"][spec_s]
-    mean = torch.tensor(preds[0]["probs"]).new_tensor([sum(p * v for p, v in zip(r["probs"], torch.arange(1, 5.01, 0.5)
-                                                                                  .tolist())) for r in preds])
+    # means in float64 from the stored probabilities: near-uniform q makes PLCC sensitive to rounding the means
+    probs = torch.tensor([r["probs"] for r in preds], dtype=torch.float64)
+    mean = probs @ torch.arange(1, 5.01, 0.5, dtype=torch.float64)
     target = [r["score"] for r in preds]
     assert metrics.plcc(mean, target) == pytest.approx(data["metrics"][spec_s]["realism"]["plcc"], abs=1e-6)
     assert metrics.hpa(mean, target, [r["prompt_id"] for r in preds]) == pytest.approx(
