@@ -134,3 +134,32 @@ def test_exported_fsdp_model_scores_alike_in_zrcore_and_transformers(tmp_path, o
     one = RewardModel.from_pretrained(one_process("train_gdso", GDSO) / "model")
     with torch.no_grad():
         torch.testing.assert_close(one.score(prompts, images, "realism").mean, q.mean, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_parameters_optimizer_state_and_frozen_models(tmp_path):
+    """benchmarks/shard_bytes.py: each rank's local bytes are at most 1/N + 5% of the one-process totals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.training.runs import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "benchmarks/shard_bytes.py", "--out", str(tmp_path / "1.json")], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
+    one = json.loads((tmp_path / "1.json").read_text())["ranks"][0]
+    assert one["optimizer_state"] == 2 * one["model_params"]  # AdamW: two moments per parameter
+    for n in (2, 4):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                               "benchmarks/shard_bytes.py", "--distributed", "fsdp", "--out", str(tmp_path / f"{n}.json")],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ranks = json.loads((tmp_path / f"{n}.json").read_text())["ranks"]
+        assert len(ranks) == n
+        for row in ranks:
+            trained = row["model_params"] + row["optimizer_state"]
+            assert trained <= (1 / n + 0.05) * (one["model_params"] + one["optimizer_state"]), (n, row)
+            for frozen in ("reference_params", "teacher_params"):
+                assert 0 < row[frozen] <= (1 / n + 0.05) * one[frozen], (n, frozen, row)

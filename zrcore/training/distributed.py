@@ -117,7 +117,9 @@ class Runtime:
                 kw["offload_policy"] = CPUOffloadPolicy()
             for unit in units:
                 fully_shard(unit, **kw)
-            fully_shard(module, **kw)
+            # the root keeps its parameters gathered after forward for the backward that follows; a frozen module
+            # has no backward, so it reshards at once (otherwise every rank would keep the root's full parameters)
+            fully_shard(module, **kw, **({} if trainable else {"reshard_after_forward": True}))
             for name in methods:
                 register_fsdp_forward_method(module, name)
             if hasattr(module, "synced_generation"):
