@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 
+from tests.training.runs import GDSO_TINY, ROOT, TINY
+from tests.training.runs import logged as _losses
 from zrcore import metrics
 from zrcore.training.config import GDSOConfig, OPDConfig, RISDConfig, SFTConfig, parse_config
 from zrcore.training.gdso import GDSOTrainer
 from zrcore.training.student import OPDTrainer, RISDTrainer, SFTTrainer
-
-from tests.training.runs import GDSO_TINY, ROOT, TINY
-from tests.training.runs import logged as _losses
 
 
 @pytest.mark.slow

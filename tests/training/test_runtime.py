@@ -3,6 +3,7 @@ path computes GDSO's losses as the full-logits path does, and shards split any b
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -139,3 +140,25 @@ def test_rollout_path_gives_the_full_logits_losses():
     ga = torch.autograd.grad(a.total, rm.model.get_output_embeddings().weight)[0]
     gb = torch.autograd.grad(b.total, rm.model.get_output_embeddings().weight)[0]
     torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+
+
+def test_records_decode_their_images_when_first_used():
+    from zrcore.models import load_images
+    from zrcore.training.data import ResizedImage, build_data
+
+    groups, evals = build_data(parse_config(TrainConfig, TINY))
+    assert all(isinstance(r.image, ResizedImage) and r.image._image is None for r in evals)
+    img = load_images([evals[0].image])[0]
+    assert img.size == (56, 56) and evals[0].image._image is not None
+    assert all(r.image._image is None for r in evals[1:] if r.image is not evals[0].image)
+
+
+def test_attention_implementation_auto_is_sdpa_off_cuda():
+    from zrcore.training.trainer import attn_implementation, build_reward_model
+
+    cfg = parse_config(TrainConfig, [])
+    assert attn_implementation("auto", torch.device("cpu")) == "sdpa"
+    assert build_reward_model(cfg).model.config._attn_implementation == "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' needs flash-attn"):
+            attn_implementation("flash_attention_2", torch.device("cpu"))

@@ -54,9 +54,12 @@ class Judgement(NamedTuple):
 
 
 def load_images(images: Sequence) -> list[Image.Image]:
-    """PIL images or paths -> RGB PIL images; a file that cannot be read raises naming its position and path."""
+    """PIL images, paths, or lazy image sources (objects with ``open() -> PIL image``, e.g. the recipes' resized
+    records) -> RGB PIL images; a file that cannot be read raises naming its position and path."""
     out = []
     for i, img in enumerate(images):
+        if hasattr(img, "open") and not isinstance(img, Image.Image):
+            img = img.open()
         if isinstance(img, (str, Path)):
             try:
                 with Image.open(img) as opened:

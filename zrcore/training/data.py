@@ -12,16 +12,32 @@ from zrcore.models import load_images
 EVAL_OFFSET = 100_000  # synthetic held-out prompts are indexed from here
 
 
+class ResizedImage:
+    """An image source decoded and resized on first use, then kept: a rank decodes only the images it scores."""
+
+    def __init__(self, source, size: int):
+        self.source, self.size = source, size
+        self._image: Image.Image | None = None
+
+    def open(self) -> Image.Image:
+        if self._image is None:
+            img = load_images([self.source])[0]
+            if img.size != (self.size, self.size):
+                img = img.resize((self.size, self.size), Image.BICUBIC)
+            self._image = img
+        return self._image
+
+    def __repr__(self) -> str:
+        return f"ResizedImage({self.source!r}, {self.size})"
+
+
 def _resized(records: list[Record], size: int) -> list[Record]:
     cache: dict = {}
     out = []
     for r in records:
         key = r.image if isinstance(r.image, str) else id(r.image)
         if key not in cache:
-            img = load_images([r.image])[0]
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BICUBIC)
-            cache[key] = img
+            cache[key] = ResizedImage(r.image, size)
         out.append(Record(r.prompt, cache[key], r.dimension, r.score, r.prompt_id, r.ratings, r.std, r.meta))
     return out
 

@@ -135,8 +135,16 @@ class TrainLoop:
         self._evaluate_logged("start")
         bar = Progress(cfg.steps, self.step, enabled=cfg.progress and self.main, desc=self.name)
         t0 = time.time()
+        cuda = self.rt.device.type == "cuda"
         while self.step < cfg.steps:
+            t_step = time.perf_counter()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(self.rt.device)
             metrics = self.train_step(self.step)
+            if cuda:
+                torch.cuda.synchronize(self.rt.device)
+                metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
+            metrics["time/step"] = time.perf_counter() - t_step
             self.step += 1
             metrics = self.rt.mean_over_ranks(metrics | {"lr": self.sched.get_last_lr()[0]})
             if self.eval_due(self.step):
