@@ -56,3 +56,12 @@ def test_unknown_dimension_is_an_error(folder):
     root, _ = folder
     with pytest.raises(SystemExit):
         main([str(root), "--prompt", "x", "--dimension", "beauty", "--no-progress"])
+
+
+def test_missing_model_folder_is_a_one_line_error(folder, capsys):
+    root, _ = folder
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(root), "--prompt", "x", "--model", str(root / "no-such-model"), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "is not a local checkpoint directory" in err and "Traceback" not in err

@@ -123,6 +123,18 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"no decoder layers or vision blocks found in {type(self.model).__name__}")
         return units
 
+    def score_tokens(self, bin_index: torch.Tensor) -> torch.Tensor:
+        """The token ids of score bins (e.g. a sampled bin appended as the score token the policy emits)."""
+        return self.decoder.token_ids.to(bin_index.device)[bin_index]
+
+    def set_attn_implementation(self, name: str) -> None:
+        """The attention kernels of the underlying transformers model ("sdpa", "eager", "flash_attention_2")."""
+        self.model.set_attn_implementation(name)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Hugging Face activation checkpointing of the decoder layers and vision blocks (non-reentrant)."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ---- loading -------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, bins: ScoreBins | None = None, templates: str | Path | None = None,

@@ -98,7 +98,7 @@ class OPDTrainer(_StudentTrainer):
         # append the sampled score token: the last completion token the student emits
         rows = batch.sequences.shape[0]
         seeds = [step_seed(c.seed, step, 10**9 + first * rows // len(groups) + r) for r in range(rows)]
-        score_tok = self.rm.decoder.token_ids[sample_bins(batch.distribution.probs, seeds)].to(batch.sequences.device)
+        score_tok = self.rm.score_tokens(sample_bins(batch.distribution.probs, seeds).to(batch.sequences.device))
         seqs = torch.cat([batch.sequences, score_tok[:, None]], 1)
         att = torch.cat([batch.attention_mask, torch.ones_like(score_tok[:, None])], 1)
         comp = torch.cat([batch.completion_mask, torch.ones_like(score_tok[:, None], dtype=torch.bool)], 1)

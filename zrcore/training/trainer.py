@@ -37,9 +37,9 @@ def load_reward_model(path: str, seed: int = 0, arch: str = "qwen2_vl", preset: 
 
 def configure_reward_model(rm, cfg, device: torch.device):
     """Attention implementation and gradient checkpointing as the config asks."""
-    rm.model.set_attn_implementation(attn_implementation(cfg.attn_implementation, device))
+    rm.set_attn_implementation(attn_implementation(cfg.attn_implementation, device))
     if cfg.gradient_checkpointing:
-        rm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        rm.gradient_checkpointing_enable()
     return rm
 
 
