@@ -123,6 +123,11 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"no decoder layers or vision blocks found in {type(self.model).__name__}")
         return units
 
+    @property
+    def score_suffix_ids(self) -> list[int]:
+        """The forced scoring suffix appended after a reasoning trace; q is read at its last position."""
+        return list(self._suffix_ids)
+
     def score_tokens(self, bin_index: torch.Tensor) -> torch.Tensor:
         """The token ids of score bins (e.g. a sampled bin appended as the score token the policy emits)."""
         return self.decoder.token_ids.to(bin_index.device)[bin_index]
