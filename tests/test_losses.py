@@ -226,8 +226,19 @@ def test_opd_and_bradley_terry(gen):
     assert not adv.requires_grad
     mask = torch.rand(3, 5, generator=gen) > 0.3
     mask[0, 0] = True
+    mask[1] = False  # a trajectory without valid tokens: left out of the trajectory mean
+    # eq. 19: (1/T_b) over each trajectory's own valid tokens, then the mean over trajectories
+    per_traj = []
+    for i in range(3):
+        cols = [j for j in range(5) if mask[i, j]]
+        if cols:
+            per_traj.append(-sum(float(adv[i, j]) * s_lp[i, j] for j in cols) / len(cols))
+    torch.testing.assert_close(losses.opd_loss(s_lp, adv, mask), sum(per_traj) / len(per_traj))
+    # the token mean, weighting long trajectories more
     expected = -sum(float(adv[i, j]) * s_lp[i, j] for i in range(3) for j in range(5) if mask[i, j]) / int(mask.sum())
-    torch.testing.assert_close(losses.opd_loss(s_lp, adv, mask), expected)
+    torch.testing.assert_close(losses.opd_loss(s_lp, adv, mask, normalize="token"), expected)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        losses.opd_loss(s_lp, adv, mask, normalize="sequence")
     w = torch.randn(6, generator=gen, dtype=D)
     lo = torch.randn(6, generator=gen, dtype=D)
     expected_bt = sum(-math.log(1 / (1 + math.exp(-(float(w[i]) - float(lo[i]))))) for i in range(6)) / 6

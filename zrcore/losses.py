@@ -321,14 +321,28 @@ def opd_advantages(teacher_logps: torch.Tensor, student_logps: torch.Tensor) -> 
     return (teacher_logps - student_logps).detach()
 
 
-def opd_loss(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 19: -mean over valid tokens of A_t log pi_S(y_t)."""
-    _checks.tensor("logps", logps, floating=True)
+OPD_NORMALIZATIONS = ("trajectory", "token")
+
+
+def opd_loss(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+             normalize: str = "trajectory") -> torch.Tensor:
+    """Eq. 19: for each trajectory b with T_b valid tokens, L_b = -(1/T_b) sum_t A_t log pi_S(y_t); the loss is the
+    mean of L_b over trajectories with at least one valid token (``normalize="trajectory"``, the paper's form).
+    ``normalize="token"``: -sum_{b,t} A_t log pi_S(y_t) / sum_b T_b, the mean over all valid tokens of the batch,
+    which weights long trajectories more."""
+    _checks.tensor("logps", logps, ndim=2, floating=True)
     if advantages.shape != logps.shape:
         raise ValueError(f"advantages must have the shape of logps {tuple(logps.shape)}, got {tuple(advantages.shape)}")
     _checks.bool_mask("mask", mask, logps.shape)
+    _checks.choice("normalize", normalize, OPD_NORMALIZATIONS)
     m = mask.to(logps.dtype)
-    return -(advantages.detach() * logps * m).sum() / m.sum().clamp_min(1)
+    per_token = -(advantages.detach() * logps * m)
+    if normalize == "token":
+        return per_token.sum() / m.sum().clamp_min(1)
+    lengths = m.sum(-1)
+    valid = lengths > 0
+    per_trajectory = per_token.sum(-1) / lengths.clamp_min(1)
+    return (per_trajectory * valid).sum() / valid.sum().clamp_min(1)
 
 
 def bradley_terry_loss(mean_w: torch.Tensor, mean_l: torch.Tensor) -> torch.Tensor:

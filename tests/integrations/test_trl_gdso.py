@@ -110,3 +110,27 @@ def test_sampler_keeps_the_candidates_of_a_prompt_together():
         chunk = batch[start:start + block]
         owner = {next(gi for gi, grp in enumerate(groups) if i in grp) for i in chunk}
         assert len(owner) == 1 and len(set(chunk)) == 2 and chunk[0] == chunk[2] and chunk[3] == chunk[5]
+
+
+@pytest.mark.slow
+def test_two_processes_keep_each_prompt_on_one_rank(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(root / "tests/integrations/trl_two_process.py"), str(tmp_path)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
+    ranks = {r: (v["seen"], v["losses"]) for r, v in ranks.items()}
+    assert sorted(ranks) == [0, 1]
+    for step in range(2):
+        per_rank = [ranks[r][0][step] for r in (0, 1)]
+        assert all(len(set(batch)) == 1 and len(batch) == 4 for batch in per_rank)  # M x G rows of one prompt
+        assert per_rank[0][0] != per_rank[1][0]  # the ranks hold different prompts
+    assert ranks[0][1] == ranks[1][1]  # the logged (averaged) losses agree

@@ -134,9 +134,15 @@ class OPDConfig(TrainConfig):
 
     output_dir: str = "runs/opd"
     teacher: str = ""
+    normalize: str = "trajectory"  # eq. 19: (1/T) per trajectory, then the mean; "token": the batch's token mean
     num_samples: int = 2
     max_reasoning_tokens: int = 8
     temperature: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.normalize not in ("trajectory", "token"):
+            raise ValueError(f"normalize must be 'trajectory' or 'token', got {self.normalize!r}")
 
 
 @dataclass

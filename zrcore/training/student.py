@@ -117,6 +117,8 @@ class OPDTrainer(_StudentTrainer):
                              c.temperature, with_distribution=False).logps
         mask = batch.completion_mask.clone()
         mask[:, 0] = False
-        metrics = self.update(losses.opd_loss(logps.float(), adv, mask), float(mask.sum()))
+        # a rank's share: its trajectories with a valid token (eq. 19), or its valid tokens (token mean)
+        units = float((mask.sum(-1) > 0).sum()) if c.normalize == "trajectory" else float(mask.sum())
+        metrics = self.update(losses.opd_loss(logps.float(), adv, mask, normalize=c.normalize), units)
         metrics["advantage/mean"] = float((adv * mask).sum() / mask.sum().clamp_min(1))
         return metrics
