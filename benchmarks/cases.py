@@ -127,10 +127,39 @@ def fused_linear_kl_cases(device: str, dtype: torch.dtype, n: int, h: int, v: in
     return cases
 
 
+def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int, liger: bool) -> list[Case]:
+    """Selected-token log-probs log softmax(W h)[y] of N rows (the policy loss's input): the full-vocabulary
+    log-softmax (naive), its compile, zrcore's path (liger on CUDA, chunked recompute on CPU) and liger itself."""
+    from zrcore.models.logprobs import selected_token_logprobs
+
+    g = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(n, h, generator=g, device=device).to(dtype)
+    weight = (torch.randn(v, h, generator=g, device=device) / h**0.5).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=g, device=device)
+
+    def naive(hh, ww):
+        return torch.log_softmax((hh @ ww.t()).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+
+    paths = {"naive": naive, "compile": _compiled(naive),
+             "zrcore": lambda hh, ww: selected_token_logprobs(hh, ww, targets)}
+    if liger:
+        paths["liger"] = lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="liger")
+
+    def make(fn):
+        def run():
+            hh, ww = _leaf(hidden, True), _leaf(weight, True)
+            fn(hh, ww).sum().backward()
+            return hh.grad
+        return run
+    shape = f"N={n} H={h} V={v:,} {str(dtype).replace('torch.', '')}"
+    return [Case("token_logprobs", shape, "fwd+bwd: hidden+weight", {k: make(f) for k, f in paths.items()})]
+
+
 MODES = {
     "score_distribution": ["fwd", "fwd+bwd: hidden", "fwd+bwd: hidden+weight"],
     "pairwise_gap": ["fwd", "fwd+bwd"],
     "fused_linear_kl": ["fwd+bwd: forward KL", "fwd+bwd: reverse KL"],
+    "token_logprobs": ["fwd+bwd: hidden+weight"],
 }
 PATHS = ["naive", "compile", "zrcore", "liger"]
 
@@ -167,6 +196,13 @@ def build(op: str, device: str, scale: str = "issue") -> dict[str, Case]:
         for c in cases:
             c.mode = "fwd+bwd: " + c.shape.rsplit(" ", 2)[-2] + " KL"
             c.shape = c.shape.rsplit(" ", 3)[0]
+    elif op == "token_logprobs":
+        if cuda:
+            cases = token_logprobs_cases(device, torch.bfloat16, 8192, 4096, 151_936, has_liger())
+        elif small:
+            cases = token_logprobs_cases(device, torch.float32, 64, 32, 1024, False)
+        else:
+            cases = token_logprobs_cases(device, torch.float32, 2048, 256, 32_768, False)
     else:
         raise ValueError(f"unknown op {op!r}")
     return {c.mode: c for c in cases}

@@ -58,16 +58,9 @@ def kl_rows(log_qs: torch.Tensor, log_qt: torch.Tensor, forward: bool) -> torch.
     return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)
 
 
-def kl_rows_and_dz(log_qs: torch.Tensor, log_qt: torch.Tensor, forward: bool, temperature: float):
-    """Per-row KL and its gradient w.r.t. the student logits z_S (before division by T)."""
-    qs = log_qs.exp()
-    kl = kl_rows(log_qs, log_qt, forward)
-    if forward:
-        dz = (qs - log_qt.exp()) / temperature
-    else:
-        dz = qs * (log_qs - log_qt - kl.unsqueeze(-1)) / temperature
-        dz = torch.where(qs > 0, dz, torch.zeros_like(dz))
-    return kl, dz
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_j a[i, j] b[i, j] per row, without an [n, V] product tensor."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 class _Problem:
@@ -79,36 +72,73 @@ class _Problem:
         self.w_s, self.b_s, self.w_t, self.b_t = sel(w_s), sel(b_s), sel(w_t), sel(b_t)
         self.forward, self.temperature = forward, temperature
 
-    def chunk(self, start: int, stop: int):
+    def log_probs_into(self, z: torch.Tensor, src: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
+        """z <- log softmax((src w^T + b) / T) in place (src holds logits / log-probs already when w is None)."""
+        if w is not None:
+            torch.mm(src.to(self.compute), w.t(), out=z)
+        else:
+            z.copy_(src)
+        if b is not None:
+            z.add_(b)
+        if self.temperature != 1.0:
+            z.div_(self.temperature)
+        z.sub_(torch.logsumexp(z, -1, keepdim=True))
+        # a -inf log-probability (a token the teacher excludes) times a zero probability must give 0, not NaN
+        return z.clamp_(min=torch.finfo(z.dtype).min)
+
+    def chunk_into(self, start: int, stop: int, zs: torch.Tensor, zt: torch.Tensor, p: torch.Tensor):
+        """(h, KL per row, dL/dz_S) of rows [start, stop) using the buffers zs, zt, p ([rows, V]); dz is a view
+        into one of them, valid until the next chunk.
+
+        forward KL(q_T || q_S) = sum q_T (log q_T - log q_S), dz = (q_S - q_T) / T;
+        reverse KL(q_S || q_T) = sum q_S (log q_S - log q_T), dz = q_S (log q_S - log q_T - KL) / T."""
         h = self.h_s[start:stop].to(self.compute)
-        log_qs, log_qt = chunk_log_probs(h, self.w_s, self.b_s, self.teacher[start:stop], self.w_t, self.b_t,
-                                         self.temperature, self.compute)
-        kl, dz = kl_rows_and_dz(log_qs, log_qt, self.forward, self.temperature)
+        log_qs = self.log_probs_into(zs, h, self.w_s, self.b_s)
+        log_qt = self.log_probs_into(zt, self.teacher[start:stop], self.w_t, self.b_t)
+        if self.forward:
+            q_t = torch.exp(log_qt, out=p)
+            kl = _row_dot(q_t, log_qt) - _row_dot(q_t, log_qs)
+            dz = torch.exp(log_qs, out=zs).sub_(q_t)
+        else:
+            q_s = torch.exp(log_qs, out=p)
+            diff = torch.sub(log_qs, log_qt, out=zt)
+            kl = _row_dot(q_s, diff)
+            dz = diff.sub_(kl.unsqueeze(-1)).mul_(q_s)
+        if self.temperature != 1.0:
+            dz.div_(self.temperature)
         return h, kl, dz
 
 
 def _run_chunks(prob: _Problem, n: int, chunk: int, row_weight, want_grads: tuple[bool, bool, bool]):
-    """Loop over row chunks; returns per-row KL [N] and the gradients (weighted by row_weight [N] or scalar)."""
-    kls = []
+    """Loop over row chunks with one set of [chunk, V] buffers for the whole call (matmuls write into them, every
+    elementwise step is in place); returns per-row KL [N] and the gradients (weighted by row_weight [N] or scalar)."""
     need_h, need_w, need_b = want_grads
+    v = prob.w_s.shape[0]
+    rows = min(chunk, n)
+    zs, zt, p = (torch.empty((rows, v), dtype=prob.compute, device=prob.h_s.device) for _ in range(3))
+    kl = torch.empty(n, dtype=prob.compute, device=prob.h_s.device)
     grad_h = torch.empty_like(prob.h_s) if need_h else None
     grad_w = torch.zeros_like(prob.w_s) if need_w else None
-    grad_b = torch.zeros(prob.w_s.shape[0], dtype=prob.compute, device=prob.w_s.device) if need_b else None
+    grad_b = torch.zeros(v, dtype=prob.compute, device=prob.w_s.device) if need_b else None
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        h, kl, dz = prob.chunk(start, stop)
-        kls.append(kl)
+        c = stop - start
+        h, kl[start:stop], dz = prob.chunk_into(start, stop, zs[:c], zt[:c], p[:c])
         if not any(want_grads):
             continue
-        rw = row_weight if not torch.is_tensor(row_weight) or row_weight.dim() == 0 else row_weight[start:stop, None]
-        dz = dz * rw
+        if torch.is_tensor(row_weight) and row_weight.dim() > 0:
+            dz.mul_(row_weight[start:stop, None])
+        elif not (isinstance(row_weight, float) and row_weight == 1.0):
+            dz.mul_(row_weight)
         if need_h:
-            grad_h[start:stop] = (dz @ prob.w_s).to(grad_h.dtype)
+            if grad_h.dtype == prob.compute:
+                torch.mm(dz, prob.w_s, out=grad_h[start:stop])
+            else:
+                grad_h[start:stop] = (dz @ prob.w_s).to(grad_h.dtype)
         if need_w:
             grad_w.addmm_(dz.t(), h)
         if need_b:
             grad_b += dz.sum(0)
-    kl = torch.cat(kls) if kls else prob.h_s.new_zeros(0, dtype=prob.compute)
     return kl, grad_h, grad_w, grad_b
 
 
