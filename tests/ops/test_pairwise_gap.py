@@ -1,11 +1,17 @@
 import pytest
 import torch
 
-from tests.ops.conftest import device
+from tests.ops.conftest import device, impls
 from tests.reference import pairwise_gap_loops
 from zrcore.ops import pairwise_gap
 
 D = torch.float64
+
+
+@pytest.fixture(params=[*impls(), "auto"])
+def impl(request):
+    """The reference ("torch"), the Triton kernel where it runs, and "auto" (on CPU the sorted kernel)."""
+    return request.param
 
 
 def _inputs(gen, p, m, g, masked=True, tie_prob=0.3):
@@ -98,3 +104,22 @@ def test_last_program_reduction_is_exact_on_every_call():
         got = pairwise_gap(mean, scores, score_range=4.0, mask=mask, impl="triton").loss
         want = pairwise_gap(mean, scores, score_range=4.0, mask=mask, impl="torch").loss
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("include_ties", [False, True])
+def test_sorted_kernel_float64_and_exact_zero_gaps(gen, include_ties):
+    """The sorted kernel in float64 against the loops, with every gap of tied candidates exactly zero (equal means
+    and equal scores): sign(0) = 0 there, as in the reference."""
+    mean, scores, mask = _inputs(gen, 4, 3, 6, masked=True, tie_prob=0.5)
+    mean[1] = 3.0  # prompt 1: all means equal, so tied candidates give D = 0 exactly
+    mean.requires_grad_()
+    loss_ref, reward_ref, has_ref = pairwise_gap_loops(mean, scores, 4.0, mask, include_ties)
+    x = mean.detach().clone().requires_grad_()
+    out = pairwise_gap(x, scores, score_range=4.0, mask=mask, include_ties=include_ties)
+    torch.testing.assert_close(out.loss, torch.as_tensor(loss_ref, dtype=D), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.reward.double(), reward_ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out.has_pair, has_ref)
+    if torch.is_tensor(loss_ref) and loss_ref.requires_grad:
+        (g_ref,) = torch.autograd.grad(loss_ref, mean)
+        (g_out,) = torch.autograd.grad(out.loss, x)
+        torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-12)

@@ -78,6 +78,55 @@ def pairwise_gap_torch(mean, scores, score_range, mask=None, include_ties=False)
     return PairwiseGap(loss, reward.detach().to(torch.float64 if compute == torch.float64 else torch.float32), has_pair)
 
 
+def _partner_sums(a: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor):
+    """With a = mu - s [P, M, G]: for every sample (m, i) and partner candidate m', sum_k v_k |a_mi - a_m'k| and
+    sum_k v_k sign(a_mi - a_m'k), both [P, M, G, M'], from the partner's sorted values and prefix sums
+    (O(P M^2 G log G) work, no [P, M, G, M, G] tensor): with L = #(a_m'k < x), E = #(a_m'k <= x) and S the prefix
+    sums, sum_k |x - a_m'k| = (L x - S_L) + (S_n - S_E) - (n - E) x and sum_k sign = L - (n - E)."""
+    p, m, g = a.shape
+    b = a.masked_fill(~valid, float("inf")).sort(-1).values  # invalid samples sort last
+    prefix = torch.nn.functional.pad(b.masked_fill(~torch.isfinite(b), 0).cumsum(-1), (1, 0))  # [P, M', G + 1]
+    x = a.reshape(p, 1, m * g).expand(p, m, m * g).contiguous()  # every (m, i), once per partner m'
+    n = counts.unsqueeze(-1)
+    lt = torch.searchsorted(b, x).clamp_max(n)
+    le = torch.searchsorted(b, x, right=True).clamp_max(n)
+    total = prefix.gather(-1, n)
+    gt = n - le
+    abs_sum = (lt * x - prefix.gather(-1, lt)) + (total - prefix.gather(-1, le)) - gt * x
+    sign_sum = (lt - gt).to(a.dtype)
+    to_rows = lambda t: t.view(p, m, m, g).permute(0, 2, 3, 1)  # [P, M', M, G] -> [P, M, G, M']
+    return to_rows(abs_sum), to_rows(sign_sum)
+
+
+def pairwise_forward_sorted(mean, scores, mask, score_range, include_ties):
+    """The op in torch ops for any device (the CPU path of impl="auto"), outputs as the Triton launcher's: (out = [loss, 1 / #prompts with pairs],
+    reward, has_pair, grad_weights) with grad_weights[p,m,i] = d (sum_p L_p) / d mu[p,m,i]
+    = 2 v_i sum_{m'} w[p,m,m'] sum_k v_k sign(D[p,m,i,m',k]), w = pair / (G_m G_m' R #pairs_p) (pairs are
+    symmetric, so the partner side doubles the own side). D = a_mi - a_m'k with a = mu - s; no graph is built."""
+    compute = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        mu, s = mean.to(compute), scores.to(compute)
+        valid = torch.ones_like(mu, dtype=torch.bool) if mask is None else mask
+        counts, pair = pair_structure(s, valid, include_ties)
+        row, sign_sum = _partner_sums(mu - s.unsqueeze(-1), valid, counts)
+        vf = valid.to(compute)
+        cnt = counts.to(compute).clamp_min(1)
+        pf = pair.to(compute)
+        n_partners = pf.sum(-1)
+        has_pair = n_partners > 0
+        per_partner = row / (cnt[:, None, None, :] * score_range)
+        mean_gap = (per_partner * pf[:, :, None, :]).sum(-1) / n_partners.clamp_min(1)[:, :, None]
+        reward = torch.where(has_pair[:, :, None] & valid, 1.0 - mean_gap, torch.zeros_like(mean_gap))
+        n_pairs = pf.sum((1, 2))
+        w = pf / (cnt[:, :, None] * cnt[:, None, :] * score_range * n_pairs.clamp_min(1)[:, None, None])
+        per_prompt = ((row * vf[..., None]).sum(2) * w).sum((1, 2))
+        n_prompts = (n_pairs > 0).sum().to(compute)
+        inv = torch.where(n_prompts > 0, 1.0 / n_prompts.clamp_min(1), torch.zeros_like(n_prompts))
+        out = torch.stack([per_prompt.sum() * inv, inv])
+        grad_weights = 2.0 * vf * (sign_sum * w[:, :, None, :]).sum(-1)
+    return out, reward, has_pair, grad_weights
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Triton: one program per prompt walks the (M*G) x (M*G) gap block in tiles held in registers; it writes the
 # reward, has_pair, the per-prompt loss and the per-sample gradient weights 2 sum_b sign(D_ab) w_ab / (pairs of p).
@@ -205,12 +254,18 @@ def pairwise_grad(grad_loss: torch.Tensor, grad_weights: torch.Tensor, out: torc
     return (grad_weights * (grad_loss * out[1])).to(dtype)
 
 
+FORWARDS = {"sorted": pairwise_forward_sorted}
+if HAS_TRITON:
+    FORWARDS["triton"] = pairwise_forward_launch
+
+
 class _PairwiseFunction(torch.autograd.Function):
-    """Eager entry calling the launcher directly; torch.compile traces the registered op below instead."""
+    """Eager entry calling the forward of ``backend`` directly; torch.compile traces the registered op below, which
+    calls the same forward and has the same backward (``pairwise_grad``)."""
 
     @staticmethod
-    def forward(ctx, mean, scores, mask, score_range, include_ties):
-        out, reward, has, gw = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
+    def forward(ctx, mean, scores, mask, score_range, include_ties, backend):
+        out, reward, has, gw = FORWARDS[backend](mean, scores, mask, score_range, include_ties)
         ctx.save_for_backward(gw, out)
         ctx.mean_dtype = mean.dtype
         ctx.mark_non_differentiable(reward, has)
@@ -220,24 +275,24 @@ class _PairwiseFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if grad_loss is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         gw, out = ctx.saved_tensors
-        return pairwise_grad(grad_loss, gw, out, ctx.mean_dtype), None, None, None, None
+        return pairwise_grad(grad_loss, gw, out, ctx.mean_dtype), None, None, None, None, None
 
 
 @torch.library.custom_op("zrcore::pairwise_gap", mutates_args=())
 def _pairwise_op(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
-                 include_ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, reward, has, gw = pairwise_forward_launch(mean, scores, mask, score_range, include_ties)
+                 include_ties: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, reward, has, gw = FORWARDS[backend](mean, scores, mask, score_range, include_ties)
     return out, reward, has.clone(), gw
 
 
 @_pairwise_op.register_fake
-def _(mean, scores, mask, score_range, include_ties):
+def _(mean, scores, mask, score_range, include_ties, backend):
     p, m, g = mean.shape
-    f32 = torch.float32
-    return (mean.new_empty(2, dtype=f32), mean.new_empty(p, m, g, dtype=f32), mean.new_empty(p, m, dtype=torch.bool),
-            mean.new_empty(p, m, g, dtype=f32))
+    f = torch.float64 if backend == "sorted" and mean.dtype == torch.float64 else torch.float32
+    return (mean.new_empty(2, dtype=f), mean.new_empty(p, m, g, dtype=f), mean.new_empty(p, m, dtype=torch.bool),
+            mean.new_empty(p, m, g, dtype=f))
 
 
 def _pairwise_setup_context(ctx, inputs, output):
@@ -249,21 +304,27 @@ def _pairwise_setup_context(ctx, inputs, output):
 def _pairwise_backward(ctx, grad_out, *_):
     gw, out = ctx.saved_tensors
     if grad_out is None:
-        return None, None, None, None, None
-    return pairwise_grad(grad_out[0], gw, out, ctx.mean_dtype), None, None, None, None
+        return None, None, None, None, None, None
+    return pairwise_grad(grad_out[0], gw, out, ctx.mean_dtype), None, None, None, None, None
 
 
-if HAS_TRITON:
-    _pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
+_pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
+
+
+def pairwise_gap_fused(mean, scores, score_range, mask=None, include_ties=False, backend="sorted") -> PairwiseGap:
+    """The op without the [P, M, G, M, G] graph: forward of ``backend`` ("triton" or "sorted"), backward the saved
+    gradient weights times the loss gradient."""
+    if _checks.check_values():
+        loss, reward, has_pair = _PairwiseFunction.apply(mean, scores, mask, float(score_range), bool(include_ties),
+                                                         backend)
+    else:
+        out, reward, has_pair, _ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties), backend)
+        loss = out[0]
+    return PairwiseGap(loss, reward.detach(), has_pair)
 
 
 def pairwise_gap_triton(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
-    if _checks.check_values():
-        loss, reward, has_pair = _PairwiseFunction.apply(mean, scores, mask, float(score_range), bool(include_ties))
-    else:
-        out, reward, has_pair, _ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties))
-        loss = out[0]
-    return PairwiseGap(loss, reward.detach(), has_pair)
+    return pairwise_gap_fused(mean, scores, score_range, mask, include_ties, "triton")
 
 
 def pairwise_gap(
@@ -279,13 +340,17 @@ def pairwise_gap(
 
     mean [P, M, G] (expected scores, differentiable), scores [P, M] human scores, mask [P, M, G] bool (True =
     valid sample). Returns PairwiseGap(loss scalar, reward [P, M, G] fp32 no grad, has_pair [P, M] bool).
+
+    ``impl="auto"``: the Triton kernel on CUDA, the sorted kernel (``pairwise_forward_sorted``, torch ops: sorted partners and prefix
+    sums, no gap tensor) elsewhere; ``"triton"`` forces the kernel; ``"torch"`` the materialising reference.
     """
     validate_pairwise_inputs(mean, scores, score_range, mask)
     which = resolve_impl(impl, mean)
     if which == "triton" and mean.dtype == torch.float64:
         if impl == "triton":
             raise TypeError("impl='triton' supports float32, bfloat16 and float16 mean; use impl='torch' for float64")
-        which = "torch"
-    if which == "torch":
+        which = "auto"
+    if which == "torch" and impl == "torch":
         return pairwise_gap_torch(mean, scores, float(score_range), mask, include_ties)
-    return pairwise_gap_triton(mean, scores, float(score_range), mask, include_ties)
+    backend = "triton" if which == "triton" else "sorted"
+    return pairwise_gap_fused(mean, scores, float(score_range), mask, include_ties, backend)
