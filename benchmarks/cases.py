@@ -186,23 +186,16 @@ def build(op: str, device: str, scale: str = "issue") -> dict[str, Case]:
             cases = score_distribution_cases(device, torch.float32, 256, 1024, 151_936)
     elif op == "pairwise_gap":
         cases = pairwise_gap_cases(device, 16, 4, 8) if small else pairwise_gap_cases(device, 1024, 4, 16)
-    elif op == "fused_linear_kl":
+    elif op in ("fused_linear_kl", "token_logprobs"):  # the same (N, H, V) shapes: GPU target, CPU, smoke
+        make = fused_linear_kl_cases if op == "fused_linear_kl" else token_logprobs_cases
         if cuda:
-            cases = fused_linear_kl_cases(device, torch.bfloat16, 8192, 4096, 151_936, has_liger())
-        elif small:
-            cases = fused_linear_kl_cases(device, torch.float32, 64, 32, 1024, False)
+            cases = make(device, torch.bfloat16, 8192, 4096, 151_936, has_liger())
         else:
-            cases = fused_linear_kl_cases(device, torch.float32, 2048, 256, 32_768, False)
+            cases = make(device, torch.float32, *((64, 32, 1024) if small else (2048, 256, 32_768)), False)
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    if op == "fused_linear_kl":
         for c in cases:
             c.mode = "fwd+bwd: " + c.shape.rsplit(" ", 2)[-2] + " KL"
             c.shape = c.shape.rsplit(" ", 3)[0]
-    elif op == "token_logprobs":
-        if cuda:
-            cases = token_logprobs_cases(device, torch.bfloat16, 8192, 4096, 151_936, has_liger())
-        elif small:
-            cases = token_logprobs_cases(device, torch.float32, 64, 32, 1024, False)
-        else:
-            cases = token_logprobs_cases(device, torch.float32, 2048, 256, 32_768, False)
-    else:
-        raise ValueError(f"unknown op {op!r}")
     return {c.mode: c for c in cases}

@@ -39,17 +39,18 @@ def test_two_gdso_steps_run(tmp_path):
     assert len(logs) == 2 and all("loss/ce" in h and "loss/pairwise" in h and "reward" in h for h in logs)
 
 
-def _fixed_batch(trainer):
-    rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]  # 2 prompts x 2 candidates x G = 2
-    return trainer._generate_and_score_completions(rows)
+def _fixed_batch(tmp_path, **overrides):
+    """(trainer, reward model, one generation batch: 2 prompts x 2 candidates x G = 2) in train mode."""
+    trainer, rm = _trainer(tmp_path, **overrides)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
+    return trainer, rm, trainer._generate_and_score_completions(rows)
 
 
 @pytest.mark.slow
 def test_loss_on_a_fixed_batch_equals_gdso_loss(tmp_path):
-    trainer, rm = _trainer(tmp_path, lambda_pw=0.7, alpha_pt=0.5, alpha_pw=2.0)
-    trainer.current_gradient_accumulation_steps = 1
-    trainer.model.train()
-    inputs = _fixed_batch(trainer)
+    trainer, rm, inputs = _fixed_batch(tmp_path, lambda_pw=0.7, alpha_pt=0.5, alpha_pw=2.0)
     loss = trainer.compute_loss(trainer.model, inputs)
     # the same rollouts through zrcore: the module's forward, then eq. 14
     seqs, att = inputs["zr_sequences"], inputs["zr_attention"]
@@ -72,10 +73,7 @@ def test_loss_on_a_fixed_batch_equals_gdso_loss(tmp_path):
 
 @pytest.mark.slow
 def test_without_distribution_terms_it_is_grpo(tmp_path):
-    trainer, _ = _trainer(tmp_path, lambda_pw=0.0, alpha_pt=0.0, alpha_pw=0.0)
-    trainer.current_gradient_accumulation_steps = 1
-    trainer.model.train()
-    inputs = _fixed_batch(trainer)
+    trainer, _, inputs = _fixed_batch(tmp_path, lambda_pw=0.0, alpha_pt=0.0, alpha_pw=0.0)
     grpo = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
     assert torch.equal(trainer.compute_loss(trainer.model, inputs), grpo)
     # the advantages are eq. 3 over the pointwise reward of eq. 7 alone

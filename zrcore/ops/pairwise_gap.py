@@ -99,8 +99,8 @@ def _partner_sums(a: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor):
 
 
 def pairwise_forward_sorted(mean, scores, mask, score_range, include_ties):
-    """The op in torch ops for any device (the CPU path of impl="auto"), outputs as the Triton launcher's: (out = [loss, 1 / #prompts with pairs],
-    reward, has_pair, grad_weights) with grad_weights[p,m,i] = d (sum_p L_p) / d mu[p,m,i]
+    """The op in torch ops for any device (the CPU path of impl="auto"), outputs as the Triton launcher's:
+    (out = [loss, 1 / #prompts with pairs], reward, has_pair, grad_weights) with grad_weights[p,m,i] = d (sum_p L_p) / d mu[p,m,i]
     = 2 v_i sum_{m'} w[p,m,m'] sum_k v_k sign(D[p,m,i,m',k]), w = pair / (G_m G_m' R #pairs_p) (pairs are
     symmetric, so the partner side doubles the own side). D = a_mi - a_m'k with a = mu - s; no graph is built."""
     compute = torch.float64 if mean.dtype == torch.float64 else torch.float32
@@ -341,8 +341,8 @@ def pairwise_gap(
     mean [P, M, G] (expected scores, differentiable), scores [P, M] human scores, mask [P, M, G] bool (True =
     valid sample). Returns PairwiseGap(loss scalar, reward [P, M, G] fp32 no grad, has_pair [P, M] bool).
 
-    ``impl="auto"``: the Triton kernel on CUDA, the sorted kernel (``pairwise_forward_sorted``, torch ops: sorted partners and prefix
-    sums, no gap tensor) elsewhere; ``"triton"`` forces the kernel; ``"torch"`` the materialising reference.
+    ``impl="auto"``: the Triton kernel on CUDA, the sorted kernel (``pairwise_forward_sorted``, torch ops: sorted
+    partners and prefix sums, no gap tensor) elsewhere; ``"triton"`` forces the kernel; ``"torch"`` the materialising reference.
     """
     validate_pairwise_inputs(mean, scores, score_range, mask)
     which = resolve_impl(impl, mean)
