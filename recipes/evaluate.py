@@ -16,6 +16,7 @@ from pathlib import Path
 from zrcore.models import RewardModel, build_tiny_reward_model
 from zrcore.training.config import TrainConfig
 from zrcore.training.data import build_data
+from zrcore.training.distributed import resolve_device
 from zrcore.training.evaluate import METRIC_KEYS, evaluate_model, format_table
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
     results, predictions = {}, {}
     for spec in args.checkpoints:
         rm, mode = load(spec)
-        rm.eval()
+        rm.to(resolve_device(cfg.device)).eval()
         res = evaluate_model(rm, records, mode=mode, samples=args.samples, seed=cfg.seed,
                              max_reasoning_tokens=args.max_reasoning_tokens, temperature=args.temperature)
         pred = res.pop("_pred")

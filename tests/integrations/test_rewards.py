@@ -81,9 +81,10 @@ def test_trl_reward_function_equals_score(rm):
     with torch.no_grad():
         qs = [rm.score(texts, imgs, d) for d in ("alignment", "realism")]
     expected = torch.stack([q.mean - 0.5 * q.std for q in qs]).mean(0)
-    torch.testing.assert_close(torch.tensor(out), expected, atol=1e-6, rtol=1e-6)
+    # batches of 2 against one batch of 3: left padding changes float32 summation order, nothing else
+    torch.testing.assert_close(torch.tensor(out), expected, atol=1e-5, rtol=1e-5)
     plain = ZRewardFunction(rm, dimensions=("alignment",), text="prompt")(texts, ["ignored"] * 3, images=[[i] for i in imgs])
-    torch.testing.assert_close(torch.tensor(plain), qs[0].mean, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(torch.tensor(plain), qs[0].mean, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="needs the images: a dataset column 'image'"):
         f(prompts, completions, score=[1, 2, 3])
 

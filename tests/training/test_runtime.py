@@ -23,6 +23,7 @@ from zrcore.training.student import SFTTrainer
     (["--rollout_batch_size", "0"], "rollout_batch_size must be >= 1"),
     (["--device", "tpu"], "device: 'tpu'"),
     (["--attn_implementation", "flash"], "attn_implementation must be one of"),
+    (["--dtype", "fp16", "--distributed", "fsdp"], "dtype='fp16' with distributed='fsdp'"),
 ])
 def test_bad_fields_are_named(args, match):
     with pytest.raises(ValueError, match=match):
@@ -162,3 +163,22 @@ def test_attention_implementation_auto_is_sdpa_off_cuda():
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' needs flash-attn"):
             attn_implementation("flash_attention_2", torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_step_updates_fp32_master_weights(tmp_path, dtype):
+    """Autocast over fp32 master weights (fp16 with a GradScaler): the parameters stay fp32, losses are finite, and
+    the weights move (under fp16 once the scaler has backed off from steps whose scaled gradients overflowed)."""
+    trainer = _sft(tmp_path, "--steps", "12", "--dtype", dtype)
+    assert (trainer.scaler is not None) == (dtype == "fp16")
+    before = [p.detach().clone() for p in trainer.params]
+    for step in range(12):
+        assert torch.isfinite(torch.tensor(trainer.train_step(step)["loss"]))
+        if any(not torch.equal(a, b) for a, b in zip(before, trainer.params)):
+            break
+    else:
+        pytest.fail("no optimizer step changed the weights")
+    assert all(p.dtype == torch.float32 for p in trainer.params)
+    if trainer.scaler is not None:
+        assert trainer.scaler.get_scale() <= 2.0**16

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny:qwen2_vl", help="tiny[:ARCH] or a local checkpoint folder")
     parser.add_argument("--output", "-o", default="-", help="output JSONL (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -99,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from zrcore.training.distributed import resolve_device
+
     try:
-        model = load_model(args.model)
+        device = resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"--{err}")
+    try:
+        model = load_model(args.model).to(device).eval()
     except (OSError, ValueError) as err:
         parser.error(f"--model {args.model!r}: {err}")
     dims = list(model.dimensions) if args.dimension == "all" else [args.dimension]

@@ -99,7 +99,6 @@ class RewardModel(torch.nn.Module):
                                      | {tokenizer.convert_tokens_to_ids(t) for t in
                                         ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
                                         if t in tokenizer.get_vocab()})
-        self.synced_generation = False  # set when sharded: every rank decodes the same number of steps
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -110,8 +109,13 @@ class RewardModel(torch.nn.Module):
         return next(self.model.parameters()).device
 
     @property
-    def model_type(self) -> str:
-        return self.model.config.model_type
+    def synced_generation(self) -> bool:
+        """Sharded over several processes (FSDP2): every rank must make the same forward calls, so sampling keeps
+        all ranks decoding until the last one is done."""
+        import torch.distributed as dist
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(self, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
 
     def shard_units(self) -> list[torch.nn.Module]:
         """The blocks FSDP2 shards one by one: every decoder layer and vision block (the RewardModel itself is the

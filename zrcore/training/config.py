@@ -31,7 +31,7 @@ class RunConfig:
     progress: bool = True
     # device, precision, processes
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK when CUDA is available, else cpu; or "cpu", "cuda", "cuda:N"
-    dtype: str = "fp32"  # "fp32" | "bf16" | "fp16": fsdp mixed precision (fp32 gradient reduction), else autocast
+    dtype: str = "fp32"  # "fp32" | "bf16" | "fp16": fsdp mixed precision (bf16; fp32 reduction), else autocast
     distributed: str = "none"  # "none" | "ddp" | "fsdp" (FSDP2 fully_shard); ddp and fsdp need torchrun
     fsdp_cpu_offload: bool = False  # fsdp: parameters, gradients and optimizer state kept on the CPU
     gradient_checkpointing: bool = False  # the model's own activation checkpointing

@@ -50,6 +50,9 @@ def check_fields(distributed: str, dtype: str) -> None:
         raise ValueError(f"distributed must be one of {list(DISTRIBUTED_MODES)}, got {distributed!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if dtype == "fp16" and distributed == "fsdp":
+        raise ValueError("dtype='fp16' with distributed='fsdp' would need a sharded gradient scaler: use dtype='bf16' "
+                         "(or fp16 with ddp / none, where a GradScaler scales the loss)")
 
 
 @dataclass
@@ -64,10 +67,6 @@ class Runtime:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.mode != "none"
 
     @classmethod
     def from_config(cls, cfg) -> Runtime:
@@ -122,8 +121,6 @@ class Runtime:
             fully_shard(module, **kw, **({} if trainable else {"reshard_after_forward": True}))
             for name in methods:
                 register_fsdp_forward_method(module, name)
-            if hasattr(module, "synced_generation"):
-                module.synced_generation = self.world > 1
             return module
         if self.mode == "ddp" and trainable:
             from torch.nn.parallel import DistributedDataParallel
@@ -133,14 +130,14 @@ class Runtime:
         return module
 
     # ---- data ---------------------------------------------------------------------------------------------------
-    def shard(self, items: list, what: str = "prompts_per_step") -> list:
-        """This rank's contiguous part of ``items``: the first len % world ranks hold one more item."""
-        return shard(items, self.rank, self.world, what)
+    def shard(self, items: list, what: str = "prompts_per_step") -> tuple[list, int]:
+        """(this rank's contiguous part of ``items``, the global index of its first item)."""
+        return shard(items, self.rank, self.world, what), shard_bounds(len(items), self.rank, self.world)[0]
 
     def global_sum(self, value: float) -> float:
         if self.world == 1:
             return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
+        t = torch.tensor([float(value)], dtype=torch.float64, device=comm_device())
         dist.all_reduce(t)
         return float(t.item())
 
@@ -154,7 +151,7 @@ class Runtime:
         if self.world == 1:
             return values
         keys = sorted(k for k, v in values.items() if isinstance(v, float))
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self._comm_device())
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=comm_device())
         dist.all_reduce(t)
         t /= self.world
         return values | {k: float(v) for k, v in zip(keys, t.tolist())}
@@ -178,37 +175,50 @@ class Runtime:
         if self.world > 1:
             dist.barrier()
 
-    def _comm_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-
     def teardown(self) -> None:
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
 
 
+def comm_device() -> torch.device:
+    """Where collective inputs live: the current CUDA device under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def max_over_ranks(n: int) -> int:
+    """The largest ``n`` over all ranks."""
+    t = torch.tensor([n], dtype=torch.long, device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous part of n items; sizes differ by at most one (the first n % world ranks
+    hold one more)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (rank < extra)
+
+
 def shard(items: list, rank: int, world: int, what: str = "batch") -> list:
-    """Contiguous shards of ``items`` over ``world`` ranks, sizes differing by at most one (the first
-    len % world ranks hold one more). Every rank must hold at least one item."""
+    """This rank's contiguous part of ``items`` (``shard_bounds``); every rank must hold at least one item."""
     if len(items) < world:
         raise ValueError(f"{what}: {len(items)} items cannot give each of {world} processes at least one; "
                          f"make it >= {world}")
-    per, extra = divmod(len(items), world)
-    start = rank * per + min(rank, extra)
-    return items[start:start + per + (rank < extra)]
+    start, stop = shard_bounds(len(items), rank, world)
+    return items[start:stop]
 
 
 def padded_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
-    """(indices, kept) for evaluation: this rank's contiguous part of range(n), padded by repeating its last index
-    (or index 0 when it has none) up to ceil(n / world) entries so that every rank makes the same number of
-    forward calls; only the first ``kept`` results are real."""
-    per, extra = divmod(n, world)
-    start = rank * per + min(rank, extra)
-    idx = list(range(start, start + per + (rank < extra)))
-    width = per + (extra > 0)
-    kept = len(idx)
+    """(indices, kept) for evaluation: this rank's part of range(n), padded by repeating its last index (or index 0
+    when it has none) up to ceil(n / world) entries so that every rank makes the same number of forward calls; only
+    the first ``kept`` results are real."""
+    start, stop = shard_bounds(n, rank, world)
+    idx = list(range(start, stop))
+    width = -(-n // world)
     fill = idx[-1] if idx else 0
-    return idx + [fill] * (width - kept), kept
+    return idx + [fill] * (width - len(idx)), len(idx)
 
 
 def block_units(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -14,8 +14,9 @@ import copy
 import torch
 
 from zrcore import losses
+from zrcore.training.loop import step_seed
 from zrcore.training.rollout import rollouts_of
-from zrcore.training.trainer import Trainer, step_seed
+from zrcore.training.trainer import Trainer
 
 
 def judge_groups(rm, groups: list, first: int, step: int, cfg, num_samples: int):

@@ -133,7 +133,7 @@ class GeneratorTrainer(TrainLoop):
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         items = list(range(cfg.batch))
         picks = torch.randint(len(self.train_prompts), (cfg.batch,), generator=g).tolist()
-        local = self.rt.shard(items, "batch")
+        local, _ = self.rt.shard(items, "batch")
         prompts = [self.train_prompts[picks[i]] for i in local]
         imgs = self.generate(prompts, [cfg.seed * 100_003 + step * 1_009 + i for i in local], grad=True)
         reward, _ = self.reward(prompts, imgs)

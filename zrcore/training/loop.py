@@ -66,6 +66,9 @@ class TrainLoop:
             raise ValueError("the model has no trainable parameters")
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg))
+        # fp16 autocast needs loss scaling (bf16 and fp32 do not; fsdp with fp16 is refused by the Runtime)
+        fp16 = self.rt.dtype == torch.float16 and self.rt.mode != "fsdp"
+        self.scaler = torch.amp.GradScaler(self.rt.device.type) if fp16 else None
 
     def frozen_state(self) -> dict:
         """name -> frozen module whose parameters a checkpoint keeps (they can change, e.g. a reset reference)."""
@@ -87,26 +90,29 @@ class TrainLoop:
     def report(self) -> None:
         pass
 
-    def state_extra(self) -> dict:
-        return {}
-
-    def load_state_extra(self, state: dict) -> None:
-        pass
-
     # ---- shared pieces -----------------------------------------------------------------------------------------
     def optimizer_step(self, loss: torch.Tensor) -> dict:
-        """zero_grad, backward (DDP / FSDP average the gradients), clip, AdamW step."""
+        """zero_grad, backward (DDP / FSDP average the gradients), clip, AdamW step; under fp16 autocast the loss
+        is scaled (``torch.amp.GradScaler``) and the gradients unscaled before clipping."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         return {"grad_norm": float(norm)}
 
     def save(self) -> None:
         meta = {"step": self.step, "scheduler": self.sched.state_dict(), "results": self.results,
-                "extra": self.state_extra()}
+                "grad_scaler": None if self.scaler is None else self.scaler.state_dict()}
         save_checkpoint(self.out, self.rt, self.module, self.opt, meta, self.frozen_state(), self.extra_tensors)
 
     def maybe_resume(self) -> bool:
@@ -117,7 +123,8 @@ class TrainLoop:
         self.step = meta["step"]
         self.results = meta.get("results", {})
         self.extra_tensors = meta.get("extra_tensors", {})
-        self.load_state_extra(meta.get("extra", {}))
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.log.truncate_after(self.step)
         if self.main:
             print(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "

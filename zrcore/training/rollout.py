@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from zrcore.bins import ScoreDistribution
+from zrcore.training.distributed import max_over_ranks
 
 
 @dataclass
@@ -69,16 +70,6 @@ def _image_rows(image_inputs: dict, rows: list[int]) -> dict:
     return {"pixel_values": torch.cat([chunks[r] for r in rows]), "image_grid_thw": image_inputs["image_grid_thw"][rows]}
 
 
-def _max_over_ranks(n: int) -> int:
-    import torch.distributed as dist
-
-    t = torch.tensor([n], dtype=torch.long)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
 class HFGenerateBackend:
     """Sampling with the model's own ``generate`` (KV cache), ``batch_size`` rows per call. No logits or scores
     are requested from ``generate``. When the model is sharded (``rm.synced_generation``), every rank makes the same
@@ -91,7 +82,7 @@ class HFGenerateBackend:
         rows = list(range(len(request.prompt_ids)))
         size = request.batch_size or len(rows)
         chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-        calls = _max_over_ranks(len(chunks)) if rm.synced_generation else len(chunks)
+        calls = max_over_ranks(len(chunks)) if rm.synced_generation else len(chunks)
         tokens: list = [None] * len(rows)
         logprobs: list = [None] * len(rows)
         for c in range(calls):

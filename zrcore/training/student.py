@@ -11,8 +11,9 @@ import torch
 
 from zrcore import losses
 from zrcore.training.gdso import judge_groups, sample_bins
+from zrcore.training.loop import step_seed
 from zrcore.training.rollout import rollouts_of
-from zrcore.training.trainer import Trainer, build_reward_model, step_seed
+from zrcore.training.trainer import Trainer, build_reward_model
 
 
 def _records(groups: list) -> list:

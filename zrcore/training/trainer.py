@@ -14,7 +14,7 @@ from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.distributed import padded_shard
 from zrcore.training.evaluate import format_table, predict, score_metrics
 from zrcore.training.logging import plot_curves
-from zrcore.training.loop import TrainLoop, seed_everything, step_seed  # noqa: F401  (step_seed re-exported)
+from zrcore.training.loop import TrainLoop, seed_everything
 
 
 def attn_implementation(choice: str, device: torch.device) -> str:
@@ -98,10 +98,7 @@ class Trainer(TrainLoop):
 
     def local_batch(self, step: int) -> tuple[list, int]:
         """(this rank's groups, the global index of its first group)."""
-        groups = self.batch_for(step)
-        local = self.rt.shard(groups)
-        start = next(i for i in range(len(groups)) if groups[i] is local[0])
-        return local, start
+        return self.rt.shard(self.batch_for(step))
 
     # ---- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, name: str) -> dict:
