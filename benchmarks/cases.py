@@ -143,7 +143,7 @@ def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int
     paths = {"naive": naive, "compile": _compiled(naive),
              "zrcore": lambda hh, ww: selected_token_logprobs(hh, ww, targets)}
     if liger:
-        paths["liger"] = lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="liger")
+        paths["liger"] = lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="triton")
 
     def make(fn):
         def run():

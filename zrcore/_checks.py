@@ -67,14 +67,6 @@ def non_negative(name: str, value: float) -> float:
     return float(value)
 
 
-def check_values() -> bool:
-    """Whether value checks that read tensor contents (a host sync) should run: not while torch.compile traces."""
-    try:
-        return not torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - older torch
-        return True
-
-
 _CHECKED_INDEX: dict = {}
 
 
@@ -83,7 +75,7 @@ def index_vector(name: str, ids: torch.Tensor, upper: int, what: str, distinct: 
 
     Reading a CUDA tensor's values synchronises with the device, so an accelerator tensor that passed the check
     is remembered (by identity and version counter) and not read again until it is modified or replaced."""
-    if not check_values() or ids.numel() == 0:
+    if torch.compiler.is_compiling() or ids.numel() == 0:  # reading values would break the trace
         return
     key = None
     if ids.device.type != "cpu":

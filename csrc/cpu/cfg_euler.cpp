@@ -1,6 +1,6 @@
 // Fused classifier-free-guidance combine + Euler step on fp32 master latents (CPU):
 //   x_next = x + dt * (v_c + s (v_c - v_u)),  dx = g,  dv_c = g dt (1 + s),  dv_u = -g dt s
-// The velocity gradients are returned in the velocities' dtype.
+// The kernels return (dv_c, dv_u) in the velocities' dtype; dx = g is the incoming gradient itself.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -40,8 +40,8 @@ std::vector<at::Tensor> cfg_euler_backward_cpu(const at::Tensor& g_in, double sc
       up[i] = b * gp[i];
     }
   });
-  if (velocity_dtype == at::kFloat) return {g, dvc, dvu};
-  return {g, dvc.to(velocity_dtype), dvu.to(velocity_dtype)};
+  if (velocity_dtype == at::kFloat) return {dvc, dvu};
+  return {dvc.to(velocity_dtype), dvu.to(velocity_dtype)};
 }
 
 }  // namespace zrcore

@@ -68,7 +68,7 @@ std::vector<at::Tensor> cfg_euler_backward_cuda(const at::Tensor& g_in, double s
   auto g = g_in.contiguous().to(at::kFloat);
   auto dvc = at::empty(g.sizes(), g.options().dtype(velocity_dtype));
   auto dvu = at::empty_like(dvc);
-  if (g.numel() == 0) return {g, dvc, dvu};
+  if (g.numel() == 0) return {dvc, dvu};
   auto stream = c10::cuda::getCurrentCUDAStream();
   const float a = static_cast<float>(dt * (1.0 + scale)), b = static_cast<float>(-dt * scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, velocity_dtype, "cfg_euler_backward_cuda", [&] {
@@ -76,7 +76,7 @@ std::vector<at::Tensor> cfg_euler_backward_cuda(const at::Tensor& g_in, double s
         g.data_ptr<float>(), dvc.data_ptr<scalar_t>(), dvu.data_ptr<scalar_t>(), g.numel(), a, b);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {g, dvc, dvu};
+  return {dvc, dvu};
 }
 
 }  // namespace zrcore

@@ -45,9 +45,11 @@ def test_no_vocabulary_sized_tensor_is_saved_for_backward(gen):
 
 def test_bad_arguments():
     h, w, t = torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long)
-    with pytest.raises(ValueError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="token_logprobs: impl must be one of"):
+        selected_token_logprobs(h, w, t, impl="liger")
+    with pytest.raises(RuntimeError, match="token_logprobs: impl='triton' \\(triton is liger-kernel's\\) runs on cuda"):
         selected_token_logprobs(h, w, t, impl="triton")
+    with pytest.raises(ValueError, match="token_logprobs: impl='ext' is not a backend of this op"):
+        selected_token_logprobs(h, w, t, impl="ext")
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         selected_token_logprobs(h, w, t, chunk=0)
-    with pytest.raises(ValueError, match="no LM-head bias"):
-        selected_token_logprobs(h, w, t, bias=torch.zeros(8), impl="liger")

@@ -1,5 +1,8 @@
 """Kernels of the compiled extension zrcore._C used by the diffusion path, with pure-torch fallbacks.
 
+The C++ / CUDA kernels are registered in C++ as ``torch.ops.zrcore.*`` (csrc/bindings.cpp); their fake kernels
+and autograd are registered here, so torch.compile traces them as ops of their own.
+
 - group_norm_silu: y = silu(group_norm(x)); the compiled backward recomputes the normalised activation from the
   input and the per-group statistics instead of storing it (one activation less per VAE decoder layer).
 - cfg_euler_step: x + dt (v_c + s (v_c - v_u)) in one pass over fp32 master latents, forward and backward.
@@ -10,59 +13,75 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def extension():
-    """The compiled module, or None when zrcore was installed without it (ZRCORE_BUILD_EXT=0)."""
-    try:
-        from zrcore import _C
-    except ImportError:
-        return None
-    return _C
+from zrcore.ops._dispatch import extension, resolve_impl
 
 
-def extension_supports(x: torch.Tensor) -> bool:
-    """Whether the compiled extension has a kernel for x's device (CPU always; CUDA when built with nvcc)."""
-    ext = extension()
-    if ext is None or torch.compiler.is_compiling():
-        return False
-    return x.device.type == "cpu" or (x.device.type == "cuda" and bool(ext.with_cuda))
+def _ext_registered() -> bool:
+    """Whether the compiled ops exist as torch.ops.zrcore.* (importing zrcore._C registers them)."""
+    return extension() is not None
 
 
-def _resolve(impl: str, device_ok: bool, inputs_ok: bool, inputs_rule: str) -> bool:
-    """Whether to use the compiled kernel: impl 'ext' demands it (clear error when impossible), 'auto' uses it when
-    the device and the inputs allow, 'torch' never."""
-    if impl not in ("auto", "torch", "ext"):
-        raise ValueError(f"impl must be 'auto', 'torch' or 'ext', got {impl!r}")
-    if impl == "ext" and not device_ok:
-        raise RuntimeError("impl='ext' needs the compiled extension zrcore._C with a kernel for this device "
-                           "(CUDA tensors need an extension built with CUDA)")
-    if impl == "ext" and not inputs_ok:
-        raise TypeError(f"impl='ext' needs {inputs_rule}")
-    return impl == "ext" or (impl == "auto" and device_ok and inputs_ok)
+def _group_norm_silu_fake(x, gamma, beta, groups, eps):
+    stats = x.new_empty(x.shape[0], groups, dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
-class _GroupNormSiLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gamma, beta, groups, eps):
-        y, mean, rstd = extension().group_norm_silu_forward(x, gamma, beta, groups, eps)
-        ctx.save_for_backward(x, gamma, beta, mean, rstd)
-        ctx.groups = groups
-        return y
+def _group_norm_silu_backward_fake(grad, x, gamma, beta, mean, rstd, groups):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), gamma.new_empty(gamma.shape, dtype=torch.float32), \
+        beta.new_empty(beta.shape, dtype=torch.float32)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, gamma, beta, mean, rstd = ctx.saved_tensors
-        dx, dgamma, dbeta = extension().group_norm_silu_backward(dy, x, gamma, beta, mean, rstd, ctx.groups)
-        return dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None, None
+
+def _group_norm_silu_setup(ctx, inputs, output):
+    x, gamma, beta, groups, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, gamma, beta, mean, rstd)
+    ctx.groups = groups
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _group_norm_silu_backward(ctx, dy, *_):
+    x, gamma, beta, mean, rstd = ctx.saved_tensors
+    dx, dgamma, dbeta = torch.ops.zrcore.group_norm_silu_backward(dy.contiguous(), x, gamma, beta, mean, rstd,
+                                                                   ctx.groups)
+    return dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None, None
+
+
+def _cfg_euler_fake(x, v_cond, v_uncond, scale, dt):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _cfg_euler_backward_fake(grad, scale, dt, velocity_dtype):
+    dv = grad.new_empty(grad.shape, dtype=velocity_dtype)
+    return dv, torch.empty_like(dv)
+
+
+def _cfg_euler_setup(ctx, inputs, output):
+    ctx.meta = (inputs[3], inputs[4], inputs[1].dtype)  # v_cond and v_uncond share one dtype (checked)
+
+
+def _cfg_euler_backward(ctx, g):
+    scale, dt, v_dtype = ctx.meta
+    dvc, dvu = torch.ops.zrcore.cfg_euler_step_backward(g, scale, dt, v_dtype)
+    return g, dvc, dvu, None, None
+
+
+if _ext_registered():
+    torch.library.register_fake("zrcore::group_norm_silu", _group_norm_silu_fake)
+    torch.library.register_fake("zrcore::group_norm_silu_backward", _group_norm_silu_backward_fake)
+    torch.library.register_autograd("zrcore::group_norm_silu", _group_norm_silu_backward,
+                                    setup_context=_group_norm_silu_setup)
+    torch.library.register_fake("zrcore::cfg_euler_step", _cfg_euler_fake)
+    torch.library.register_fake("zrcore::cfg_euler_step_backward", _cfg_euler_backward_fake)
+    torch.library.register_autograd("zrcore::cfg_euler_step", _cfg_euler_backward, setup_context=_cfg_euler_setup)
 
 
 def group_norm_silu(x: torch.Tensor, groups: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6,
                     impl: str = "auto") -> torch.Tensor:
-    """silu(group_norm(x, groups, gamma, beta, eps)); impl "auto" uses the compiled kernel for float32 CPU input and
-    for float32 / bfloat16 / float16 CUDA input (when the extension was built with CUDA)."""
-    dtype_ok = x.dtype == torch.float32 or (x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16))
-    if _resolve(impl, extension_supports(x), dtype_ok, "x in float32 (CPU) or float32 / bfloat16 / float16 (CUDA)"):
-        return _GroupNormSiLU.apply(x, gamma, beta, int(groups), float(eps))
+    """silu(group_norm(x, groups, gamma, beta, eps)); impl "auto" uses the compiled op ``torch.ops.zrcore.
+    group_norm_silu`` for float32 CPU input and for float32 / bfloat16 / float16 CUDA input (when the extension
+    was built with CUDA), torch's group_norm and silu otherwise."""
+    if resolve_impl("group_norm_silu", impl, x.dtype, x) == "ext":
+        return torch.ops.zrcore.group_norm_silu(x, gamma, beta, int(groups), float(eps))[0]
     return F.silu(F.group_norm(x, groups, gamma, beta, eps))
 
 
@@ -98,24 +117,12 @@ def fuse_vae_decoder(vae, impl: str = "auto") -> int:
     return count
 
 
-class _CFGEuler(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, vc, vu, scale, dt):
-        ctx.meta = (scale, dt, vc.dtype)  # v_cond and v_uncond share one dtype (cfg_euler_step checks)
-        return extension().cfg_euler_forward(x, vc, vu, scale, dt)
-
-    @staticmethod
-    def backward(ctx, g):
-        scale, dt, v_dtype = ctx.meta
-        dx, dvc, dvu = extension().cfg_euler_backward(g, scale, dt, v_dtype)
-        return dx, dvc, dvu, None, None
-
-
 def cfg_euler_step(x: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, dt: float,
                    impl: str = "auto") -> torch.Tensor:
-    """x + dt * (v_c + s (v_c - v_u)) for fp32 latents x and fp32 / bf16 / fp16 velocities (one dtype for both)."""
-    inputs_ok = x.dtype == torch.float32 and v_cond.dtype == v_uncond.dtype
-    if _resolve(impl, extension_supports(x), inputs_ok, "float32 latents x and one dtype for v_cond and v_uncond"):
-        return _CFGEuler.apply(x, v_cond, v_uncond, float(scale), float(dt))
+    """x + dt * (v_c + s (v_c - v_u)) for fp32 latents x and fp32 / bf16 / fp16 velocities (one dtype for both);
+    impl "auto" uses the compiled op ``torch.ops.zrcore.cfg_euler_step`` where the extension has a kernel."""
+    mixed = None if v_cond.dtype == v_uncond.dtype else "v_cond and v_uncond of different dtypes"
+    if resolve_impl("cfg_euler_step", impl, x.dtype, x, unsupported=mixed) == "ext":
+        return torch.ops.zrcore.cfg_euler_step(x, v_cond, v_uncond, float(scale), float(dt))
     vc, vu = v_cond.float(), v_uncond.float()
     return x + dt * (vc + scale * (vc - vu))

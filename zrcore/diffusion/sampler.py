@@ -103,7 +103,8 @@ class _EulerRun:
     can re-leaf them."""
 
     def __init__(self, sampler, ts, sigmas, spec, scale, detach_input):
-        self.sampler, self.ts, self.sigmas = sampler, ts, sigmas
+        self.sampler, self.ts = sampler, ts
+        self.sigmas = [float(s) for s in sigmas]  # one host read per sampling call, not one per step
         self.spec, self.scale, self.detach_input = spec, scale, detach_input
         self.n = len(ts)
 
@@ -112,7 +113,7 @@ class _EulerRun:
 
         cond, uncond = pytree.tree_unflatten(list(features), self.spec)
         model_in = x.detach() if self.detach_input else x
-        dt = float(self.sigmas[i + 1] - self.sigmas[i])
+        dt = self.sigmas[i + 1] - self.sigmas[i]
         if self.scale > 0:  # guidance combine and Euler update in one fused pass
             if not uncond:
                 raise ValueError("guidance_scale > 0 needs unconditional features (uncond)")

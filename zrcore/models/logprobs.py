@@ -10,60 +10,100 @@ from __future__ import annotations
 
 import torch
 
-IMPLS = ("auto", "liger", "torch")
+from zrcore.ops._dispatch import is_tracing, resolve_impl
 
 
-class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """log p(y) = z_y - logsumexp(z), z = (W h + b) / T, a chunk of rows at a time in one reused [chunk, V] buffer;
-    the backward recomputes each chunk into the same buffer: d log p(y) / dz = (onehot(y) - softmax(z)) / T."""
+def token_logprobs_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           targets: torch.Tensor, temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(y) [N], logsumexp(z) [N]) with z = (W h + b) / T, a chunk of rows at a time in one reused [chunk, V]
+    buffer (fp32, fp64 for fp64 hidden)."""
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    n, v = hidden.shape[0], weight.shape[0]
+    w = weight.to(compute)
+    b = None if bias is None else bias.to(compute)
+    buf = torch.empty((min(chunk, n), v), dtype=compute, device=hidden.device)
+    out = torch.empty(n, dtype=compute, device=hidden.device)
+    lse = torch.empty(n, dtype=compute, device=hidden.device)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        z = _logits_into(buf[:stop - start], hidden[start:stop], w, b, temperature, compute)
+        torch.logsumexp(z, -1, out=lse[start:stop])
+        out[start:stop] = z.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
+    return out, lse
 
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int):
-        compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        n, v = hidden.shape[0], weight.shape[0]
-        w = weight.to(compute)
-        b = None if bias is None else bias.to(compute)
-        buf = torch.empty((min(chunk, n), v), dtype=compute, device=hidden.device)
-        out = torch.empty(n, dtype=compute, device=hidden.device)
-        lse = torch.empty(n, dtype=compute, device=hidden.device)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            z = _logits_into(buf[:stop - start], hidden[start:stop], w, b, temperature, compute)
-            lse[start:stop] = torch.logsumexp(z, -1)
-            out[start:stop] = z.gather(-1, targets[start:stop, None]).squeeze(-1) - lse[start:stop]
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        return out.float() if compute == torch.float32 else out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        compute, t, chunk = lse.dtype, ctx.temperature, ctx.chunk
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
-        n, v = hidden.shape[0], weight.shape[0]
-        w = weight.to(compute)
-        b = None if bias is None else bias.to(compute)
-        buf = torch.empty((min(chunk, n), v), dtype=compute, device=hidden.device)
-        grad_h = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_h else None
-        grad_w = torch.zeros_like(w) if need_w else None
-        grad_b = torch.zeros(v, dtype=compute, device=hidden.device) if need_b else None
-        g = grad_out.to(compute)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            h = hidden[start:stop].to(compute)
-            z = _logits_into(buf[:stop - start], h, w, b, t, compute)
-            dz = z.sub_(lse[start:stop, None]).exp_()  # softmax
-            dz.scatter_add_(-1, targets[start:stop, None], torch.full_like(lse[start:stop, None], -1.0))
-            dz.mul_((-g[start:stop] / t)[:, None])  # d L / d (W h + b)
-            if need_h:
-                torch.mm(dz, w, out=grad_h[start:stop])
-            if need_w:
-                grad_w.addmm_(dz.t(), h)
-            if need_b:
-                grad_b += dz.sum(0)
-        cast = lambda x, like: None if x is None else x.to(like.dtype)
-        return cast(grad_h, hidden), cast(grad_w, weight), cast(grad_b, bias), None, None, None
+def token_logprobs_backward(grad: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None, targets: torch.Tensor, lse: torch.Tensor, temperature: float,
+                            chunk: int, need_h: bool, need_w: bool, need_b: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. hidden, weight and bias (empty where not needed), each chunk's logits recomputed into one
+    reused buffer: d log p(y) / dz = onehot(y) - softmax(z), dz / d(W h + b) = 1 / T."""
+    compute, t = lse.dtype, temperature
+    n, v = hidden.shape[0], weight.shape[0]
+    w = weight.to(compute)
+    b = None if bias is None else bias.to(compute)
+    buf = torch.empty((min(chunk, n), v), dtype=compute, device=hidden.device)
+    grad_h = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_h else None
+    grad_w = torch.zeros_like(w) if need_w else None
+    grad_b = torch.zeros(v, dtype=compute, device=hidden.device) if need_b else None
+    g = grad.to(compute)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        h = hidden[start:stop].to(compute)
+        z = _logits_into(buf[:stop - start], h, w, b, t, compute)
+        dz = z.sub_(lse[start:stop, None]).exp_()  # softmax
+        dz.scatter_add_(-1, targets[start:stop, None], torch.full_like(lse[start:stop, None], -1.0))
+        dz.mul_((-g[start:stop] / t)[:, None])  # d L / d (W h + b)
+        if need_h:
+            torch.mm(dz, w, out=grad_h[start:stop])
+        if need_w:
+            grad_w.addmm_(dz.t(), h)
+        if need_b:
+            grad_b += dz.sum(0)
+    empty = hidden.new_empty
+    return (empty(0) if grad_h is None else grad_h.to(hidden.dtype),
+            empty(0) if grad_w is None else grad_w.to(weight.dtype), empty(0) if grad_b is None else grad_b.to(bias.dtype))
+
+
+_token_op = torch.library.custom_op("zrcore::token_logprobs", token_logprobs_forward, mutates_args=())
+_token_backward_op = torch.library.custom_op("zrcore::token_logprobs_backward", token_logprobs_backward,
+                                             mutates_args=())
+
+
+@_token_op.register_fake
+def _(hidden, weight, bias, targets, temperature, chunk):
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = hidden.new_empty(hidden.shape[0], dtype=compute)
+    return out, torch.empty_like(out)
+
+
+@_token_backward_op.register_fake
+def _(grad, hidden, weight, bias, targets, lse, temperature, chunk, need_h, need_w, need_b):
+    empty = hidden.new_empty
+    return (torch.empty_like(hidden) if need_h else empty(0), torch.empty_like(weight) if need_w else empty(0),
+            torch.empty_like(bias) if need_b else empty(0))
+
+
+def _token_setup_context(ctx, inputs, output):
+    hidden, weight, bias, targets, temperature, chunk = inputs
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(hidden, weight, bias, targets, output[1])
+    ctx.meta = (temperature, chunk)
+
+
+def _token_backward(ctx, grad, _):
+    if grad is None:
+        return None, None, None, None, None, None
+    hidden, weight, bias, targets, lse = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+    run = _token_backward_op if is_tracing(hidden, lse) else token_logprobs_backward
+    out = run(grad, hidden, weight, bias, targets, lse, *ctx.meta, *needs)
+    gh, gw, gb = (g if need else None for g, need in zip(out, needs))
+    return gh, gw, gb, None, None, None
+
+
+_token_op.register_autograd(_token_backward, setup_context=_token_setup_context)
 
 
 def _logits_into(z: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float,
@@ -81,12 +121,12 @@ def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
                             impl: str = "auto") -> torch.Tensor:
     """log softmax(W h / T)[target] for rows of hidden [N, H] and targets [N]; differentiable w.r.t. hidden/weight.
 
-    ``impl="liger"`` (the default on CUDA without a bias): liger-kernel's chunked fused linear + cross-entropy.
-    ``impl="torch"``: ``chunk`` rows at a time (default: fused_linear_kl's choice, about 4 N H logits per chunk) in
-    one reused [chunk, V] buffer; autograd keeps no [chunk, V] tensor: the backward recomputes one chunk's logits
-    at a time into the same buffer."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {list(IMPLS)} for the selected-token log-probs, got {impl!r}")
+    ``impl="triton"`` (the default on CUDA without a bias): liger-kernel's chunked fused linear + cross-entropy.
+    ``impl="torch"``: the registered op ``torch.ops.zrcore.token_logprobs``, ``chunk`` rows at a time (default:
+    fused_linear_kl's choice, about 4 N H logits per chunk) in one reused [chunk, V] buffer; autograd keeps no
+    [chunk, V] tensor: the backward recomputes one chunk's logits at a time into the same buffer."""
+    backend = resolve_impl("token_logprobs", impl, hidden.dtype, hidden, weight,
+                           unsupported=None if bias is None else "an LM-head bias")
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
     if chunk is None:
@@ -97,15 +137,12 @@ def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
-    use_liger = impl == "liger" or (impl == "auto" and hidden.is_cuda and bias is None)
-    if use_liger:
-        if bias is not None:
-            raise ValueError("impl='liger' has no LM-head bias; use impl='torch' for a head with a bias")
+    if backend == "triton":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
         return -loss(weight, hidden / temperature, targets).float()
-    return _ChunkedTokenLogprobs.apply(hidden, weight, bias, targets, float(temperature), int(chunk))
+    return _token_op(hidden, weight, bias, targets, float(temperature), int(chunk))[0]
 
 
 def completion_logprobs(hidden: torch.Tensor, sequences: torch.Tensor, completion_mask: torch.Tensor, head,

@@ -1,10 +1,25 @@
-"""Choice between the Triton kernels and the torch reference paths (``impl="auto" | "triton" | "torch"``)."""
+"""Which implementation of an op runs: one resolver for every op, its backends and dtypes declared once.
+
+``impl`` is one of ``auto | triton | ext | torch``:
+
+- ``triton``: a Triton kernel (for the selected-token log-probs: liger-kernel's); CUDA tensors, or CPU tensors
+  under ``TRITON_INTERPRET=1`` when asked for by name;
+- ``ext``: the compiled extension ``zrcore._C`` (CPU kernels; CUDA kernels when it was built with CUDA);
+- ``torch``: torch operations only, every floating dtype;
+- ``auto``: the first of triton (CUDA only), ext, torch that the op has and that takes the inputs.
+
+The float64 rule: the compiled backends take float32 / bfloat16 / float16 only (each op narrows further below), so
+float64 inputs, which are the float64 reference runs, resolve to ``torch`` under ``auto`` and an explicit compiled
+``impl`` raises, naming the op and the rule.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 try:  # Triton is a Linux dependency; elsewhere only the torch paths exist
     import triton
@@ -15,7 +30,37 @@ except Exception:  # pragma: no cover
     triton = tl = None
     HAS_TRITON = False
 
-IMPLS = ("auto", "triton", "torch")
+IMPLS = ("auto", "triton", "ext", "torch")
+HALF_AND_SINGLE = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class OpBackends:
+    """The backends of one op besides ``torch``: backend -> device type -> the dtypes it takes."""
+
+    name: str
+    backends: dict = field(default_factory=dict)
+    note: str = ""
+
+    def dtypes(self, backend: str, device_type: str) -> tuple:
+        return self.backends.get(backend, {}).get(device_type, ())
+
+
+def _both(dtypes: tuple) -> dict:
+    return {"cuda": dtypes, "cpu": dtypes}
+
+
+OPS = {
+    op.name: op
+    for op in (
+        OpBackends("score_distribution", {"triton": _both(HALF_AND_SINGLE)}),
+        OpBackends("pairwise_gap", {"triton": _both(HALF_AND_SINGLE)}),
+        OpBackends("fused_linear_kl", {"triton": _both(HALF_AND_SINGLE)}),
+        OpBackends("token_logprobs", {"triton": {"cuda": HALF_AND_SINGLE}}, note="triton is liger-kernel's"),
+        OpBackends("group_norm_silu", {"ext": {"cpu": (torch.float32,), "cuda": HALF_AND_SINGLE}}),
+        OpBackends("cfg_euler_step", {"ext": _both((torch.float32,))}, note="the dtype is that of the latents x"),
+    )
+}
 
 
 def triton_available() -> bool:
@@ -26,20 +71,90 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
-    """``auto``: Triton for CUDA tensors (when Triton imports), torch otherwise. ``triton`` on CPU tensors needs
-    ``TRITON_INTERPRET=1`` (set before Triton is first imported)."""
+def is_tracing(*tensors: torch.Tensor | None) -> bool:
+    """Whether the caller is being traced rather than run: under torch.compile, or (for a backward that was handed
+    its saved tensors) on fake tensors, as AOT dispatch traces it. Value checks that read tensor contents are skipped
+    then, and the registered ops are called instead of their eager fast paths and launchers."""
+    if torch.compiler.is_compiling():
+        return True
+    return any(t is not None and is_fake(t) for t in tensors)
+
+
+def extension():
+    """The compiled module zrcore._C (its import registers the torch.ops.zrcore.* C++ ops), or None when zrcore was
+    installed without it (ZRCORE_BUILD_EXT=0)."""
+    try:
+        from zrcore import _C
+    except ImportError:
+        return None
+    return _C
+
+
+def _unavailable(backend: str, device_type: str) -> str | None:
+    """Why ``backend`` cannot run on this device type here, or None when it can."""
+    if backend == "triton":
+        if not HAS_TRITON:
+            return "the triton package failed to import"
+        if device_type != "cuda" and not interpret_mode():
+            return "CPU tensors need TRITON_INTERPRET=1 in the environment (set before triton is imported)"
+        return None
+    if backend == "ext":
+        ext = extension()
+        if ext is None:
+            return "zrcore was installed without its compiled extension (ZRCORE_BUILD_EXT=0)"
+        if device_type == "cuda" and not ext.with_cuda:
+            return "zrcore._C was built without CUDA (set CUDA_HOME and reinstall with a CUDA build of torch)"
+        return None
+    return None
+
+
+def resolve_impl(op: str, impl: str, dtype: torch.dtype, *tensors: torch.Tensor | None,
+                 unsupported: str | None = None) -> str:
+    """The backend that runs ``op`` for inputs of ``dtype`` on the device of ``tensors`` (CUDA when any is).
+
+    ``unsupported``: a reason the compiled backends cannot take these inputs (e.g. "an LM-head bias"); ``auto`` then
+    runs torch, an explicit compiled impl raises with it."""
+    spec = OPS[op]
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {list(IMPLS)}, got {impl!r}")
-    on_cuda = any(t is not None and t.is_cuda for t in tensors)
+        raise ValueError(f"{op}: impl must be one of {list(IMPLS)}, got {impl!r}")
+    device_type = "cuda" if any(t is not None and t.is_cuda for t in tensors) else "cpu"
+    if impl == "torch":
+        return "torch"
     if impl == "auto":
-        return "triton" if on_cuda and triton_available() else "torch"
-    if impl == "triton":
-        if not triton_available():
-            raise RuntimeError("impl='triton' needs the triton package, which failed to import")
-        if not on_cuda and not interpret_mode():
-            raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 in the environment")
+        for backend in ("triton", "ext"):
+            if backend == "triton" and device_type != "cuda":
+                continue  # the interpreter is for tests, never chosen for the user
+            if (backend in spec.backends and dtype in spec.dtypes(backend, device_type) and unsupported is None
+                    and _unavailable(backend, device_type) is None):
+                return backend
+        return "torch"
+    if impl not in spec.backends:
+        have = ", ".join(repr(b) for b in (*spec.backends, "torch"))
+        raise ValueError(f"{op}: impl={impl!r} is not a backend of this op; it has {have} (or 'auto')")
+    note = f" ({spec.note})" if spec.note else ""
+    allowed = spec.dtypes(impl, device_type)
+    if not allowed:
+        raise RuntimeError(f"{op}: impl={impl!r}{note} runs on {' and '.join(spec.backends[impl])} tensors only, "
+                           f"got {device_type} tensors")
+    reason = _unavailable(impl, device_type)
+    if reason is not None:
+        raise RuntimeError(f"{op}: impl={impl!r} cannot run on {device_type} tensors here: {reason}")
+    if dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{op}: impl={impl!r}{note} takes {names} on {device_type}, got {str(dtype).replace('torch.', '')};"
+                        " float64 and other dtypes run impl='torch'")
+    if unsupported is not None:
+        raise ValueError(f"{op}: impl={impl!r} does not take {unsupported}; use impl='torch' (or 'auto')")
     return impl
+
+
+def eager_twin(name: str, forward, setup_context, backward) -> type[torch.autograd.Function]:
+    """An autograd.Function running a registered op's own forward, setup_context and backward without the
+    dispatcher: the eager fast path. Under torch.compile the registered op is called instead."""
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
 
 
 _TICKETS: dict = {}

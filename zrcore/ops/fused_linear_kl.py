@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, tl, triton
 
 DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -32,30 +32,6 @@ def default_chunk_rows(n: int, h: int, v: int) -> int:
     target = min(target, max(1, (1 << 23) // max(v, 1)))
     rows = 1 << max(0, int(target).bit_length() - 1)
     return max(1, min(n, rows))
-
-
-def _log_probs(z: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(z, dim=-1)
-
-
-def chunk_log_probs(h, w, b, t, wt, bt, temperature: float, compute: torch.dtype):
-    """(log q_S, log q_T) of one row chunk: h [n, H] against the (selected) student rows w (+ b); the teacher as
-    hidden states t against wt (+ bt), or as logits / log-probs t when wt is None."""
-    z = h.to(compute) @ w.to(compute).t()
-    if b is not None:
-        z = z + b.to(compute)
-    zt = t.to(compute)
-    if wt is not None:
-        zt = zt @ wt.to(compute).t()
-        if bt is not None:
-            zt = zt + bt.to(compute)
-    return _log_probs(z / temperature), _log_probs(zt / temperature)
-
-
-def kl_rows(log_qs: torch.Tensor, log_qt: torch.Tensor, forward: bool) -> torch.Tensor:
-    """Per-row KL(q_T || q_S) (forward) or KL(q_S || q_T) (reverse), with 0 log 0 = 0."""
-    p, lp, lq = (log_qt.exp(), log_qt, log_qs) if forward else (log_qs.exp(), log_qs, log_qt)
-    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,54 +118,6 @@ def _run_chunks(prob: _Problem, n: int, chunk: int, row_weight, want_grads: tupl
     return kl, grad_h, grad_w, grad_b
 
 
-def _reduce(kl: torch.Tensor, reduction: str, n: int):
-    if reduction == "none":
-        return kl
-    total = kl.sum()
-    return total / max(n, 1) if reduction == "batchmean" else total
-
-
-class _ChunkedLinearKL(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, reduction, chunk):
-        compute = torch.float64 if h_s.dtype == torch.float64 else torch.float32
-        n = h_s.shape[0]
-        prob = _Problem(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, compute)
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_s is not None and ctx.needs_input_grad[2])
-        scale = 1.0 if reduction != "batchmean" else 1.0 / max(n, 1)
-        early = reduction != "none" and any(needs)
-        kl, gh, gw, gb = _run_chunks(prob, n, chunk, scale, needs if early else (False, False, False))
-        ctx.reduction, ctx.needs, ctx.chunk = reduction, needs, chunk
-        ctx.meta = (forward_kl, temperature, token_ids, w_s.shape[0])
-        ctx.dtypes = (w_s.dtype, None if b_s is None else b_s.dtype)
-        if early:
-            ctx.save_for_backward(gh, gw, gb)
-        elif reduction == "none":
-            ctx.save_for_backward(h_s, w_s, b_s, teacher, w_t, b_t)
-        return _reduce(kl, reduction, n).to(compute)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        forward_kl, temperature, token_ids, v_rows = ctx.meta
-        w_dtype, b_dtype = ctx.dtypes
-        if ctx.reduction != "none":
-            gh, gw, gb = ctx.saved_tensors
-            gh = None if gh is None else gh * grad_out.to(gh.dtype)
-            gw = None if gw is None else gw * grad_out.to(gw.dtype)
-            gb = None if gb is None else gb * grad_out.to(gb.dtype)
-        else:
-            h_s, w_s, b_s, teacher, w_t, b_t = ctx.saved_tensors
-            compute = torch.float64 if h_s.dtype == torch.float64 else torch.float32
-            prob = _Problem(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, compute)
-            _, gh, gw, gb = _run_chunks(prob, h_s.shape[0], ctx.chunk, grad_out.to(compute), ctx.needs)
-        return (
-            gh,
-            scatter_rows(gw, token_ids, v_rows, w_dtype),
-            scatter_rows(gb, token_ids, v_rows, b_dtype),
-            *([None] * 8),
-        )
-
-
 def scatter_rows(grad_sub: torch.Tensor | None, token_ids, v_rows: int, dtype) -> torch.Tensor | None:
     """Gradient of the K selected rows placed into a zero gradient of all V rows (identity without token_ids)."""
     if grad_sub is None:
@@ -200,33 +128,17 @@ def scatter_rows(grad_sub: torch.Tensor | None, token_ids, v_rows: int, dtype) -
     return full.index_add_(0, token_ids, grad_sub.to(dtype))
 
 
-def _chunk_kl_rows(h, w, b, t, wt, bt, forward_kl: bool, temperature: float):
-    """Differentiable per-row KL of one chunk (used under torch.compile, inside activation checkpointing)."""
-    compute = torch.float64 if h.dtype == torch.float64 else torch.float32
-    return kl_rows(*chunk_log_probs(h, w, b, t, wt, bt, temperature, compute), forward_kl)
-
-
-def _fused_linear_kl_checkpointed(h_s, w_s, teacher, w_t, b_s, b_t, forward_kl, temperature, token_ids, reduction,
-                                  chunk):
-    """The torch path as torch.compile traces it: plain autograd per row chunk under non-reentrant activation
-    checkpointing (one chunk of logits alive at a time, recomputed in the backward)."""
-    from torch.utils.checkpoint import checkpoint
-
-    sel = lambda x: None if x is None else (x if token_ids is None else x.index_select(0, token_ids))
-    w, b, wt, bt = sel(w_s), sel(b_s), sel(w_t), sel(b_t)
-    rows = [checkpoint(_chunk_kl_rows, h_s[i:i + chunk], w, b, teacher[i:i + chunk], wt, bt, forward_kl,
-                       temperature, use_reentrant=False) for i in range(0, h_s.shape[0], chunk)]
-    kl = torch.cat(rows) if rows else h_s.new_zeros(0, dtype=torch.float32)
-    return _reduce(kl, reduction, h_s.shape[0])
-
-
-def fused_linear_kl_torch(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk):
-    if not _checks.check_values():  # tracing under torch.compile
-        return _fused_linear_kl_checkpointed(h_s, w_s, teacher, w_t, b_s, b_t, direction == "forward",
-                                             float(temperature), token_ids, reduction, chunk)
-    return _ChunkedLinearKL.apply(
-        h_s, w_s, b_s, teacher, w_t, b_t, token_ids, direction == "forward", float(temperature), reduction, chunk
-    )
+def torch_kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk,
+                    need_h, need_w, need_b):
+    """The torch backend of the op, with the Triton launcher's contract (see ``kl_launch``)."""
+    compute = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+    prob = _Problem(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, compute)
+    weights = scale if row_weight is None else row_weight.to(compute) * scale
+    kl, gh, gw, gb = _run_chunks(prob, h_s.shape[0], chunk, weights, (need_h, need_w, need_b))
+    loss = kl.sum() * scale if row_weight is None else (kl * weights).sum()
+    return (loss, kl, gh if gh is not None else h_s.new_empty(0),
+            scatter_rows(gw, token_ids, w_s.shape[0], w_s.dtype) if gw is not None else h_s.new_empty(0),
+            scatter_rows(gb, token_ids, w_s.shape[0], b_s.dtype) if gb is not None else h_s.new_empty(0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -351,16 +263,6 @@ def _kl_chunks(h_s, w_s, teacher, w_t, b_s, b_t, forward_kl: bool, temperature: 
     return kl, gh, gw, gb
 
 
-@torch.library.custom_op("zrcore::fused_linear_kl", mutates_args=())
-def _kl_op(h_s: torch.Tensor, w_s: torch.Tensor, teacher: torch.Tensor, w_t: torch.Tensor | None,
-           b_s: torch.Tensor | None, b_t: torch.Tensor | None, token_ids: torch.Tensor | None,
-           row_weight: torch.Tensor | None, forward_kl: bool, temperature: float, scale: float, chunk: int,
-           need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                              torch.Tensor]:
-    return kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk,
-                     need_h, need_w, need_b)
-
-
 def kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk,
               need_h, need_w, need_b):
     """Returns (sum_n scale * KL_n, KL rows [N], grad_h, grad_w, grad_b) with the gradients of the first output
@@ -381,98 +283,97 @@ def kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_k
             gb if gb is not None else h_s.new_empty(0))
 
 
+LAUNCHERS = {"torch": torch_kl_launch}
+if HAS_TRITON:
+    LAUNCHERS["triton"] = kl_launch
+
+
+def kl_forward(h_s: torch.Tensor, w_s: torch.Tensor, teacher: torch.Tensor, w_t: torch.Tensor | None,
+               b_s: torch.Tensor | None, b_t: torch.Tensor | None, token_ids: torch.Tensor | None,
+               row_weight: torch.Tensor | None, forward_kl: bool, temperature: float, scale: float, chunk: int,
+               need_h: bool, need_w: bool, need_b: bool, backend: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum_n w_n KL_n, KL rows [N], and where asked the gradients of the first w.r.t. h_s, w_s, b_s), w_n = scale
+    (times row_weight[n] when given), from ``backend``'s chunk loop."""
+    return LAUNCHERS[backend](h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature,
+                              scale, chunk, need_h, need_w, need_b)
+
+
+_kl_op = torch.library.custom_op("zrcore::fused_linear_kl", kl_forward, mutates_args=())
+
+
 @_kl_op.register_fake
 def _(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk, need_h,
-      need_w, need_b):
-    return (h_s.new_empty((), dtype=torch.float32), h_s.new_empty(h_s.shape[0], dtype=torch.float32),
+      need_w, need_b, backend):
+    f = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+    return (h_s.new_empty((), dtype=f), h_s.new_empty(h_s.shape[0], dtype=f),
             torch.empty_like(h_s) if need_h else h_s.new_empty(0),
             torch.empty_like(w_s) if need_w else h_s.new_empty(0),
             b_s.new_empty(w_s.shape[0]) if need_b else h_s.new_empty(0))
 
 
 def _kl_setup_context(ctx, inputs, output):
-    ctx.flags = inputs[12:15]
-    ctx.save_for_backward(*output[2:])
+    h_s, w_s, teacher, w_t, b_s, b_t, token_ids, _, forward_kl, temperature, _, chunk, need_h, need_w, need_b, \
+        backend = inputs
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*output[2:])
+    ctx.precomputed = (need_h, need_w, need_b)
+    if any(ctx.precomputed):  # a scalar reduction: the gradients came with the forward, no input is kept
+        ctx.save_for_backward(*output[2:])
+    else:  # per-row KL: the backward recomputes each chunk with the incoming row weights
+        ctx.save_for_backward(h_s, w_s, teacher, w_t, b_s, b_t, token_ids)
+    ctx.meta = (forward_kl, temperature, chunk, backend)
+    ctx.used = False
 
 
-def _kl_backward(ctx, grad_loss, *_):
-    gh, gw, gb = ctx.saved_tensors
-    need_h, need_w, need_b = ctx.flags
-    g = grad_loss if grad_loss is not None else gh.new_zeros(())
-    return (gh * g.to(gh.dtype) if need_h else None, gw * g.to(gw.dtype) if need_w else None, None,
-            None, gb * g.to(gb.dtype) if need_b else None, *([None] * 10))
-
-
-class _KLFunction(torch.autograd.Function):
-    """Eager entry for scalar reductions: the gradients computed in the forward are scaled in place by the incoming
-    gradient (no second [V, H] buffer), so the backward may run once per forward."""
-
-    @staticmethod
-    def forward(ctx, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, scale, chunk, need_h,
-                need_w, need_b):
-        loss, _, gh, gw, gb = kl_launch(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature,
-                                        scale, chunk, need_h, need_w, need_b)
-        ctx.save_for_backward(gh, gw, gb)
-        ctx.flags = (need_h, need_w, need_b)
-        ctx.used = False
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        if ctx.used:
+def _kl_backward(ctx, grad_loss, grad_rows, *_):
+    """The op's one backward. Scalar reductions: the forward's gradients times the loss gradient (the Triton
+    backend scales them in place in eager mode, so no second [V, H] buffer: then once per forward). Per-row KL:
+    a recomputing pass with the row gradients as weights (the launcher in eager mode, the op when traced)."""
+    grads = [None, None, None]
+    forward_kl, temperature, chunk, backend = ctx.meta
+    if any(ctx.precomputed) and grad_loss is not None:
+        in_place = backend == "triton" and not is_tracing(*ctx.saved_tensors)
+        if in_place and ctx.used:
             raise RuntimeError("fused_linear_kl computes its gradients in the forward and scales them in place: "
                                "its backward runs once per forward (no retain_graph re-use)")
         ctx.used = True
-        gh, gw, gb = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.flags
-        out = []
-        for need, grad in ((need_h, gh), (need_w, gw), (need_b, gb)):
-            out.append(grad.mul_(grad_loss.to(grad.dtype)) if need else None)
-        return out[0], out[1], out[2], *([None] * 11)
+        for i, (need, grad) in enumerate(zip(ctx.precomputed, ctx.saved_tensors)):
+            if need:
+                g = grad_loss.to(grad.dtype)
+                grads[i] = grad.mul_(g) if in_place else grad * g
+    elif grad_rows is not None:
+        h_s, w_s, teacher, w_t, b_s, b_t, token_ids = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_s is not None and ctx.needs_input_grad[4])
+        run = _kl_op if is_tracing(h_s, grad_rows) else kl_forward
+        _, _, *out = run(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, grad_rows.contiguous(), forward_kl,
+                         temperature, 1.0, chunk, *needs, backend)
+        grads = [g if need else None for g, need in zip(out, needs)]
+    return grads[0], grads[1], None, None, grads[2], *([None] * 11)
 
 
-if HAS_TRITON:
-    _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+_kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+# Eager fast path (benchmarks/host_time.py): the same forward, setup_context and backward without the dispatcher.
+_KLEager = eager_twin("_KLEager", kl_forward, _kl_setup_context, _kl_backward)
 
 
-class _RowKLRecompute(torch.autograd.Function):
-    """reduction="none": per-row KL; the backward recomputes each chunk with the incoming per-row weights."""
-
-    @staticmethod
-    def forward(ctx, h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, chunk):
-        _, kl, *_ = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature, 1.0, chunk,
-                           False, False, False)
-        ctx.save_for_backward(h_s, w_s, b_s, teacher, w_t, b_t, token_ids)
-        ctx.meta = (forward_kl, temperature, chunk)
-        return kl
-
-    @staticmethod
-    def backward(ctx, grad_kl):
-        h_s, w_s, b_s, teacher, w_t, b_t, token_ids = ctx.saved_tensors
-        forward_kl, temperature, chunk = ctx.meta
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = b_s is not None and ctx.needs_input_grad[2]
-        _, _, gh, gw, gb = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, grad_kl.contiguous(), forward_kl,
-                                  temperature, 1.0, chunk, need_h, need_w, need_b)
-        return (gh if need_h else None, gw if need_w else None, gb if need_b else None, *([None] * 7))
-
-
-def fused_linear_kl_triton(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk):
+def fused_linear_kl_op(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk,
+                       backend):
+    """The registered op for one call: per-row KL for reduction="none", else the reduced loss with its gradients
+    computed during the forward."""
     n = h_s.shape[0]
     forward_kl = direction == "forward"
     if reduction == "none":
-        return _RowKLRecompute.apply(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, chunk)
-    scale = 1.0 / max(n, 1) if reduction == "batchmean" else 1.0
-    grad_on = torch.is_grad_enabled()
-    need_h = grad_on and h_s.requires_grad
-    need_w = grad_on and w_s.requires_grad
-    need_b = grad_on and b_s is not None and b_s.requires_grad
-    if _checks.check_values():
-        return _KLFunction.apply(h_s, w_s, b_s, teacher, w_t, b_t, token_ids, forward_kl, temperature, scale, chunk,
-                                 need_h, need_w, need_b)
-    loss, *_ = _kl_op(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, temperature, scale, chunk,
-                      need_h, need_w, need_b)
-    return loss
+        needs, scale = (False, False, False), 1.0
+    else:
+        grad_on = torch.is_grad_enabled()
+        needs = (grad_on and h_s.requires_grad, grad_on and w_s.requires_grad,
+                 grad_on and b_s is not None and b_s.requires_grad)
+        scale = 1.0 / max(n, 1) if reduction == "batchmean" else 1.0
+    args = (h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, float(temperature), scale, chunk, *needs,
+            backend)
+    loss, rows, *_ = _kl_op(*args) if is_tracing() else _KLEager.apply(*args)
+    return rows if reduction == "none" else loss
 
 
 def validate_kl_inputs(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction):
@@ -553,18 +454,10 @@ def fused_linear_kl(
     width = student_weight.shape[0] if token_ids is None else token_ids.shape[0]
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    which = resolve_impl(impl, student_hidden, student_weight)
-    if which == "triton" and student_hidden.dtype == torch.float64:
-        if impl == "triton":
-            raise TypeError("impl='triton' supports float32, bfloat16 and float16 inputs; use impl='torch' for float64")
-        which = "torch"
-    if which == "torch":
-        chunk = chunk_size or default_chunk_rows(n, h, width)
-        return fused_linear_kl_torch(student_hidden, student_weight, teacher, teacher_weight, student_bias,
-                                     teacher_bias, direction, temperature, token_ids, reduction, chunk)
-    chunk = chunk_size or triton_chunk_rows(n, h, width)
-    return fused_linear_kl_triton(student_hidden, student_weight, teacher, teacher_weight, student_bias,
-                                  teacher_bias, direction, float(temperature), token_ids, reduction, chunk)
+    backend = resolve_impl("fused_linear_kl", impl, student_hidden.dtype, student_hidden, student_weight)
+    chunk = chunk_size or (default_chunk_rows if backend == "torch" else triton_chunk_rows)(n, h, width)
+    return fused_linear_kl_op(student_hidden, student_weight, teacher, teacher_weight, student_bias, teacher_bias,
+                              direction, temperature, token_ids, reduction, chunk, backend)
 
 
 class FusedLinearKLLoss(torch.nn.Module):

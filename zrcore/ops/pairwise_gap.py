@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, ticket_counters, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton
 
 
 class PairwiseGap(NamedTuple):
@@ -35,7 +35,7 @@ def validate_pairwise_inputs(mean, scores, score_range, mask):
     _checks.bool_mask("mask", mask, mean.shape)
     _checks.same_device(mean=mean, scores=scores, mask=mask)
     # a NaN score gives a NaN loss; the host-side check is skipped on accelerators (it would synchronise)
-    if _checks.check_values() and scores.device.type == "cpu" and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
+    if not is_tracing() and scores.device.type == "cpu" and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
         raise ValueError("scores must be finite")
 
 
@@ -249,82 +249,49 @@ def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
     return out, reward, has.view(torch.bool), gw
 
 
-def pairwise_grad(grad_loss: torch.Tensor, grad_weights: torch.Tensor, out: torch.Tensor, dtype: torch.dtype):
-    """d loss / d mean = grad_weights * (grad_loss / #prompts with pairs): two elementwise ops, no kernel."""
-    return (grad_weights * (grad_loss * out[1])).to(dtype)
-
-
-FORWARDS = {"sorted": pairwise_forward_sorted}
+FORWARDS = {"torch": pairwise_forward_sorted}
 if HAS_TRITON:
     FORWARDS["triton"] = pairwise_forward_launch
 
 
-class _PairwiseFunction(torch.autograd.Function):
-    """Eager entry calling the forward of ``backend`` directly; torch.compile traces the registered op below, which
-    calls the same forward and has the same backward (``pairwise_grad``)."""
-
-    @staticmethod
-    def forward(ctx, mean, scores, mask, score_range, include_ties, backend):
-        out, reward, has, gw = FORWARDS[backend](mean, scores, mask, score_range, include_ties)
-        ctx.save_for_backward(gw, out)
-        ctx.mean_dtype = mean.dtype
-        ctx.mark_non_differentiable(reward, has)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for reward and has_pair
-        return out[0], reward, has
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_):
-        if grad_loss is None:
-            return None, None, None, None, None, None
-        gw, out = ctx.saved_tensors
-        return pairwise_grad(grad_loss, gw, out, ctx.mean_dtype), None, None, None, None, None
-
-
-@torch.library.custom_op("zrcore::pairwise_gap", mutates_args=())
-def _pairwise_op(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
-                 include_ties: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pairwise_forward(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, score_range: float,
+                     include_ties: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out = [loss, 1 / #prompts with pairs], reward, has_pair, grad_weights) from the forward of ``backend``
+    ("triton": the kernel; "torch": sorted partners and prefix sums in torch ops)."""
     out, reward, has, gw = FORWARDS[backend](mean, scores, mask, score_range, include_ties)
     return out, reward, has.clone(), gw
+
+
+_pairwise_op = torch.library.custom_op("zrcore::pairwise_gap", pairwise_forward, mutates_args=())
 
 
 @_pairwise_op.register_fake
 def _(mean, scores, mask, score_range, include_ties, backend):
     p, m, g = mean.shape
-    f = torch.float64 if backend == "sorted" and mean.dtype == torch.float64 else torch.float32
+    f = torch.float64 if backend == "torch" and mean.dtype == torch.float64 else torch.float32
     return (mean.new_empty(2, dtype=f), mean.new_empty(p, m, g, dtype=f), mean.new_empty(p, m, dtype=torch.bool),
             mean.new_empty(p, m, g, dtype=f))
 
 
 def _pairwise_setup_context(ctx, inputs, output):
-    out, _, _, gw = output
+    out, reward, has, gw = output
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for reward, has_pair and grad_weights
+    ctx.mark_non_differentiable(reward, has, gw)
     ctx.save_for_backward(gw, out)
     ctx.mean_dtype = inputs[0].dtype
 
 
 def _pairwise_backward(ctx, grad_out, *_):
-    gw, out = ctx.saved_tensors
+    """d loss / d mean = grad_weights * (grad_loss / #prompts with pairs): two elementwise ops, no kernel."""
     if grad_out is None:
         return None, None, None, None, None, None
-    return pairwise_grad(grad_out[0], gw, out, ctx.mean_dtype), None, None, None, None, None
+    gw, out = ctx.saved_tensors
+    return (gw * (grad_out[0] * out[1])).to(ctx.mean_dtype), None, None, None, None, None
 
 
 _pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
-
-
-def pairwise_gap_fused(mean, scores, score_range, mask=None, include_ties=False, backend="sorted") -> PairwiseGap:
-    """The op without the [P, M, G, M, G] graph: forward of ``backend`` ("triton" or "sorted"), backward the saved
-    gradient weights times the loss gradient."""
-    if _checks.check_values():
-        loss, reward, has_pair = _PairwiseFunction.apply(mean, scores, mask, float(score_range), bool(include_ties),
-                                                         backend)
-    else:
-        out, reward, has_pair, _ = _pairwise_op(mean, scores, mask, float(score_range), bool(include_ties), backend)
-        loss = out[0]
-    return PairwiseGap(loss, reward.detach(), has_pair)
-
-
-def pairwise_gap_triton(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
-    return pairwise_gap_fused(mean, scores, score_range, mask, include_ties, "triton")
+# Eager fast path (benchmarks/host_time.py): the same forward, setup_context and backward without the dispatcher.
+_PairwiseEager = eager_twin("_PairwiseEager", pairwise_forward, _pairwise_setup_context, _pairwise_backward)
 
 
 def pairwise_gap(
@@ -341,16 +308,12 @@ def pairwise_gap(
     mean [P, M, G] (expected scores, differentiable), scores [P, M] human scores, mask [P, M, G] bool (True =
     valid sample). Returns PairwiseGap(loss scalar, reward [P, M, G] fp32 no grad, has_pair [P, M] bool).
 
-    ``impl="auto"``: the Triton kernel on CUDA, the sorted kernel (``pairwise_forward_sorted``, torch ops: sorted
-    partners and prefix sums, no gap tensor) elsewhere; ``"triton"`` forces the kernel; ``"torch"`` the materialising reference.
+    ``impl="auto"``: the Triton kernel on CUDA, the torch path elsewhere; ``"triton"`` forces the kernel;
+    ``"torch"``: ``pairwise_forward_sorted`` (torch ops: partners sorted once, prefix sums, no gap tensor). Both
+    are one registered op with one backward. ``pairwise_gap_torch`` is the materialising reference.
     """
     validate_pairwise_inputs(mean, scores, score_range, mask)
-    which = resolve_impl(impl, mean)
-    if which == "triton" and mean.dtype == torch.float64:
-        if impl == "triton":
-            raise TypeError("impl='triton' supports float32, bfloat16 and float16 mean; use impl='torch' for float64")
-        which = "auto"
-    if which == "torch" and impl == "torch":
-        return pairwise_gap_torch(mean, scores, float(score_range), mask, include_ties)
-    backend = "triton" if which == "triton" else "sorted"
-    return pairwise_gap_fused(mean, scores, float(score_range), mask, include_ties, backend)
+    backend = resolve_impl("pairwise_gap", impl, mean.dtype, mean)
+    args = (mean, scores, mask, float(score_range), bool(include_ties), backend)
+    out, reward, has_pair, _ = _pairwise_op(*args) if is_tracing() else _PairwiseEager.apply(*args)
+    return PairwiseGap(out[0], reward, has_pair)

@@ -15,7 +15,7 @@ import torch
 
 from zrcore import _checks
 from zrcore.bins import ScoreBins, ScoreDistribution
-from zrcore.ops._dispatch import HAS_TRITON, resolve_impl, ticket_counters, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton
 
 
 def _as_values(values, device) -> torch.Tensor:
@@ -100,12 +100,7 @@ def score_distribution(
     differentiable w.r.t. hidden, weight and bias.
     """
     v, _ = validate_score_inputs(hidden, weight, token_ids, values, bias, temperature)
-    which = resolve_impl(impl, hidden, weight)
-    if which == "triton" and hidden.dtype == torch.float64:
-        if impl == "triton":
-            raise TypeError("impl='triton' supports float32, bfloat16 and float16 inputs; use impl='torch' for float64")
-        which = "torch"
-    if which == "torch":
+    if resolve_impl("score_distribution", impl, hidden.dtype, hidden, weight) == "torch":
         return score_distribution_torch(hidden, weight, token_ids, v, bias, temperature)
     return score_distribution_triton(hidden, weight, token_ids, v, bias, temperature)
 
@@ -387,35 +382,6 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     return dh, dw, db
 
 
-def _backward(ctx, has_bias: bool, grads, launch):
-    """Shared backward of the eager Function and the registered op: which inputs need gradients, then ``launch``
-    (the launcher or the backward op) with the output gradients as autograd gives them (None for unused ones)."""
-    hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
-    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    need_b = has_bias and ctx.needs_input_grad[4]
-    dh, dw, db = launch(*grads, hidden, weight, token_ids, values, logq, mean, ctx.temperature, need_h, need_w,
-                        need_b)
-    return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
-
-
-class _ScoreFunction(torch.autograd.Function):
-    """Eager entry: calls the launchers directly (the torch.library op below is what torch.compile traces)."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, token_ids, values, bias, temperature):
-        logq, mean, var = score_forward_launch(hidden, weight, token_ids, values, bias, temperature)
-        ctx.set_materialize_grads(False)  # unused outputs reach the backward as None, not as zero-filled tensors
-        ctx.save_for_backward(hidden, weight, token_ids, values, logq, mean)
-        ctx.temperature = temperature
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return logq, mean, var
-
-    @staticmethod
-    def backward(ctx, grad_logq, grad_mean, grad_var):
-        launch = lambda *a: score_backward_launch(*a, ctx.bias_dtype)
-        return _backward(ctx, ctx.bias_dtype is not None, (grad_logq, grad_mean, grad_var), launch)
-
-
 @torch.library.custom_op("zrcore::score_distribution", mutates_args=())
 def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None, values: torch.Tensor,
               bias: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -431,48 +397,57 @@ def _(hidden, weight, token_ids, values, bias, temperature):
 
 @torch.library.custom_op("zrcore::score_distribution_backward", mutates_args=())
 def _score_backward_op(grad_logq: torch.Tensor | None, grad_mean: torch.Tensor | None,
-                       grad_var: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
-                       values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor, temperature: float,
-                       need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       grad_var: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor,
+                       token_ids: torch.Tensor | None, values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor,
+                       temperature: float, need_h: bool, need_w: bool, need_b: bool,
+                       bias_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
-                                 temperature, need_h, need_w, need_b, weight.dtype)
+                                 temperature, need_h, need_w, need_b, bias_dtype)
 
 
 @_score_backward_op.register_fake
 def _(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean, temperature, need_h,
-      need_w, need_b):
+      need_w, need_b, bias_dtype):
     dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
     dw = torch.empty_like(weight) if need_w else weight.new_empty(0)
-    db = weight.new_empty(weight.shape[0]) if need_b else weight.new_empty(0)
+    db = weight.new_empty(weight.shape[0], dtype=bias_dtype) if need_b else weight.new_empty(0)
     return dh, dw, db
 
 
 def _score_setup_context(ctx, inputs, output):
     hidden, weight, token_ids, values, bias, temperature = inputs
     logq, mean, _ = output
+    ctx.set_materialize_grads(False)  # unused outputs reach the backward as None, not as zero-filled tensors
     ctx.save_for_backward(hidden, weight, token_ids, values, logq, mean)
     ctx.temperature = temperature
-    ctx.has_bias = bias is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
 def _score_backward(ctx, grad_logq, grad_mean, grad_var):
-    return _backward(ctx, ctx.has_bias, (grad_logq, grad_mean, grad_var), _score_backward_op)
+    """The op's one backward: the launchers in eager mode, the backward op (which runs them) under torch.compile."""
+    hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[4]
+    launch = _score_backward_op if is_tracing(hidden, logq) else score_backward_launch
+    dh, dw, db = launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
+                        ctx.temperature, need_h, need_w, need_b, ctx.bias_dtype or weight.dtype)
+    return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
 
 
-if HAS_TRITON:
-    _score_op.register_autograd(_score_backward, setup_context=_score_setup_context)
+_score_op.register_autograd(_score_backward, setup_context=_score_setup_context)
+# Eager fast path (benchmarks/host_time.py: the dispatcher round trip of a custom op costs more than the kernels
+# at small N): the same forward, setup_context and backward without the dispatcher.
+_ScoreEager = eager_twin("_ScoreEager", score_forward_launch, _score_setup_context, _score_backward)
 
 
 def score_distribution_triton(hidden, weight, token_ids, values, bias=None, temperature=1.0) -> ScoreDistribution:
     """Triton path: one forward launch; hidden [..., H] is flattened to rows (strided rows are read in place).
-    Eager calls go through an autograd.Function (least overhead); under torch.compile the registered op is used."""
+    Eager calls take the fast path; under torch.compile the registered op is traced."""
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, hidden.shape[-1])
-    v = values.to(device=hidden.device, dtype=torch.float32).contiguous()
-    if _checks.check_values():
-        logq, mean, var = _ScoreFunction.apply(h2, weight, token_ids, v, bias, float(temperature))
-    else:
-        logq, mean, var = _score_op(h2, weight, token_ids, v, bias, float(temperature))
+    v = values if values.dtype == torch.float32 else values.float()
+    args = (h2, weight, token_ids, v.contiguous(), bias, float(temperature))
+    logq, mean, var = _score_op(*args) if is_tracing() else _ScoreEager.apply(*args)
     k = v.shape[0]
     return ScoreDistribution(logq.reshape(*lead, k), mean.reshape(lead), var.reshape(lead))
 

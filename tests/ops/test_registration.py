@@ -1,0 +1,148 @@
+"""Every op is one torch.library op with a fake kernel and one autograd registration (torch.library.opcheck:
+schema, fake tensors, autograd registration, AOT dispatch), the eager fast paths are built from the same forward
+and backward, and one resolver serves every op with errors that name the op and the rule."""
+
+import importlib
+
+import pytest
+import torch
+
+from tests.ops.conftest import impls
+from zrcore.diffusion import fused
+from zrcore.models import logprobs
+from zrcore.ops import _dispatch
+
+# the modules (zrcore.ops exports functions of the same names)
+score_distribution = importlib.import_module("zrcore.ops.score_distribution")
+pairwise_gap = importlib.import_module("zrcore.ops.pairwise_gap")
+fused_linear_kl = importlib.import_module("zrcore.ops.fused_linear_kl")
+
+# torch.library.opcheck's own tests, without the slow dynamic-shape AOT check on the interpreter
+CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _backends():
+    return [b for b in ("torch", "triton") if b in impls()]
+
+
+@pytest.mark.skipif("triton" not in impls(), reason="the Triton op needs CUDA or TRITON_INTERPRET=1")
+def test_opcheck_score_distribution():
+    g = _gen()
+    hidden = torch.randn(6, 32, generator=g, requires_grad=True)
+    weight = (torch.randn(40, 32, generator=g) / 4).requires_grad_()
+    bias = torch.randn(40, generator=g, requires_grad=True)
+    ids, values = torch.arange(3, 12), torch.linspace(1, 5, 9)
+    torch.library.opcheck(torch.ops.zrcore.score_distribution, (hidden, weight, ids, values, bias, 0.8),
+                          test_utils=CHECKS)
+    logq, mean, _ = torch.ops.zrcore.score_distribution(hidden.detach(), weight.detach(), ids, values, None, 0.8)
+    gl, gm = torch.randn(6, 9, generator=g), torch.randn(6, generator=g)
+    torch.library.opcheck(torch.ops.zrcore.score_distribution_backward,
+                          (gl, gm, None, hidden.detach(), weight.detach(), ids, values, logq, mean, 0.8, True, True,
+                           False, torch.float32), test_utils=CHECKS)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_opcheck_pairwise_gap(backend):
+    g = _gen()
+    mean = (1 + 4 * torch.rand(3, 3, 4, generator=g)).requires_grad_()
+    scores = torch.tensor([[1.0, 2.5, 4.0], [3.0, 3.0, 1.5], [2.0, 5.0, 1.0]])
+    mask = torch.rand(3, 3, 4, generator=g) > 0.2
+    torch.library.opcheck(torch.ops.zrcore.pairwise_gap, (mean, scores, mask, 4.0, False, backend),
+                          test_utils=CHECKS)
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("reduced", [True, False])
+def test_opcheck_fused_linear_kl(backend, reduced):
+    g = _gen()
+    h = torch.randn(5, 8, generator=g, requires_grad=True)
+    w = torch.randn(20, 8, generator=g, requires_grad=True)
+    b = torch.randn(20, generator=g, requires_grad=True)
+    t, wt = torch.randn(5, 6, generator=g), torch.randn(20, 6, generator=g)
+    needs = (True, True, True) if reduced else (False, False, False)
+    args = (h, w, t, wt, b, None, None, None, True, 0.9, 0.2, 2, *needs, backend)
+    torch.library.opcheck(torch.ops.zrcore.fused_linear_kl, args, test_utils=CHECKS)
+
+
+def test_opcheck_token_logprobs():
+    g = _gen()
+    h = torch.randn(7, 8, generator=g, requires_grad=True)
+    w = torch.randn(30, 8, generator=g, requires_grad=True)
+    b = torch.randn(30, generator=g, requires_grad=True)
+    y = torch.randint(0, 30, (7,), generator=g)
+    torch.library.opcheck(torch.ops.zrcore.token_logprobs, (h, w, b, y, 0.7, 3), test_utils=CHECKS)
+    _, lse = torch.ops.zrcore.token_logprobs(h.detach(), w.detach(), b.detach(), y, 0.7, 3)
+    torch.library.opcheck(torch.ops.zrcore.token_logprobs_backward,
+                          (torch.randn(7, generator=g), h.detach(), w.detach(), b.detach(), y, lse, 0.7, 3, True,
+                           True, True), test_utils=CHECKS)
+
+
+@pytest.mark.skipif(_dispatch.extension() is None, reason="zrcore._C not built")
+def test_opcheck_extension_ops():
+    g = _gen()
+    x = torch.randn(2, 8, 3, 3, generator=g, requires_grad=True)
+    gamma = torch.randn(8, generator=g, requires_grad=True)
+    beta = torch.randn(8, generator=g, requires_grad=True)
+    torch.library.opcheck(torch.ops.zrcore.group_norm_silu, (x, gamma, beta, 4, 1e-5), test_utils=CHECKS)
+    _, mean, rstd = torch.ops.zrcore.group_norm_silu(x.detach(), gamma.detach(), beta.detach(), 4, 1e-5)
+    torch.library.opcheck(torch.ops.zrcore.group_norm_silu_backward,
+                          (torch.randn(2, 8, 3, 3, generator=g), x.detach(), gamma.detach(), beta.detach(), mean,
+                           rstd, 4), test_utils=CHECKS)
+    lat = torch.randn(2, 4, 3, generator=g, requires_grad=True)
+    vc = torch.randn(2, 4, 3, generator=g, dtype=torch.float32, requires_grad=True)
+    vu = torch.randn(2, 4, 3, generator=g, dtype=torch.float32, requires_grad=True)
+    torch.library.opcheck(torch.ops.zrcore.cfg_euler_step, (lat, vc, vu, 1.5, -0.1), test_utils=CHECKS)
+    torch.library.opcheck(torch.ops.zrcore.cfg_euler_step_backward,
+                          (torch.randn(2, 4, 3, generator=g), 1.5, -0.1, torch.bfloat16), test_utils=CHECKS)
+
+
+def test_eager_fast_paths_share_the_registered_backward():
+    """The eager twins run the op's own forward, setup_context and backward (one backward per op)."""
+    for twin, forward, setup, backward in (
+        (score_distribution._ScoreEager, score_distribution.score_forward_launch,
+         score_distribution._score_setup_context, score_distribution._score_backward),
+        (pairwise_gap._PairwiseEager, pairwise_gap.pairwise_forward, pairwise_gap._pairwise_setup_context,
+         pairwise_gap._pairwise_backward),
+        (fused_linear_kl._KLEager, fused_linear_kl.kl_forward, fused_linear_kl._kl_setup_context,
+         fused_linear_kl._kl_backward),
+    ):
+        assert twin.forward is forward and twin.setup_context is setup and twin.backward is backward
+
+
+@pytest.mark.parametrize("op", sorted(_dispatch.OPS))
+def test_resolver_rules(op):
+    x64 = torch.zeros(2, dtype=torch.float64)
+    x32 = torch.zeros(2)
+    assert _dispatch.resolve_impl(op, "auto", torch.float64, x64) == "torch"  # the float64 rule
+    assert _dispatch.resolve_impl(op, "torch", torch.float32, x32) == "torch"
+    with pytest.raises(ValueError, match=f"{op}: impl must be one of"):
+        _dispatch.resolve_impl(op, "cuda", torch.float32, x32)
+    spec = _dispatch.OPS[op]
+    for backend in ("triton", "ext"):
+        if backend not in spec.backends:
+            with pytest.raises(ValueError, match=f"{op}: impl='{backend}' is not a backend of this op"):
+                _dispatch.resolve_impl(op, backend, torch.float32, x32)
+        elif spec.dtypes(backend, "cpu") and backend == "ext" and _dispatch.extension() is not None:
+            with pytest.raises(TypeError, match=f"{op}: impl='ext'.* takes .* float64 and other dtypes run impl='torch'"):
+                _dispatch.resolve_impl(op, backend, torch.float64, x64)
+            assert _dispatch.resolve_impl(op, "auto", torch.float32, x32) == "ext"
+        elif spec.dtypes(backend, "cpu") and backend == "triton" and _dispatch.interpret_mode():
+            with pytest.raises(TypeError, match=f"{op}: impl='triton'.* takes .* float64 and other dtypes"):
+                _dispatch.resolve_impl(op, backend, torch.float64, x64)
+            assert _dispatch.resolve_impl(op, "auto", torch.float32, x32) == "torch"  # never the interpreter
+
+
+def test_public_functions_name_the_op_in_dtype_errors():
+    if "triton" in impls():
+        with pytest.raises(TypeError, match="score_distribution: impl='triton'.*float64"):
+            score_distribution.score_distribution(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(9, 4,
+                                                  dtype=torch.float64), None, torch.linspace(1, 5, 9), impl="triton")
+    with pytest.raises(ValueError, match="group_norm_silu: impl must be one of"):
+        fused.group_norm_silu(torch.zeros(1, 4, 2), 2, torch.ones(4), torch.zeros(4), impl="liger")
+    with pytest.raises(ValueError, match="token_logprobs: impl='ext' is not a backend"):
+        logprobs.selected_token_logprobs(torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long),
+                                         impl="ext")
