@@ -67,28 +67,68 @@ def non_negative(name: str, value: float) -> float:
     return float(value)
 
 
-_CHECKED_INDEX: dict = {}
+def signature(*items) -> tuple:
+    """What shape-only checks depend on: (shape, dtype, device) of each tensor, other arguments as they are."""
+    return tuple((x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in items)
+
+
+class SignatureCache:
+    """Results of the checks that read no tensor values, kept per argument signature (see ``signature``): a call
+    with a signature seen before skips them. A failing check raises and is not kept."""
+
+    def __init__(self, maxsize: int = 512):
+        self._results: dict = {}
+        self._maxsize = maxsize
+
+    def get(self, key: tuple, check):
+        hit = self._results.get(key)
+        if hit is None:
+            hit = check()
+            if len(self._results) >= self._maxsize:
+                self._results.clear()
+            self._results[key] = hit
+        return hit
+
+
+_CHECKED_VALUES: dict = {}
+
+
+def _values_checked(x: torch.Tensor, what: tuple) -> bool:
+    """Whether tensor ``x`` passed the value check ``what`` and was not modified or replaced since."""
+    hit = _CHECKED_VALUES.get((id(x), what))
+    return hit is not None and hit[0]() is x and hit[1] == x._version
+
+
+def _remember_checked(x: torch.Tensor, what: tuple) -> None:
+    if len(_CHECKED_VALUES) > 256:
+        _CHECKED_VALUES.clear()
+    _CHECKED_VALUES[(id(x), what)] = (weakref.ref(x), x._version)
 
 
 def index_vector(name: str, ids: torch.Tensor, upper: int, what: str, distinct: bool = False) -> None:
     """Range (and optionally distinctness) check of a small index vector; names the argument.
 
-    Reading a CUDA tensor's values synchronises with the device, so an accelerator tensor that passed the check
-    is remembered (by identity and version counter) and not read again until it is modified or replaced."""
+    Reading a tensor's values costs a host read (on an accelerator, a synchronisation), so a tensor that passed
+    the check is remembered (by identity and version counter) and not read again until it is modified or
+    replaced."""
     if torch.compiler.is_compiling() or ids.numel() == 0:  # reading values would break the trace
         return
-    key = None
-    if ids.device.type != "cpu":
-        key = (id(ids), upper, distinct)
-        hit = _CHECKED_INDEX.get(key)
-        if hit is not None and hit[0]() is ids and hit[1] == ids._version:
-            return
+    key = ("index", upper, distinct)
+    if _values_checked(ids, key):
+        return
     vals = ids.tolist()
     if min(vals) < 0 or max(vals) >= upper:
         raise ValueError(f"{name} must lie in [0, {upper}) ({what}), got values in [{min(vals)}, {max(vals)}]")
     if distinct and len(set(vals)) != len(vals):
         raise ValueError(f"{name} must hold distinct ids, got {vals}")
-    if key is not None:
-        if len(_CHECKED_INDEX) > 256:
-            _CHECKED_INDEX.clear()
-        _CHECKED_INDEX[key] = (weakref.ref(ids), ids._version)
+    _remember_checked(ids, key)
+
+
+def finite_on_host(name: str, x: torch.Tensor) -> None:
+    """All values finite, checked for CPU tensors only (on an accelerator it would synchronise) and once per
+    tensor version (see ``index_vector``)."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() == 0 or _values_checked(x, ("finite",)):
+        return
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite")
+    _remember_checked(x, ("finite",))

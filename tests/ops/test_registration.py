@@ -110,7 +110,7 @@ def test_eager_fast_paths_share_the_registered_backward():
         (fused_linear_kl._KLEager, fused_linear_kl.kl_forward, fused_linear_kl._kl_setup_context,
          fused_linear_kl._kl_backward),
     ):
-        assert twin.forward is forward and twin.setup_context is setup and twin.backward is backward
+        assert twin.op_forward is forward and twin.op_setup_context is setup and twin.backward is backward
 
 
 @pytest.mark.parametrize("op", sorted(_dispatch.OPS))

@@ -77,7 +77,10 @@ def is_tracing(*tensors: torch.Tensor | None) -> bool:
     then, and the registered ops are called instead of their eager fast paths and launchers."""
     if torch.compiler.is_compiling():
         return True
-    return any(t is not None and is_fake(t) for t in tensors)
+    return any(t is not None and t.__class__ not in _REAL and is_fake(t) for t in tensors)
+
+
+_REAL = (torch.Tensor, torch.nn.Parameter)
 
 
 def extension():
@@ -150,10 +153,17 @@ def resolve_impl(op: str, impl: str, dtype: torch.dtype, *tensors: torch.Tensor 
 
 def eager_twin(name: str, forward, setup_context, backward) -> type[torch.autograd.Function]:
     """An autograd.Function running a registered op's own forward, setup_context and backward without the
-    dispatcher: the eager fast path. Under torch.compile the registered op is called instead."""
+    dispatcher: the eager fast path. Under torch.compile the registered op is called instead. (Written in the
+    ctx-first form: a Function with a separate setup_context binds its arguments with ``inspect`` on every call.)"""
+
+    def run(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
     return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward),
+        "forward": staticmethod(run), "backward": staticmethod(backward),
+        "op_forward": staticmethod(forward), "op_setup_context": staticmethod(setup_context),
     })
 
 
@@ -180,3 +190,16 @@ def ticket_counters(device: torch.device, n: int) -> torch.Tensor:
     if counters is None or counters.numel() < n:
         counters = _TICKETS[key] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
     return counters
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(device: torch.device, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A scratch buffer of at least ``numel`` elements, kept per device, stream and name, for intermediates that
+    live within one op call (launches on one stream run one after another): no allocation per call."""
+    key = (device, _current_stream_handle(device), name, dtype)
+    buf = _WORKSPACES.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACES[key] = torch.empty(max(numel, 1024), dtype=dtype, device=device)
+    return buf[:numel]

@@ -333,12 +333,13 @@ def _kl_backward(ctx, grad_loss, grad_rows, *_):
     grads = [None, None, None]
     forward_kl, temperature, chunk, backend = ctx.meta
     if any(ctx.precomputed) and grad_loss is not None:
-        in_place = backend == "triton" and not is_tracing(*ctx.saved_tensors)
-        if in_place and ctx.used:
+        if backend == "triton" and ctx.used:  # (before the saved tensors are read: they were scaled in place)
             raise RuntimeError("fused_linear_kl computes its gradients in the forward and scales them in place: "
                                "its backward runs once per forward (no retain_graph re-use)")
-        ctx.used = True
-        for i, (need, grad) in enumerate(zip(ctx.precomputed, ctx.saved_tensors)):
+        saved = ctx.saved_tensors
+        in_place = backend == "triton" and not is_tracing(*saved)
+        ctx.used = in_place
+        for i, (need, grad) in enumerate(zip(ctx.precomputed, saved)):
             if need:
                 g = grad_loss.to(grad.dtype)
                 grads[i] = grad.mul_(g) if in_place else grad * g

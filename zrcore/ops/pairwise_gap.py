@@ -17,7 +17,16 @@ from typing import NamedTuple
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton
+from zrcore.ops._dispatch import (
+    HAS_TRITON,
+    eager_twin,
+    is_tracing,
+    resolve_impl,
+    ticket_counters,
+    tl,
+    triton,
+    workspace,
+)
 
 
 class PairwiseGap(NamedTuple):
@@ -34,9 +43,15 @@ def validate_pairwise_inputs(mean, scores, score_range, mask):
     _checks.positive("score_range", score_range)
     _checks.bool_mask("mask", mask, mean.shape)
     _checks.same_device(mean=mean, scores=scores, mask=mask)
-    # a NaN score gives a NaN loss; the host-side check is skipped on accelerators (it would synchronise)
-    if not is_tracing() and scores.device.type == "cpu" and scores.numel() and not torch.isfinite(scores.to(torch.float64)).all():
-        raise ValueError("scores must be finite")
+    _checks.finite_on_host("scores", scores)  # a NaN score would give a NaN loss
+
+
+def _validate(mean, scores, score_range, mask, impl) -> str:
+    validate_pairwise_inputs(mean, scores, score_range, mask)
+    return resolve_impl("pairwise_gap", impl, mean.dtype, mean)
+
+
+_SIGNATURES = _checks.SignatureCache()
 
 
 def pair_structure(scores: torch.Tensor, valid: torch.Tensor, include_ties: bool):
@@ -238,7 +253,7 @@ def pairwise_forward_launch(mean, scores, mask, score_range, include_ties):
     if p == 0 or m * g == 0:
         has.zero_(), reward.zero_(), gw.zero_(), out.zero_()
         return out, reward, has.view(torch.bool), gw
-    work = torch.empty(2, p, dtype=torch.float32, device=dev)
+    work = workspace(dev, "pairwise_work", 2 * p)
     ba, bb, bg = _pairwise_blocks(m * g, g)
     mu = mean.contiguous()
     s = scores.contiguous() if scores.dtype == torch.float32 else scores.to(torch.float32).contiguous()
@@ -259,7 +274,7 @@ def pairwise_forward(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tenso
     """(out = [loss, 1 / #prompts with pairs], reward, has_pair, grad_weights) from the forward of ``backend``
     ("triton": the kernel; "torch": sorted partners and prefix sums in torch ops)."""
     out, reward, has, gw = FORWARDS[backend](mean, scores, mask, score_range, include_ties)
-    return out, reward, has.clone(), gw
+    return out, reward, has, gw
 
 
 _pairwise_op = torch.library.custom_op("zrcore::pairwise_gap", pairwise_forward, mutates_args=())
@@ -312,8 +327,9 @@ def pairwise_gap(
     ``"torch"``: ``pairwise_forward_sorted`` (torch ops: partners sorted once, prefix sums, no gap tensor). Both
     are one registered op with one backward. ``pairwise_gap_torch`` is the materialising reference.
     """
-    validate_pairwise_inputs(mean, scores, score_range, mask)
-    backend = resolve_impl("pairwise_gap", impl, mean.dtype, mean)
+    backend = _SIGNATURES.get(_checks.signature(mean, scores, mask, score_range, impl),
+                              lambda: _validate(mean, scores, score_range, mask, impl))
+    _checks.finite_on_host("scores", scores)  # a value check: per tensor version, not per signature
     args = (mean, scores, mask, float(score_range), bool(include_ties), backend)
     out, reward, has_pair, _ = _pairwise_op(*args) if is_tracing() else _PairwiseEager.apply(*args)
     return PairwiseGap(out[0], reward, has_pair)

@@ -11,11 +11,14 @@ Backward (per row, g_l = d log_q, g_mu = d mu, g_var = d var):
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from zrcore import _checks
 from zrcore.bins import ScoreBins, ScoreDistribution
-from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton, workspace
 
 
 def _as_values(values, device) -> torch.Tensor:
@@ -63,6 +66,14 @@ def validate_score_inputs(hidden, weight, token_ids, values, bias, temperature):
     return v, k
 
 
+def _validate(hidden, weight, token_ids, values, bias, temperature, impl) -> str:
+    validate_score_inputs(hidden, weight, token_ids, values, bias, temperature)
+    return resolve_impl("score_distribution", impl, hidden.dtype, hidden, weight)
+
+
+_SIGNATURES = _checks.SignatureCache()
+
+
 def distribution_from_score_logits(z: torch.Tensor, values: torch.Tensor) -> ScoreDistribution:
     """log q, mu, var from the K score logits z (already divided by the temperature)."""
     log_q = torch.log_softmax(z, dim=-1)
@@ -99,8 +110,13 @@ def score_distribution(
     Returns ScoreDistribution(log_probs [..., K], mean [...], var [...]) in fp32 (fp64 for fp64 hidden),
     differentiable w.r.t. hidden, weight and bias.
     """
-    v, _ = validate_score_inputs(hidden, weight, token_ids, values, bias, temperature)
-    if resolve_impl("score_distribution", impl, hidden.dtype, hidden, weight) == "torch":
+    fast = isinstance(values, torch.Tensor) and values.device == hidden.device and values.is_floating_point()
+    v = values if fast else _as_values(values, hidden.device)
+    backend = _SIGNATURES.get(_checks.signature(hidden, weight, token_ids, v, bias, temperature, impl),
+                              lambda: _validate(hidden, weight, token_ids, v, bias, temperature, impl))
+    if token_ids is not None:  # a value check: per tensor version, not per signature
+        _checks.index_vector("token_ids", token_ids, weight.shape[0], "rows of weight", distinct=True)
+    if backend == "torch":
         return score_distribution_torch(hidden, weight, token_ids, v, bias, temperature)
     return score_distribution_triton(hidden, weight, token_ids, v, bias, temperature)
 
@@ -286,64 +302,75 @@ if HAS_TRITON:
 # fixes it); benchmarks/tune_score.py measures alternatives on a GPU.
 LAUNCH = {"block_n": 16, "block_h": 256, "num_warps": 4, "num_stages": 3, "split_h": "auto"}
 
-_SM_COUNT: dict = {}
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def _hidden_slices(n: int, h: int, device: torch.device) -> tuple[int, int]:
-    """(number of hidden slices per row block, hidden columns per slice: a multiple of block_h)."""
-    bn, bh = LAUNCH["block_n"], LAUNCH["block_h"]
-    steps = triton.cdiv(h, bh)
-    want = LAUNCH["split_h"]
-    if steps <= 1:
-        return 1, max(h, 1)
-    if want == "auto":
-        if device.type == "cuda":
-            if device not in _SM_COUNT:
-                _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-            want = triton.cdiv(2 * _SM_COUNT[device], triton.cdiv(n, bn))
-        else:  # the interpreter: split too, so that the CPU tests exercise the reduction
-            want = 2
-    per = triton.cdiv(steps, max(1, min(int(want), steps))) * bh
-    return triton.cdiv(h, per), per
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _blocks(n: int, k: int):
-    block_k = max(16, triton.next_power_of_2(k))
-    return LAUNCH["block_n"], block_k, LAUNCH["block_h"]
+class LaunchPlan(NamedTuple):
+    """Block sizes, grid and constexpr choices of one (N, H, K, device, dtype, LAUNCH) signature."""
+
+    block_n: int
+    block_k: int
+    block_h: int
+    row_blocks: int
+    n_split: int  # programs sharing a row block's hidden dimension
+    per: int  # hidden columns per slice (a multiple of block_h)
+    precision: str  # operands are upcast to fp32; bf16/fp16 values are exact in tf32, fp32 ones need ieee
+    options: dict
 
 
-def _launch_opts() -> dict:
-    return {"num_warps": LAUNCH["num_warps"], "num_stages": LAUNCH["num_stages"]}
+@functools.lru_cache(maxsize=1024)
+def _plan(n: int, h: int, k: int, device: torch.device, dtype: torch.dtype, launch: tuple) -> LaunchPlan:
+    cfg = dict(launch)
+    bn, bh = cfg["block_n"], cfg["block_h"]
+    bk = max(16, _next_pow2(k))
+    row_blocks = _cdiv(max(n, 1), bn)
+    steps = _cdiv(h, bh)
+    n_split, per = 1, max(h, 1)
+    if steps > 1:
+        want = cfg["split_h"]
+        if want == "auto":
+            if device.type == "cuda":  # fill the multiprocessors about twice
+                want = _cdiv(2 * torch.cuda.get_device_properties(device).multi_processor_count, row_blocks)
+            else:  # the interpreter: split too, so that the CPU tests exercise the reduction
+                want = 2
+        per = _cdiv(steps, max(1, min(int(want), steps))) * bh
+        n_split = _cdiv(h, per)
+    return LaunchPlan(bn, bk, bh, row_blocks, n_split, per, "ieee" if dtype == torch.float32 else "tf32",
+                      {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
 
 
-def _precision(dtype: torch.dtype) -> str:
-    """Operands are upcast to fp32 in the kernels; bf16/fp16 values are exact in tf32, fp32 ones need ieee."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def launch_plan(n: int, h: int, k: int, device: torch.device, dtype: torch.dtype) -> LaunchPlan:
+    """The cached plan for these sizes under the current ``LAUNCH`` settings."""
+    return _plan(n, h, k, device, dtype, tuple(LAUNCH.items()))
 
 
 def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
     """Runs the forward kernel: (log_q [N, K], mean [N], var [N]) fp32 for hidden [N, H]."""
     n, h = hidden.shape
     k = values.shape[0]
-    logq = torch.empty(n, k, dtype=torch.float32, device=hidden.device)
-    mean = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    var = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    dev = hidden.device
+    logq = torch.empty(n, k, dtype=torch.float32, device=dev)
+    mean = torch.empty(n, dtype=torch.float32, device=dev)
+    var = torch.empty(n, dtype=torch.float32, device=dev)
     if n == 0:
         return logq, mean, var
-    bn, bk, bh = _blocks(n, k)
+    p = launch_plan(n, h, k, dev, hidden.dtype)
     ids = token_ids if token_ids is not None else values  # placeholder pointer when HAS_IDS is False
-    row_blocks = triton.cdiv(n, bn)
-    n_split, per = _hidden_slices(n, h, hidden.device)
-    if n_split > 1:
-        part = torch.empty(row_blocks * n_split * bn * bk, dtype=torch.float32, device=hidden.device)
-        tickets = ticket_counters(hidden.device, row_blocks)
+    if p.n_split > 1:
+        part = workspace(dev, "score_part", p.row_blocks * p.n_split * p.block_n * p.block_k)
+        tickets = ticket_counters(dev, p.row_blocks)
     else:
         part = tickets = mean  # unused placeholders
-    _score_fwd_kernel[(row_blocks, n_split)](
+    _score_fwd_kernel[(p.row_blocks, p.n_split)](
         hidden, weight, ids, bias if bias is not None else values, values, logq, mean, var, part, tickets,
-        n, h, k, per, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
-        HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, SPLIT=n_split > 1, PRECISION=_precision(hidden.dtype),
-        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
+        n, h, k, p.per, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), 1.0 / temperature,
+        HAS_IDS=token_ids is not None, HAS_BIAS=bias is not None, SPLIT=p.n_split > 1, PRECISION=p.precision,
+        BLOCK_N=p.block_n, BLOCK_K=p.block_k, BLOCK_H=p.block_h, **p.options)
     return logq, mean, var
 
 
@@ -359,26 +386,25 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     db = torch.zeros(weight.shape[0], dtype=bias_dtype, device=dev) if need_b else weight.new_empty(0)
     if n == 0 or not (need_h or need_w or need_b):
         return dh, dw, db
-    bn, bk, bh = _blocks(n, k)
-    dz = torch.empty(n, bk, dtype=torch.float32, device=dev)
+    p = launch_plan(n, h, k, dev, hidden.dtype)
+    dz = workspace(dev, "score_dz", n * p.block_k)
     ids = token_ids if token_ids is not None else values
-    prec = _precision(hidden.dtype)
     gl, gmu, gvar = (logq if grad_logq is None else grad_logq, mean if grad_mean is None else grad_mean,
                      mean if grad_var is None else grad_var)
-    n_split, per = _hidden_slices(n, h, dev) if need_h else (1, h)
-    _score_bwd_dz_dh_kernel[(triton.cdiv(n, bn), n_split)](
+    n_split, per = (p.n_split, p.per) if need_h else (1, h)
+    _score_bwd_dz_dh_kernel[(p.row_blocks, n_split)](
         gl, gmu, gvar, logq, mean, values, weight, ids, dz, dh if need_h else dz, n, h, k, per,
         gl.stride(0), gl.stride(1), gmu.stride(0), gvar.stride(0), weight.stride(0), weight.stride(1),
         1.0 / temperature, HAS_GL=grad_logq is not None, HAS_GMU=grad_mean is not None,
-        HAS_GVAR=grad_var is not None, HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=prec,
-        BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
+        HAS_GVAR=grad_var is not None, HAS_IDS=token_ids is not None, NEED_DH=need_h, PRECISION=p.precision,
+        BLOCK_N=p.block_n, BLOCK_K=p.block_k, BLOCK_H=p.block_h, **p.options)
     if need_w or need_b:
         dw_target = dw if need_w else torch.empty(weight.shape[0], h, dtype=weight.dtype, device=dev)
         db_target = db if need_b else torch.empty(weight.shape[0], dtype=torch.float32, device=dev)
-        _score_bwd_dw_kernel[(triton.cdiv(h, bh),)](
+        _score_bwd_dw_kernel[(_cdiv(h, p.block_h),)](
             dz, hidden, ids, dw_target, db_target, n, h, k, hidden.stride(0), hidden.stride(1),
-            dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=prec,
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_H=bh, **_launch_opts())
+            dw_target.stride(0), HAS_IDS=token_ids is not None, NEED_DB=need_b, PRECISION=p.precision,
+            BLOCK_N=p.block_n, BLOCK_K=p.block_k, BLOCK_H=p.block_h, **p.options)
     return dh, dw, db
 
 
