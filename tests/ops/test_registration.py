@@ -109,6 +109,8 @@ def test_eager_fast_paths_share_the_registered_backward():
          pairwise_gap._pairwise_backward),
         (fused_linear_kl._KLEager, fused_linear_kl.kl_forward, fused_linear_kl._kl_setup_context,
          fused_linear_kl._kl_backward),
+        (logprobs._TokenEager, logprobs.token_logprobs_forward, logprobs._token_setup_context,
+         logprobs._token_backward),
     ):
         assert twin.op_forward is forward and twin.op_setup_context is setup and twin.backward is backward
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from zrcore.ops._dispatch import is_tracing, resolve_impl
+from zrcore.ops._dispatch import eager_twin, is_tracing, resolve_impl
 
 
 def token_logprobs_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -104,6 +104,9 @@ def _token_backward(ctx, grad, _):
 
 
 _token_op.register_autograd(_token_backward, setup_context=_token_setup_context)
+# Eager fast path (benchmarks/chunk_memory.py: the registered op called eagerly peaks about two [V, H] buffers
+# higher): the same forward, setup_context and backward without the dispatcher.
+_TokenEager = eager_twin("_TokenEager", token_logprobs_forward, _token_setup_context, _token_backward)
 
 
 def _logits_into(z: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float,
@@ -142,7 +145,8 @@ def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
 
         loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
         return -loss(weight, hidden / temperature, targets).float()
-    return _token_op(hidden, weight, bias, targets, float(temperature), int(chunk))[0]
+    args = (hidden, weight, bias, targets, float(temperature), int(chunk))
+    return (_token_op(*args) if is_tracing() else _TokenEager.apply(*args))[0]
 
 
 def completion_logprobs(hidden: torch.Tensor, sequences: torch.Tensor, completion_mask: torch.Tensor, head,
