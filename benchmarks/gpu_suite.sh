@@ -82,8 +82,8 @@ if want ext; then
 step "build" 150 "$OUT/build.log" env ZRCORE_BUILD_CUDA=1 MAX_JOBS=16 python3 setup.py build_ext --inplace
 (($? == 0)) || tail -20 "$OUT/build.log" 2>/dev/null
 
-step "CUDA tests (extension)" 60 "$OUT/tests_ext.log" python3 -m pytest -q tests/diffusion/test_fused.py \
-  -p no:cacheprovider
+step "CUDA tests (extension)" 90 "$OUT/tests_ext.log" python3 -m pytest -q tests/diffusion/test_fused.py \
+  tests/ops/test_registration.py tests/diffusion/test_fused_compile.py -p no:cacheprovider
 grep -E "^(FAILED|ERROR)" "$OUT/tests_ext.log" 2>/dev/null | head -20; tail -1 "$OUT/tests_ext.log" 2>/dev/null
 
 step "extension and reward-backprop benchmarks" 90 "$OUT/bench_diffusion.log" env ZRCORE_BENCH_OUT="$OUT/diffusion" \

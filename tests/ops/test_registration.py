@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from tests.ops.conftest import impls
+from tests.ops.conftest import device, impls
 from zrcore.diffusion import fused
 from zrcore.models import logprobs
 from zrcore.ops import _dispatch
@@ -25,6 +25,13 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def _on(*tensors):
+    """The tensors on the test device (CUDA when there is one), leaves keeping requires_grad."""
+    dev = device()
+    return [t.detach().to(dev).requires_grad_(t.requires_grad) if t.is_floating_point() else t.to(dev)
+            for t in tensors]
+
+
 def _backends():
     return [b for b in ("torch", "triton") if b in impls()]
 
@@ -36,10 +43,11 @@ def test_opcheck_score_distribution():
     weight = (torch.randn(40, 32, generator=g) / 4).requires_grad_()
     bias = torch.randn(40, generator=g, requires_grad=True)
     ids, values = torch.arange(3, 12), torch.linspace(1, 5, 9)
+    hidden, weight, bias, ids, values = _on(hidden, weight, bias, ids, values)
     torch.library.opcheck(torch.ops.zrcore.score_distribution, (hidden, weight, ids, values, bias, 0.8),
                           test_utils=CHECKS)
     logq, mean, _ = torch.ops.zrcore.score_distribution(hidden.detach(), weight.detach(), ids, values, None, 0.8)
-    gl, gm = torch.randn(6, 9, generator=g), torch.randn(6, generator=g)
+    gl, gm = _on(torch.randn(6, 9, generator=g), torch.randn(6, generator=g))
     torch.library.opcheck(torch.ops.zrcore.score_distribution_backward,
                           (gl, gm, None, hidden.detach(), weight.detach(), ids, values, logq, mean, 0.8, True, True,
                            False, torch.float32), test_utils=CHECKS)
@@ -51,6 +59,7 @@ def test_opcheck_pairwise_gap(backend):
     mean = (1 + 4 * torch.rand(3, 3, 4, generator=g)).requires_grad_()
     scores = torch.tensor([[1.0, 2.5, 4.0], [3.0, 3.0, 1.5], [2.0, 5.0, 1.0]])
     mask = torch.rand(3, 3, 4, generator=g) > 0.2
+    mean, scores, mask = _on(mean, scores, mask)
     torch.library.opcheck(torch.ops.zrcore.pairwise_gap, (mean, scores, mask, 4.0, False, backend),
                           test_utils=CHECKS)
 
@@ -63,6 +72,7 @@ def test_opcheck_fused_linear_kl(backend, reduced):
     w = torch.randn(20, 8, generator=g, requires_grad=True)
     b = torch.randn(20, generator=g, requires_grad=True)
     t, wt = torch.randn(5, 6, generator=g), torch.randn(20, 6, generator=g)
+    h, w, b, t, wt = _on(h, w, b, t, wt)
     needs = (True, True, True) if reduced else (False, False, False)
     args = (h, w, t, wt, b, None, None, None, True, 0.9, 0.2, 2, *needs, backend)
     torch.library.opcheck(torch.ops.zrcore.fused_linear_kl, args, test_utils=CHECKS)
@@ -74,10 +84,11 @@ def test_opcheck_token_logprobs():
     w = torch.randn(30, 8, generator=g, requires_grad=True)
     b = torch.randn(30, generator=g, requires_grad=True)
     y = torch.randint(0, 30, (7,), generator=g)
+    h, w, b, y = _on(h, w, b, y)
     torch.library.opcheck(torch.ops.zrcore.token_logprobs, (h, w, b, y, 0.7, 3), test_utils=CHECKS)
     _, lse = torch.ops.zrcore.token_logprobs(h.detach(), w.detach(), b.detach(), y, 0.7, 3)
     torch.library.opcheck(torch.ops.zrcore.token_logprobs_backward,
-                          (torch.randn(7, generator=g), h.detach(), w.detach(), b.detach(), y, lse, 0.7, 3, True,
+                          (*_on(torch.randn(7, generator=g)), h.detach(), w.detach(), b.detach(), y, lse, 0.7, 3, True,
                            True, True), test_utils=CHECKS)
 
 
@@ -87,17 +98,21 @@ def test_opcheck_extension_ops():
     x = torch.randn(2, 8, 3, 3, generator=g, requires_grad=True)
     gamma = torch.randn(8, generator=g, requires_grad=True)
     beta = torch.randn(8, generator=g, requires_grad=True)
+    on_cuda = device() == "cuda" and _dispatch.extension().with_cuda
+    move = _on if on_cuda else (lambda *ts: list(ts))
+    x, gamma, beta = move(x, gamma, beta)
     torch.library.opcheck(torch.ops.zrcore.group_norm_silu, (x, gamma, beta, 4, 1e-5), test_utils=CHECKS)
     _, mean, rstd = torch.ops.zrcore.group_norm_silu(x.detach(), gamma.detach(), beta.detach(), 4, 1e-5)
     torch.library.opcheck(torch.ops.zrcore.group_norm_silu_backward,
-                          (torch.randn(2, 8, 3, 3, generator=g), x.detach(), gamma.detach(), beta.detach(), mean,
+                          (*move(torch.randn(2, 8, 3, 3, generator=g)), x.detach(), gamma.detach(), beta.detach(), mean,
                            rstd, 4), test_utils=CHECKS)
     lat = torch.randn(2, 4, 3, generator=g, requires_grad=True)
     vc = torch.randn(2, 4, 3, generator=g, dtype=torch.float32, requires_grad=True)
     vu = torch.randn(2, 4, 3, generator=g, dtype=torch.float32, requires_grad=True)
+    lat, vc, vu = move(lat, vc, vu)
     torch.library.opcheck(torch.ops.zrcore.cfg_euler_step, (lat, vc, vu, 1.5, -0.1), test_utils=CHECKS)
     torch.library.opcheck(torch.ops.zrcore.cfg_euler_step_backward,
-                          (torch.randn(2, 4, 3, generator=g), 1.5, -0.1, torch.bfloat16), test_utils=CHECKS)
+                          (*move(torch.randn(2, 4, 3, generator=g)), 1.5, -0.1, torch.bfloat16), test_utils=CHECKS)
 
 
 def test_eager_fast_paths_share_the_registered_backward():
