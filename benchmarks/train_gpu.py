@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-TINY_RUN = ["--train_prompts", "48", "--eval_prompts", "2", "--dimensions", "realism", "--progress", "false",
+TINY_RUN = ["--init_from", "", "--train_prompts", "48", "--eval_prompts", "2", "--dimensions", "realism", "--progress", "false",
             "--save_every", "1000", "--eval_limit", "2"]
 
 

@@ -157,7 +157,7 @@ def test_records_decode_their_images_when_first_used():
 def test_attention_implementation_auto_is_sdpa_off_cuda():
     from zrcore.training.trainer import attn_implementation, build_reward_model
 
-    cfg = parse_config(TrainConfig, [])
+    cfg = parse_config(TrainConfig, ["--init_from", ""])
     assert attn_implementation("auto", torch.device("cpu")) == "sdpa"
     assert build_reward_model(cfg).model.config._attn_implementation == "sdpa"
     if importlib.util.find_spec("flash_attn") is None:

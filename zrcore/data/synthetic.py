@@ -158,14 +158,18 @@ class SyntheticRubric:
         noisy = true + self.rater_noise * torch.randn(self.n_raters, generator=g)
         return [_snap(float(x)) for x in noisy]
 
+    def candidate(self, index: int, candidate: int) -> tuple[Scene, Defects, Image.Image]:
+        """The scene of prompt ``index``, the defects of its candidate ``candidate`` and the rendered image."""
+        scene = self.scene(index)
+        d = self.defects(scene, index, candidate)
+        return scene, d, render(scene, d, self.image_size, seed=self._gen(4, index, candidate).initial_seed())
+
     def records(self, n_prompts: int, candidates: int = 4, dimensions=DIMENSIONS, start: int = 0) -> list[Record]:
         """Records for prompts start..start+n_prompts-1, ``candidates`` images each, every dimension."""
         out = []
         for index in range(start, start + n_prompts):
-            scene = self.scene(index)
             for c in range(candidates):
-                d = self.defects(scene, index, c)
-                image = render(scene, d, self.image_size, seed=self._gen(4, index, c).initial_seed())
+                scene, d, image = self.candidate(index, c)
                 truth = true_scores(scene, d)
                 for di, dim in enumerate(dimensions):
                     if dim not in truth:

@@ -47,7 +47,12 @@ class RubricTemplates:
              image_pad: str = "<|image_pad|>", reasoning: bool = False) -> str:
         """The chat text up to the assistant turn: the student's ends with the scoring suffix, the teacher's with
         the reasoning prefix (its reasoning is sampled next, then the suffix is appended)."""
-        vision = "<|vision_start|>" + image_pad * image_tokens + "<|vision_end|>"
-        head = (f"<|im_start|>system\n{self.system}<|im_end|>\n<|im_start|>user\n{vision}"
-                f"{self.user_text(prompt, dimension, low, high)}<|im_end|>\n<|im_start|>assistant\n")
+        head = image_chat(self.user_text(prompt, dimension, low, high), image_tokens, image_pad, self.system)
         return head + (self.reasoning_prefix if reasoning else self.score_suffix.lstrip("\n"))
+
+
+def image_chat(user_text: str, image_tokens: int, image_pad: str = "<|image_pad|>", system: str = "") -> str:
+    """Qwen chat text up to the assistant turn: an optional system turn, then the image and ``user_text``."""
+    vision = "<|vision_start|>" + image_pad * image_tokens + "<|vision_end|>"
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return head + f"<|im_start|>user\n{vision}{user_text}<|im_end|>\n<|im_start|>assistant\n"

@@ -16,9 +16,12 @@ from zrcore.bins import ScoreBins
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 PRESETS = {
-    "student": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2},
-    "teacher": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3},
+    "student": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "vision_depth": 1,
+                "vision_width": 32},
+    "teacher": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "vision_depth": 1,
+                "vision_width": 32},
 }
+TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 VOCAB_SIZE = 512
@@ -62,8 +65,7 @@ def build_tiny_tokenizer(bins: ScoreBins | None = None):
 
 def _text_config(arch: str, preset: dict) -> dict:
     cfg = dict(vocab_size=VOCAB_SIZE, num_attention_heads=preset["hidden_size"] // 16, num_key_value_heads=2,
-               max_position_embeddings=2048,
-               **preset)
+               max_position_embeddings=2048, **{k: preset[k] for k in TEXT_KEYS})
     if arch in ("qwen2_vl", "qwen2_5_vl"):
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
     elif arch == "qwen3_vl":
@@ -79,16 +81,18 @@ def _text_config(arch: str, preset: dict) -> dict:
     return cfg
 
 
-def _vision_config(arch: str, out_hidden: int) -> dict:
+def _vision_config(arch: str, out_hidden: int, depth: int = 1, width: int = 32) -> dict:
+    heads = max(2, width // 16)
     if arch == "qwen2_vl":
-        return dict(depth=1, embed_dim=32, hidden_size=out_hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                    spatial_merge_size=2, temporal_patch_size=2)
+        return dict(depth=depth, embed_dim=width, hidden_size=out_hidden, num_heads=heads, mlp_ratio=2,
+                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if arch == "qwen2_5_vl":
-        return dict(depth=1, hidden_size=32, out_hidden_size=out_hidden, intermediate_size=64, num_heads=2,
-                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                    fullatt_block_indexes=[0])
-    cfg = dict(depth=1, hidden_size=32, out_hidden_size=out_hidden, intermediate_size=64, num_heads=2,
-               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256)
+        return dict(depth=depth, hidden_size=width, out_hidden_size=out_hidden, intermediate_size=2 * width,
+                    num_heads=heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                    fullatt_block_indexes=list(range(depth)))
+    cfg = dict(depth=depth, hidden_size=width, out_hidden_size=out_hidden, intermediate_size=2 * width,
+               num_heads=heads, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+               num_position_embeddings=256)
     if arch == "qwen3_vl":
         cfg["deepstack_visual_indexes"] = [0]
     return cfg
@@ -108,7 +112,7 @@ def tiny_model_config(arch: str, preset: str = "student", tokenizer=None):
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     p = PRESETS[preset]
     text = _text_config(arch, p)
-    vision = _vision_config(arch, p["hidden_size"])
+    vision = _vision_config(arch, p["hidden_size"], p["vision_depth"], p["vision_width"])
     cls = {"qwen2_vl": transformers.Qwen2VLConfig, "qwen2_5_vl": transformers.Qwen2_5_VLConfig,
            "qwen3_vl": transformers.Qwen3VLConfig, "qwen3_5": transformers.Qwen3_5Config}[arch]
     text.update(eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,

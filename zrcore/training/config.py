@@ -62,7 +62,10 @@ class TrainConfig(RunConfig):
     # model
     arch: str = "qwen2_vl"
     preset: str = "student"
-    init_from: str = ""  # a checkpoint folder (RewardModel.save_pretrained) to start from; "" = tiny random init
+    # a checkpoint folder (RewardModel.save_pretrained) to start from; "pretrained": the tiny arch / preset after
+    # recipes/pretrain_tiny.py, pretrained on first use and cached by its config; "": tiny random init
+    init_from: str = "pretrained"
+    pretrain_cache: str = "runs/pretrained"  # where init_from="pretrained" keeps its folders
     # data
     data: str = "synthetic"  # "synthetic" | "agiqa" | a JSONL file
     data_root: str = ""  # AGIQA-3K folder ("" = default search)
@@ -81,6 +84,32 @@ class TrainConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("rollout_batch_size", "prompts_per_step", "eval_batch_size", "candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Generic visual competence before any rubric: the tiny VLM learns to describe rendered synthetic scenes
+    (objects, background, position, visible defects) in words, with no score and no rubric in sight."""
+
+    output_dir: str = "runs/pretrain"
+    arch: str = "qwen2_vl"
+    preset: str = "teacher"
+    image_size: int = 112
+    scenes: int = 500  # training scenes (x candidates images), indices from zrcore.data.captions.PRETRAIN_OFFSET
+    candidates: int = 4
+    eval_scenes: int = 16  # held-out scenes after the training ones (a caption-loss check)
+    batch_size: int = 32
+    steps: int = 500
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    save_every: int = 100
+    eval_every: int = 0  # 0 = only at the start and the end
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("scenes", "candidates", "eval_scenes", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

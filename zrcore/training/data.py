@@ -46,6 +46,13 @@ def build_data(cfg) -> tuple[list, list[Record]]:
     """(training groups, evaluation records) for cfg.data."""
     dims = tuple(cfg.dimensions)
     if cfg.data == "synthetic":
+        from zrcore.data.captions import PRETRAIN_OFFSET
+
+        if cfg.train_prompts > EVAL_OFFSET:
+            raise ValueError(f"train_prompts must be <= {EVAL_OFFSET} (the held-out prompts start there)")
+        if EVAL_OFFSET + cfg.eval_prompts > PRETRAIN_OFFSET:
+            raise ValueError(f"eval_prompts must be <= {PRETRAIN_OFFSET - EVAL_OFFSET} (the pretraining scenes "
+                             f"start at index {PRETRAIN_OFFSET})")
         gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
         train = gen.records(cfg.train_prompts, cfg.candidates, dims)
         evals = gen.records(cfg.eval_prompts, cfg.candidates, dims, start=EVAL_OFFSET)

@@ -22,15 +22,17 @@ def eval_seed(seed: int, record: int, sample: int) -> int:
 def predict(rm, records: list[Record], mode: str = "student", samples: int = 2, max_reasoning_tokens: int = 8,
             temperature: float = 1.0, batch_size: int = 16, seed: int = 0, indices: list[int] | None = None,
             rollout_batch_size: int = 0) -> dict:
-    """Per-record q (probs [N, K]), mean [N] and output tokens [N], ``batch_size`` records per call (dimensions
-    mixed). Teacher mode averages q over ``samples`` sampled reasoning traces (a Monte-Carlo estimate of the
-    reasoning-marginal distribution), seeded per (record, sample); ``indices`` are the records' global indices
-    (default 0..N-1), so a record's traces do not depend on the batch or the process that scores it."""
+    """Per-record q (probs [N, K]), mean [N], output tokens [N] and (teacher mode) the first sampled reasoning text,
+    ``batch_size`` records per call (dimensions mixed). Teacher mode averages q over ``samples`` sampled reasoning
+    traces (a Monte-Carlo estimate of the reasoning-marginal distribution), seeded per (record, sample);
+    ``indices`` are the records' global indices (default 0..N-1), so a record's traces do not depend on the batch
+    or the process that scores it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = list(range(len(records))) if indices is None else list(indices)
     probs = torch.zeros(len(records), len(rm.bins))
     tokens = torch.zeros(len(records))
+    traces = [""] * len(records)  # teacher mode: each record's first sampled reasoning
     for s in range(0, len(records), batch_size):
         part = list(range(s, min(s + batch_size, len(records))))
         prompts = [records[i].prompt for i in part]
@@ -45,9 +47,11 @@ def predict(rm, records: list[Record], mode: str = "student", samples: int = 2, 
             q = j.distribution.probs.float().mean(1).cpu()
             lens = torch.tensor([len(t) for t in j.reasoning_ids], dtype=torch.float32)
             tokens[part] = lens.view(len(part), samples).mean(1)
+            for k, i in enumerate(part):
+                traces[i] = j.texts[k * samples]
         probs[part] = q
     mean = probs @ rm.bins.values.float()
-    return {"probs": probs, "mean": mean, "tokens": tokens}
+    return {"probs": probs, "mean": mean, "tokens": tokens, "traces": traces}
 
 
 def score_metrics(records: list[Record], probs: torch.Tensor, tokens: torch.Tensor, bins) -> dict:

@@ -44,9 +44,15 @@ def configure_reward_model(rm, cfg, device: torch.device):
 
 
 def build_reward_model(cfg, path: str = "", device: torch.device | None = None):
-    """The RewardModel of a reward config on the CPU in fp32: ``path`` (or cfg.init_from) when given, else a tiny
-    random-init one of cfg.arch / cfg.preset, configured (``configure_reward_model``)."""
-    rm = load_reward_model(path or cfg.init_from, cfg.seed, cfg.arch, cfg.preset)
+    """The RewardModel of a reward config on the CPU in fp32: ``path`` (or cfg.init_from) when given ("pretrained":
+    the cached pretrained tiny model, built on first use), else a tiny random-init one of cfg.arch / cfg.preset,
+    configured (``configure_reward_model``)."""
+    path = path or cfg.init_from
+    if path == "pretrained":
+        from zrcore.training.pretrain import pretrained_model
+
+        path = pretrained_model(cfg)
+    rm = load_reward_model(path, cfg.seed, cfg.arch, cfg.preset)
     return configure_reward_model(rm, cfg, device or torch.device("cpu"))
 
 
@@ -65,6 +71,7 @@ class Trainer(TrainLoop):
 
             data = build_data(cfg)
         self.train_groups, self.eval_records = data
+        self.traces: dict = {}  # evaluation name -> two sampled reasoning traces (teacher mode, main rank)
         if not self.train_groups:
             raise ValueError(f"no training groups with at least 2 candidates in data {cfg.data!r}")
         frozen = self.frozen_models(rm)  # before sharding: copies of the unsharded model
@@ -117,6 +124,10 @@ class Trainer(TrainLoop):
         tokens = torch.cat([t for _, t in parts])
         res = score_metrics(records, probs, tokens, self.rm.bins)
         if self.main:
+            self.traces[name] = [{"prompt": records[i].prompt, "dimension": records[i].dimension,
+                                  "score": records[i].score, "expected": float(p @ self.rm.bins.values.float()),
+                                  "reasoning": t} for i, t, p in zip(idx, pred["traces"], pred["probs"])
+                                 if t and i < len(records)][:2]
             rows = [{"prompt": r.prompt, "dimension": r.dimension, "score": r.score, "prompt_id": r.prompt_id,
                      "probs": p, "tokens": t} for r, p, t in zip(records, probs.tolist(), tokens.tolist())]
             (self.out / f"eval_{name}.json").write_text(json.dumps({"metrics": res, "predictions": rows}))
@@ -134,6 +145,11 @@ class Trainer(TrainLoop):
 
     def report(self) -> None:
         table = format_table({"start (zero-shot)": self.results["start"], "trained": self.results["final"]})
+        traces = self.traces.get("final", [])
+        if traces:
+            table += "\n\nSampled reasoning of the trained model (mean length: the output tokens column):\n" + "\n".join(
+                f"- {t['dimension']} of \"{t['prompt']}\" (human {t['score']:.2f}, expected {t['expected']:.2f}): "
+                f"\"{t['reasoning'].strip()}\"" for t in traces)
         (self.out / "results.md").write_text(table + "\n")
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
         try:

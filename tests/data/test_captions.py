@@ -1,0 +1,66 @@
+"""The pretraining set describes images and never judges them: no score label, no rubric sentence, no number;
+its scenes come from an index range disjoint from every rubric training and evaluation set."""
+
+import re
+
+import pytest
+
+from zrcore.bins import ScoreBins
+from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions, describe
+from zrcore.data.synthetic import Defects, Scene, SyntheticRubric
+from zrcore.models.templates import RubricTemplates
+from zrcore.training.config import TrainConfig
+from zrcore.training.data import EVAL_OFFSET, build_data
+
+
+def _rubric_clauses() -> list[str]:
+    t = RubricTemplates.load()
+    texts = [t.system, t.question, t.reasoning_prefix, t.score_suffix]
+    for dim in t.dimensions.values():
+        texts += [dim["name"], *dim["rubric"].split(";")]
+    return [c.strip(" .\n").lower() for c in texts if len(c.strip(" .\n")) > 3]
+
+
+def test_descriptions_hold_no_score_and_no_rubric():
+    gen = SyntheticRubric(seed=0, image_size=32)
+    rows = captions(gen, 60)
+    labels = set(ScoreBins.half_points().labels)
+    clauses = _rubric_clauses()
+    texts = {r.text for r in rows} | {INSTRUCTION}
+    assert len(texts) > 100  # the set is varied
+    for text in texts:
+        assert not re.search(r"\d", text), text  # no score label, no number at all
+        assert not (set(text.replace(".", " ").split()) & labels), text
+        low = text.lower()
+        assert not any(c in low for c in clauses), text
+        assert not any(w in low for w in ("score", "rubric", "rate", "quality", "good", "bad")), text
+
+
+def test_description_follows_what_was_drawn():
+    scene = Scene(2, "circle", "red", "white")  # asked for
+    drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
+    assert describe(scene, drawn) == ("three blue squares on a white background. one floats above the ground. "
+                                      "they overlap. off centre. very blurred. clean. some clutter.")
+
+
+def test_pretraining_scenes_are_disjoint_from_rubric_data():
+    gen = SyntheticRubric(seed=0, image_size=32)
+    pre = captions(gen, 8)
+    assert min(r.index for r in pre) >= PRETRAIN_OFFSET
+    with pytest.raises(ValueError, match="PRETRAIN_OFFSET"):
+        captions(gen, 1, start=EVAL_OFFSET)
+    cfg = TrainConfig(train_prompts=8, eval_prompts=8, candidates=4, image_size=32, init_from="")
+    groups, evals = build_data(cfg)
+    rubric_indices = {r.meta["index"] for g in groups for r in g.records} | {r.meta["index"] for r in evals}
+    assert rubric_indices and max(rubric_indices) < PRETRAIN_OFFSET
+    assert not rubric_indices & {r.index for r in pre}
+    rubric_images = {r.image.open().tobytes() for r in evals} | {r.image.open().tobytes() for g in groups
+                                                                 for r in g.records}
+    assert not rubric_images & {r.image.tobytes() for r in pre}
+
+
+def test_rubric_sets_cannot_reach_the_pretraining_range():
+    with pytest.raises(ValueError, match="eval_prompts"):
+        build_data(TrainConfig(eval_prompts=PRETRAIN_OFFSET - EVAL_OFFSET + 1, init_from=""))
+    with pytest.raises(ValueError, match="train_prompts"):
+        build_data(TrainConfig(train_prompts=EVAL_OFFSET + 1, init_from=""))

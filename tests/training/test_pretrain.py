@@ -1,0 +1,44 @@
+"""The pretraining stage: a tiny run lowers the held-out description loss and exports a folder the reward recipes
+start from; ``init_from="pretrained"`` builds it once and then reuses it, keyed by the pretraining config."""
+
+import dataclasses
+
+import pytest
+
+from zrcore.models import RewardModel
+from zrcore.training import pretrain
+from zrcore.training.config import PretrainConfig, TrainConfig
+
+TINY = dict(steps=4, scenes=4, candidates=2, eval_scenes=1, batch_size=4, image_size=56, preset="student",
+            lr=3e-3, warmup_steps=1, progress=False)
+
+
+def test_tiny_pretraining_learns_and_exports(tmp_path):
+    res = pretrain.PretrainTrainer(PretrainConfig(output_dir=str(tmp_path / "run"), **TINY)).fit()
+    assert res["final"]["caption_nll"] < res["start"]["caption_nll"]
+    rm = RewardModel.from_pretrained(tmp_path / "run" / "model")
+    assert rm.model.config.text_config.hidden_size == 64  # the student preset
+
+
+def test_init_from_pretrained_builds_once_then_reuses(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "pretrain_config_for",
+                        lambda cfg: PretrainConfig(arch=cfg.arch, **(TINY | {"preset": cfg.preset})))
+    cfg = TrainConfig(preset="student", image_size=56, pretrain_cache=str(tmp_path / "cache"), progress=False)
+    first = pretrain.pretrained_model(cfg)
+    assert (tmp_path / "cache").is_dir() and first.endswith("model")
+
+    def refuse(*_, **__):
+        raise AssertionError("pretrained again although the folder is cached")
+
+    monkeypatch.setattr(pretrain, "PretrainTrainer", refuse)
+    assert pretrain.pretrained_model(cfg) == first
+    other = PretrainConfig(**(TINY | {"steps": 5}))
+    assert pretrain.cache_key(other) != pretrain.cache_key(PretrainConfig(**TINY))
+    assert pretrain.cache_key(dataclasses.replace(other, output_dir="elsewhere")) == pretrain.cache_key(other)
+
+
+def test_distributed_runs_need_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = TrainConfig(pretrain_cache=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="pretrain_tiny.py"):
+        pretrain.pretrained_model(cfg)

@@ -1,0 +1,145 @@
+"""Pretraining of the tiny VLMs: describe rendered synthetic scenes in words (zrcore.data.captions), so that a
+reward model starts from a network that can see, as the paper's start from a pretrained Qwen-VL.
+
+    L = - (1 / #tokens) sum_rows sum_t log pi(y_t | image, "Describe the image.", y_<t)
+
+over the description tokens and the end of the turn. ``pretrained_model(cfg)`` gives the folder a reward recipe
+starts from with ``init_from="pretrained"``: kept under ``pretrain_cache`` by a hash of the pretraining config, built
+on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions
+from zrcore.data.synthetic import SyntheticRubric
+from zrcore.training.checkpoint import export_reward_model
+from zrcore.training.config import PretrainConfig
+from zrcore.training.loop import TrainLoop, seed_everything
+
+# what the cache key leaves out: bookkeeping that does not change the weights
+NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "eval_every", "device", "distributed",
+              "fsdp_cpu_offload", "attn_implementation")
+
+
+class PretrainTrainer(TrainLoop):
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig, model=None):
+        from zrcore.models import build_tiny_reward_model
+        from zrcore.training.trainer import configure_reward_model
+
+        super().__init__(cfg)
+        rm = model if model is not None else build_tiny_reward_model(cfg.arch, cfg.preset, seed=cfg.seed)
+        configure_reward_model(rm, cfg, self.rt.device)
+        gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
+        self.train_set = captions(gen, cfg.scenes, cfg.candidates)
+        self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes)
+        self.pixels = self._pixels(rm, self.train_set + self.eval_set)
+        rm.train()
+        net = self.rt.prepare(rm, rm.shard_units(), methods=rm.fsdp_methods)
+        self.rm = rm
+        seed_everything(cfg.seed)
+        self.setup_optimizer(rm, net)
+
+    def batch_for(self, step: int) -> list:
+        """The global batch of a step: a pure function of (seed, step) (one shuffle per epoch), so resume is exact."""
+        n, b = len(self.train_set), self.cfg.batch_size
+        per_epoch = max(1, n // b)
+        epoch, pos = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7_919 + epoch)).tolist()
+        return [self.train_set[i] for i in order[pos * b:(pos + 1) * b]]
+
+    @staticmethod
+    def _pixels(rm, rows: list) -> dict:
+        """Each image through the image processor once: id(caption) -> (pixel rows, grid_thw row)."""
+        out = {}
+        for i in range(0, len(rows), 256):
+            chunk = rows[i:i + 256]
+            img = rm.image_inputs([r.image for r in chunk])
+            sizes = img["image_grid_thw"].prod(-1).tolist()
+            for r, px, grid in zip(chunk, img["pixel_values"].split(sizes), img["image_grid_thw"]):
+                out[id(r)] = (px, grid)
+        return out
+
+    def _nll(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
+        px = [self.pixels[id(r)] for r in rows]
+        img = {"pixel_values": torch.cat([p for p, _ in px]), "image_grid_thw": torch.stack([g for _, g in px])}
+        ids, mask, comp, img = self.rm.text_inputs([INSTRUCTION] * len(rows), img, [r.text for r in rows])
+        with self.rt.autocast():
+            out = self.net(ids, mask, img, comp, 1.0, with_distribution=False)
+        return -out.logps.float().sum(), comp.sum()
+
+    def train_step(self, step: int) -> dict:
+        local, _ = self.rt.shard(self.batch_for(step), "batch_size")
+        nll, tokens = self._nll(local)
+        loss = nll / tokens.clamp_min(1) * self.rt.share(float(tokens))
+        metrics = {"loss/caption_nll": float(nll.detach() / tokens.clamp_min(1))}
+        metrics |= self.optimizer_step(loss)
+        self.sched.step()
+        return metrics
+
+    def evaluate(self, name: str) -> dict:
+        """Per-token NLL of the held-out descriptions (each rank its contiguous part, summed over ranks)."""
+        rows, _ = self.rt.shard(self.eval_set, "eval_scenes")
+        was = self.rm.training
+        self.rm.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for i in range(0, len(rows), self.cfg.batch_size):
+                nll, tokens = self._nll(rows[i:i + self.cfg.batch_size])
+                total, count = total + float(nll), count + float(tokens)
+        self.rm.train(was)
+        return {"caption_nll": self.rt.global_sum(total) / max(self.rt.global_sum(count), 1.0)}
+
+    def log_row(self, result: dict) -> dict:
+        return {f"eval/{k}": v for k, v in result.items()}
+
+    def eval_due(self, step: int) -> bool:
+        return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0 and step < self.cfg.steps
+
+    def export(self) -> None:
+        export_reward_model(self.rm, self.out / "model", self.rt)
+
+    def report(self) -> None:
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+        print(f"held-out caption NLL per token: {self.results['start']['caption_nll']:.3f} (random init) -> "
+              f"{self.results['final']['caption_nll']:.3f}", flush=True)
+
+
+def pretrain_config_for(cfg) -> PretrainConfig:
+    """The pretraining config a reward config's ``init_from="pretrained"`` stands for: its arch, preset, image size,
+    device and precision; everything else at PretrainConfig's defaults."""
+    return PretrainConfig(arch=cfg.arch, preset=cfg.preset, image_size=cfg.image_size, device=cfg.device,
+                          dtype=cfg.dtype, progress=cfg.progress)
+
+
+def cache_key(cfg: PretrainConfig) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.arch}-{cfg.preset}-{digest}"
+
+
+def pretrained_model(cfg) -> str:
+    """The folder of the pretrained tiny model for a reward config (see the module docstring), pretrained now in
+    this process when it is not cached yet."""
+    pre = pretrain_config_for(cfg)
+    folder = Path(cfg.pretrain_cache) / cache_key(pre)
+    model = folder / "model"
+    if (model / "config.json").exists():
+        return str(model)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"init_from='pretrained': {folder} is not built yet; run python recipes/pretrain_tiny.py "
+                         f"--arch {cfg.arch} --preset {cfg.preset} --image_size {cfg.image_size} --output_dir "
+                         f"{folder} in one process first")
+    print(f"pretraining the tiny {cfg.arch} {cfg.preset} (cached in {folder}; done once)", flush=True)
+    PretrainTrainer(dataclasses.replace(pre, output_dir=str(folder))).fit()
+    return str(model)
