@@ -23,11 +23,12 @@ def _rubric_clauses() -> list[str]:
 
 def test_descriptions_hold_no_score_and_no_rubric():
     gen = SyntheticRubric(seed=0, image_size=32)
-    rows = captions(gen, 60)
+    rows = captions(gen, 60, with_questions=True)
     labels = set(ScoreBins.half_points().labels)
     clauses = _rubric_clauses()
-    texts = {r.text for r in rows} | {INSTRUCTION}
-    assert len(texts) > 100  # the set is varied
+    texts = {r.text for r in rows} | {r.instruction for r in rows} | {INSTRUCTION}
+    assert len({r.text for r in rows if r.instruction == INSTRUCTION}) > 100  # the descriptions are varied
+    assert len({r.instruction for r in rows}) == 10  # the description and nine questions
     for text in texts:
         assert not re.search(r"\d", text), text  # no score label, no number at all
         assert not (set(text.replace(".", " ").split()) & labels), text

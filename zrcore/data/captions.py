@@ -1,6 +1,7 @@
 """Descriptions of rendered synthetic scenes, the pretraining set of the tiny VLMs: the image in words.
 
-A description names what was drawn and how it looks, never how good it is:
+A description names what was drawn and how it looks, never how good it is (and short questions ask for one part
+of it, answered with that part alone, so that the first answer position learns to read the image):
 
     "two red circles on a white background. one floats above the ground. they overlap. off centre.
      slightly blurred. clean. some clutter."
@@ -30,20 +31,41 @@ LEVELS = {
 }
 
 
-def describe(scene: Scene, d: Defects) -> str:
-    """The description of candidate ``d`` rendered for ``scene`` (see the module docstring)."""
+def clauses(scene: Scene, d: Defects) -> dict[str, str]:
+    """The parts of the description of candidate ``d`` rendered for ``scene`` (see the module docstring)."""
     plural = "s" if d.count > 1 else ""
-    parts = [f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background."]
     if d.floating == 0:
-        parts.append("it stands on the ground." if d.count == 1 else "they stand on the ground.")
+        ground = "it stands on the ground." if d.count == 1 else "they stand on the ground."
     else:
-        verb = "floats" if d.floating == 1 else "float"
-        parts.append(f"{NUMBER_WORDS[d.floating]} {verb} above the ground.")
-    if d.overlap:
-        parts.append("they overlap.")
-    parts.append("off centre." if d.off_centre else "centred.")
-    parts += [LEVELS["blur"][d.blur], LEVELS["noise"][d.noise], LEVELS["clutter"][d.clutter]]
-    return " ".join(parts)
+        ground = f"{NUMBER_WORDS[d.floating]} {'floats' if d.floating == 1 else 'float'} above the ground."
+    return {
+        "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
+        "ground": ground + (" they overlap." if d.overlap else ""),
+        "centre": "off centre." if d.off_centre else "centred.",
+        "blur": LEVELS["blur"][d.blur],
+        "noise": LEVELS["noise"][d.noise],
+        "clutter": LEVELS["clutter"][d.clutter],
+    }
+
+
+def describe(scene: Scene, d: Defects) -> str:
+    """The description of candidate ``d`` rendered for ``scene``: its clauses in order."""
+    return " ".join(clauses(scene, d).values())
+
+
+def questions(scene: Scene, d: Defects) -> list[tuple[str, str]]:
+    """(question, answer) pairs about one part of the image each."""
+    part = clauses(scene, d)
+    plural = "s" if d.count > 1 else ""
+    return [("How many objects are there?", f"{NUMBER_WORDS[d.count]}."),
+            ("What colour are the objects?", f"{d.colour}."),
+            ("What shape are the objects?", f"{d.shape}{plural}."),
+            ("What is the background?", f"{scene.background}."),
+            ("Where are the objects?", part["ground"]),
+            ("Are the objects centred?", part["centre"]),
+            ("Is the image sharp?", part["blur"]),
+            ("Is the image noisy?", part["noise"]),
+            ("Is there clutter?", part["clutter"])]
 
 
 @dataclass(frozen=True)
@@ -52,10 +74,13 @@ class Caption:
     text: str
     index: int  # the scene index in SyntheticRubric
     candidate: int
+    instruction: str = INSTRUCTION
 
 
-def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET) -> list[Caption]:
-    """Rendered candidates of scenes ``start .. start + n_scenes - 1`` with their descriptions."""
+def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET,
+             with_questions: bool = False) -> list[Caption]:
+    """Rendered candidates of scenes ``start .. start + n_scenes - 1``: each image's description, then (with
+    ``with_questions``) one row per question about it."""
     if start < PRETRAIN_OFFSET:
         raise ValueError(f"start must be >= PRETRAIN_OFFSET ({PRETRAIN_OFFSET}): lower indices are rubric data")
     out = []
@@ -63,4 +88,6 @@ def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: in
         for c in range(candidates):
             scene, d, image = gen.candidate(index, c)
             out.append(Caption(image, describe(scene, d), index, c))
+            if with_questions:
+                out += [Caption(image, a, index, c, q) for q, a in questions(scene, d)]
     return out

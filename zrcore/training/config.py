@@ -100,6 +100,7 @@ class PretrainConfig(RunConfig):
     scenes: int = 500  # training scenes (x candidates images), indices from zrcore.data.captions.PRETRAIN_OFFSET
     candidates: int = 4
     eval_scenes: int = 16  # held-out scenes after the training ones (a caption-loss check)
+    questions: bool = False  # also one short question per part of each image (zrcore.data.captions.questions)
     batch_size: int = 32
     steps: int = 500
     lr: float = 1e-3

@@ -1,9 +1,10 @@
 """Pretraining of the tiny VLMs: describe rendered synthetic scenes in words (zrcore.data.captions), so that a
 reward model starts from a network that can see, as the paper's start from a pretrained Qwen-VL.
 
-    L = - (1 / #tokens) sum_rows sum_t log pi(y_t | image, "Describe the image.", y_<t)
+    L = - (1 / #tokens) sum_rows sum_t log pi(y_t | image, instruction, y_<t)
 
-over the description tokens and the end of the turn. ``pretrained_model(cfg)`` gives the folder a reward recipe
+over the answer tokens and the end of the turn, the instruction being "Describe the image." or a question about
+one part of it. ``pretrained_model(cfg)`` gives the folder a reward recipe
 starts from with ``init_from="pretrained"``: kept under ``pretrain_cache`` by a hash of the pretraining config, built
 on first use.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions
+from zrcore.data.captions import PRETRAIN_OFFSET, captions
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
@@ -40,8 +41,9 @@ class PretrainTrainer(TrainLoop):
         rm = model if model is not None else build_tiny_reward_model(cfg.arch, cfg.preset, seed=cfg.seed)
         configure_reward_model(rm, cfg, self.rt.device)
         gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
-        self.train_set = captions(gen, cfg.scenes, cfg.candidates)
-        self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes)
+        self.train_set = captions(gen, cfg.scenes, cfg.candidates, with_questions=cfg.questions)
+        self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes,
+                                 with_questions=cfg.questions)
         self.pixels = self._pixels(rm, self.train_set + self.eval_set)
         rm.train()
         net = self.rt.prepare(rm, rm.shard_units(), methods=rm.fsdp_methods)
@@ -59,21 +61,22 @@ class PretrainTrainer(TrainLoop):
 
     @staticmethod
     def _pixels(rm, rows: list) -> dict:
-        """Each image through the image processor once: id(caption) -> (pixel rows, grid_thw row)."""
+        """Each image through the image processor once: (scene index, candidate) -> (pixel rows, grid_thw row)."""
+        firsts = list({(r.index, r.candidate): r for r in rows}.values())
         out = {}
-        for i in range(0, len(rows), 256):
-            chunk = rows[i:i + 256]
+        for i in range(0, len(firsts), 256):
+            chunk = firsts[i:i + 256]
             img = rm.image_inputs([r.image for r in chunk])
             sizes = img["image_grid_thw"].prod(-1).tolist()
             for r, px, grid in zip(chunk, img["pixel_values"].split(sizes), img["image_grid_thw"]):
-                out[id(r)] = (px, grid)
+                out[(r.index, r.candidate)] = (px, grid)
         return out
 
     def _nll(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
-        px = [self.pixels[id(r)] for r in rows]
+        px = [self.pixels[(r.index, r.candidate)] for r in rows]
         img = {"pixel_values": torch.cat([p for p, _ in px]), "image_grid_thw": torch.stack([g for _, g in px])}
-        ids, mask, comp, img = self.rm.text_inputs([INSTRUCTION] * len(rows), img, [r.text for r in rows])
+        ids, mask, comp, img = self.rm.text_inputs([r.instruction for r in rows], img, [r.text for r in rows])
         with self.rt.autocast():
             out = self.net(ids, mask, img, comp, 1.0, with_distribution=False)
         return -out.logps.float().sum(), comp.sum()
