@@ -47,7 +47,11 @@ class RunConfig:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {list(ATTN_IMPLEMENTATIONS)}, "
                              f"got {self.attn_implementation!r}")
-        for name in ("steps", "save_every", "log_every"):
+        self.require_positive("steps", "save_every", "log_every")
+
+    def require_positive(self, *names: str) -> None:
+        """Each named integer field must be >= 1; the error names the field."""
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -83,9 +87,7 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("rollout_batch_size", "prompts_per_step", "eval_batch_size", "candidates"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("rollout_batch_size", "prompts_per_step", "eval_batch_size", "candidates")
 
 
 @dataclass
@@ -110,9 +112,7 @@ class PretrainConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("scenes", "candidates", "eval_scenes", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("scenes", "candidates", "eval_scenes", "batch_size")
 
 
 @dataclass
@@ -209,8 +209,7 @@ class GeneratorConfig(RunConfig):
             raise ValueError(f"arch must be one of ['zimage', 'sd3', 'flux'], got {self.arch!r}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be 0 (full fine-tuning) or positive, got {self.lora_rank}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        self.require_positive("batch")
 
 
 def _coerce(tp, text: str):
