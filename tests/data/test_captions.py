@@ -40,8 +40,8 @@ def test_descriptions_hold_no_score_and_no_rubric():
 def test_description_follows_what_was_drawn():
     scene = Scene(2, "circle", "red", "white")  # asked for
     drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
-    assert describe(scene, drawn) == ("three blue squares on a white background. one floats above the ground. "
-                                      "they overlap. off centre. very blurred. clean. some clutter.")
+    assert describe(scene, drawn) == ("very blurred. clean. some clutter. three blue squares on a white background. "
+                                      "one floats above the ground. they overlap. off centre.")
 
 
 def test_pretraining_scenes_are_disjoint_from_rubric_data():

@@ -3,12 +3,15 @@
 A description names what was drawn and how it looks, never how good it is (and short questions ask for one part
 of it, answered with that part alone, so that the first answer position learns to read the image):
 
-    "two red circles on a white background. one floats above the ground. they overlap. off centre.
-     slightly blurred. clean. some clutter."
+    "slightly blurred. clean. some clutter. two red circles on a white background. one floats above the
+     ground. they overlap. off centre."
 
-objects (count, colour, shape as rendered, not as asked), background, position (standing on the ground line or
-floating, overlapping, centred or off centre) and the visible defects (blur, noise and clutter levels). It holds no
-score, no score label and no sentence of the rubric: the model learns to see before it is taught to judge.
+the visible defects (blur, noise and clutter levels) first, then the objects (count, colour, shape as rendered,
+not as asked), background and position (standing on the ground line or floating, overlapping, centred or off
+centre). The defects come first because a clause late in the text is mostly predicted from the words before it:
+placed last, the defects were not learned from the pixels and the vision tower lost them (docs/RESULTS.md).
+It holds no score, no score label and no sentence of the rubric: the model learns to see before it is taught to
+judge.
 
 The images come from ``SyntheticRubric`` at indices from ``PRETRAIN_OFFSET`` on, a range disjoint from the
 training prompts (from 0) and the held-out ones (from ``zrcore.training.data.EVAL_OFFSET``).
@@ -23,6 +26,7 @@ from PIL import Image
 from zrcore.data.synthetic import NUMBER_WORDS, Defects, Scene, SyntheticRubric
 
 PRETRAIN_OFFSET = 1_000_000
+FORMAT_VERSION = 2  # part of the pretraining cache key: bumped whenever the texts change (2: defects first)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -38,13 +42,13 @@ def clauses(scene: Scene, d: Defects) -> dict[str, str]:
         ground = "it stands on the ground." if d.count == 1 else "they stand on the ground."
     else:
         ground = f"{NUMBER_WORDS[d.floating]} {'floats' if d.floating == 1 else 'float'} above the ground."
-    return {
-        "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
-        "ground": ground + (" they overlap." if d.overlap else ""),
-        "centre": "off centre." if d.off_centre else "centred.",
+    return {  # the image-wide defects first: later clauses lean on the earlier words, these only on the pixels
         "blur": LEVELS["blur"][d.blur],
         "noise": LEVELS["noise"][d.noise],
         "clutter": LEVELS["clutter"][d.clutter],
+        "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
+        "ground": ground + (" they overlap." if d.overlap else ""),
+        "centre": "off centre." if d.off_centre else "centred.",
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from zrcore.data.captions import PRETRAIN_OFFSET, captions
+from zrcore.data.captions import FORMAT_VERSION, PRETRAIN_OFFSET, captions
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
@@ -127,6 +127,7 @@ def pretrain_config_for(cfg) -> PretrainConfig:
 
 def cache_key(cfg: PretrainConfig) -> str:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_KEY}
+    fields["texts"] = FORMAT_VERSION
     digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.arch}-{cfg.preset}-{digest}"
 
