@@ -42,3 +42,20 @@ def test_distributed_runs_need_the_cache(tmp_path, monkeypatch):
     cfg = TrainConfig(pretrain_cache=str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="pretrain_tiny.py"):
         pretrain.pretrained_model(cfg)
+
+
+@pytest.mark.slow
+def test_pretraining_two_processes_match_one(tmp_path):
+    """Under DDP each rank weights its description tokens by its share of the global batch, so two processes
+    take the steps of one: the held-out loss after training agrees to float32 rounding (gloo, CPU)."""
+    from tests.training.runs import logged, torchrun
+
+    args = ["--steps", "3", "--scenes", "4", "--candidates", "2", "--eval_scenes", "1", "--batch_size", "4",
+            "--image_size", "56", "--preset", "student", "--lr", "3e-3", "--warmup_steps", "1", "--progress", "false"]
+    torchrun("pretrain_tiny", args, 1, tmp_path / "one")
+    torchrun("pretrain_tiny", args + ["--distributed", "ddp"], 2, tmp_path / "two")
+    one, two = logged(tmp_path / "one", "eval/caption_nll"), logged(tmp_path / "two", "eval/caption_nll")
+    assert one[0] == pytest.approx(two[0], rel=1e-5)  # the same start
+    assert one[-1] < one[0]
+    assert two[-1] == pytest.approx(one[-1], rel=1e-5)  # seen: 1e-7 apart
+    assert (tmp_path / "two" / "model" / "config.json").exists()

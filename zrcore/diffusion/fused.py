@@ -16,11 +16,6 @@ import torch.nn.functional as F
 from zrcore.ops._dispatch import extension, resolve_impl
 
 
-def _ext_registered() -> bool:
-    """Whether the compiled ops exist as torch.ops.zrcore.* (importing zrcore._C registers them)."""
-    return extension() is not None
-
-
 def _group_norm_silu_fake(x, gamma, beta, groups, eps):
     stats = x.new_empty(x.shape[0], groups, dtype=torch.float32)
     return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
@@ -65,7 +60,7 @@ def _cfg_euler_backward(ctx, g):
     return g, dvc, dvu, None, None
 
 
-if _ext_registered():
+if extension() is not None:  # importing zrcore._C registered the ops
     torch.library.register_fake("zrcore::group_norm_silu", _group_norm_silu_fake)
     torch.library.register_fake("zrcore::group_norm_silu_backward", _group_norm_silu_backward_fake)
     torch.library.register_autograd("zrcore::group_norm_silu", _group_norm_silu_backward,

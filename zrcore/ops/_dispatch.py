@@ -71,6 +71,9 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_REAL = (torch.Tensor, torch.nn.Parameter)  # plain tensors: no fake-tensor test needed
+
+
 def is_tracing(*tensors: torch.Tensor | None) -> bool:
     """Whether the caller is being traced rather than run: under torch.compile, or (for a backward that was handed
     its saved tensors) on fake tensors, as AOT dispatch traces it. Value checks that read tensor contents are skipped
@@ -78,9 +81,6 @@ def is_tracing(*tensors: torch.Tensor | None) -> bool:
     if torch.compiler.is_compiling():
         return True
     return any(t is not None and t.__class__ not in _REAL and is_fake(t) for t in tensors)
-
-
-_REAL = (torch.Tensor, torch.nn.Parameter)
 
 
 def extension():

@@ -43,7 +43,6 @@ def validate_pairwise_inputs(mean, scores, score_range, mask):
     _checks.positive("score_range", score_range)
     _checks.bool_mask("mask", mask, mean.shape)
     _checks.same_device(mean=mean, scores=scores, mask=mask)
-    _checks.finite_on_host("scores", scores)  # a NaN score would give a NaN loss
 
 
 def _validate(mean, scores, score_range, mask, impl) -> str:
@@ -329,7 +328,7 @@ def pairwise_gap(
     """
     backend = _SIGNATURES.get(_checks.signature(mean, scores, mask, score_range, impl),
                               lambda: _validate(mean, scores, score_range, mask, impl))
-    _checks.finite_on_host("scores", scores)  # a value check: per tensor version, not per signature
+    _checks.finite_on_host("scores", scores)  # a NaN score would give a NaN loss (a value check: per tensor version)
     args = (mean, scores, mask, float(score_range), bool(include_ties), backend)
     out, reward, has_pair, _ = _pairwise_op(*args) if is_tracing() else _PairwiseEager.apply(*args)
     return PairwiseGap(out[0], reward, has_pair)

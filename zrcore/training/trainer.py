@@ -126,8 +126,7 @@ class Trainer(TrainLoop):
         if self.main:
             self.traces[name] = [{"prompt": records[i].prompt, "dimension": records[i].dimension,
                                   "score": records[i].score, "expected": float(p @ self.rm.bins.values.float()),
-                                  "reasoning": t} for i, t, p in zip(idx, pred["traces"], pred["probs"])
-                                 if t and i < len(records)][:2]
+                                  "reasoning": t} for i, t, p in zip(idx, pred["traces"], pred["probs"]) if t][:2]
             rows = [{"prompt": r.prompt, "dimension": r.dimension, "score": r.score, "prompt_id": r.prompt_id,
                      "probs": p, "tokens": t} for r, p, t in zip(records, probs.tolist(), tokens.tolist())]
             (self.out / f"eval_{name}.json").write_text(json.dumps({"metrics": res, "predictions": rows}))
