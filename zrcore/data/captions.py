@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from PIL import Image
 
 from zrcore.data.synthetic import NUMBER_WORDS, Defects, Scene, SyntheticRubric
 
 PRETRAIN_OFFSET = 1_000_000
-FORMAT_VERSION = 2  # part of the pretraining cache key: bumped whenever the texts change (2: defects first)
+FORMAT_VERSION = 3  # part of the pretraining cache key: bumped whenever the texts change (2: defects first,
+# 3: optional surrounding context)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -79,19 +81,46 @@ class Caption:
     index: int  # the scene index in SyntheticRubric
     candidate: int
     instruction: str = INSTRUCTION
+    system: str = ""  # a system turn ("" = none)
+
+
+# neutral words of the surrounding context (no judging word, no number): the text a user may put around the image
+CONTEXT_WORDS = ("the a an of on in with and or is are this that here there picture photo scene drawing image "
+                 "object objects thing things shape shapes colour colours line lines left right top bottom middle "
+                 "small large look see show shows drawn made please what where which text word words note "
+                 "prompt asked request user page card example task answer given below above next").split()
+
+
+def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str]:
+    """(system, instruction): a random context around the request to describe, so that a description follows the
+    image whatever text surrounds it: a system turn half of the time, zero to four lines "Word: words..." (one of
+    them the scene's text-to-image prompt half of the time) before the instruction, which itself is present half
+    of the time. Drawn from the row's own generator: deterministic given (seed, index, candidate)."""
+    g = gen._gen(5, index, candidate)
+    rand = lambda n: int(torch.randint(n, (1,), generator=g))
+    words = lambda lo, hi: " ".join(CONTEXT_WORDS[rand(len(CONTEXT_WORDS))] for _ in range(lo + rand(hi - lo + 1)))
+    system = (words(4, 14).capitalize() + ".") if rand(2) else ""
+    lines = [words(1, 1).capitalize() + ": " + words(2, 16) for _ in range(rand(5))]
+    if rand(2):
+        lines.insert(rand(len(lines) + 1), f"Prompt: {scene.prompt}")
+    if rand(2) or not lines:
+        lines.append(INSTRUCTION)
+    return system, "\n".join(lines)
 
 
 def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET,
-             with_questions: bool = False) -> list[Caption]:
-    """Rendered candidates of scenes ``start .. start + n_scenes - 1``: each image's description, then (with
-    ``with_questions``) one row per question about it."""
+             with_questions: bool = False, contexts: bool = False) -> list[Caption]:
+    """Rendered candidates of scenes ``start .. start + n_scenes - 1``: each image's description (with
+    ``contexts``: asked in a random surrounding text, ``context``), then (with ``with_questions``) one row per
+    question about it."""
     if start < PRETRAIN_OFFSET:
         raise ValueError(f"start must be >= PRETRAIN_OFFSET ({PRETRAIN_OFFSET}): lower indices are rubric data")
     out = []
     for index in range(start, start + n_scenes):
         for c in range(candidates):
             scene, d, image = gen.candidate(index, c)
-            out.append(Caption(image, describe(scene, d), index, c))
+            system, instruction = context(gen, scene, index, c) if contexts else ("", INSTRUCTION)
+            out.append(Caption(image, describe(scene, d), index, c, instruction, system))
             if with_questions:
                 out += [Caption(image, a, index, c, q) for q, a in questions(scene, d)]
     return out

@@ -243,20 +243,24 @@ class RewardModel(torch.nn.Module):
         ids, mask = self.left_pad(self._prompt_ids(prompts, img["image_grid_thw"], dims, False))
         return ids, mask, img
 
-    def text_inputs(self, instructions: Sequence[str], images: Sequence | dict, answers: Sequence[str]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def text_inputs(self, instructions: Sequence[str], images: Sequence | dict, answers: Sequence[str],
+                    systems: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """(sequences, attention_mask, completion_mask, image_inputs) of plain image chats without the rubric:
         the image and an instruction in the user turn, ``answers`` (then the end of the turn) as the assistant's,
         which completion_mask marks. For training the VLM on image descriptions (``forward`` gives their
-        log-probs). ``images``: the images, or their ``image_inputs`` already computed."""
+        log-probs). ``images``: the images, or their ``image_inputs`` already computed; ``systems``: a system turn
+        per row ("" = none)."""
         img = images if isinstance(images, dict) else self.image_inputs(list(images))
         n_images = img["image_grid_thw"].shape[0]
         if not (len(instructions) == n_images == len(answers)):
             raise ValueError(f"got {len(instructions)} instructions, {n_images} images and {len(answers)} "
                              "answers: one each per row")
         n_tokens = self.geometry.tokens(img["image_grid_thw"]).tolist()
-        heads = [self.tokenizer.encode(image_chat(t, n), add_special_tokens=False)
-                 for t, n in zip(instructions, n_tokens)]
+        systems = [""] * n_images if systems is None else list(systems)
+        if len(systems) != n_images:
+            raise ValueError(f"systems: need one per row ({n_images}), got {len(systems)}")
+        heads = [self.tokenizer.encode(image_chat(t, n, system=s), add_special_tokens=False)
+                 for t, n, s in zip(instructions, n_tokens, systems)]
         tails = [self.tokenizer.encode(a, add_special_tokens=False) + [self.end_of_turn_id] for a in answers]
         ids, mask = self.left_pad([h + t for h, t in zip(heads, tails)])
         comp = torch.zeros_like(mask, dtype=torch.bool)

@@ -103,6 +103,7 @@ class PretrainConfig(RunConfig):
     candidates: int = 4
     eval_scenes: int = 16  # held-out scenes after the training ones (a caption-loss check)
     questions: bool = False  # also one short question per part of each image (zrcore.data.captions.questions)
+    contexts: bool = True  # each description asked in a random surrounding text (zrcore.data.captions.context)
     batch_size: int = 32
     steps: int = 500
     lr: float = 1e-3
@@ -129,7 +130,7 @@ class GDSOConfig(TrainConfig):
     output_dir: str = "runs/gdso"
     preset: str = "teacher"
     num_samples: int = 4  # G
-    max_reasoning_tokens: int = 8
+    max_reasoning_tokens: int = 48  # a description of the image fits (zrcore.data.captions)
     temperature: float = 1.0
     updates_per_rollout: int = 2  # K_gdso
     ref_reset_every: int = 10  # N_ref
@@ -154,7 +155,7 @@ class RISDConfig(TrainConfig):
     output_dir: str = "runs/risd"
     teacher: str = ""  # teacher checkpoint folder (required)
     teacher_samples: int = 2
-    max_reasoning_tokens: int = 8
+    max_reasoning_tokens: int = 48  # a description of the image fits (zrcore.data.captions)
     temperature: float = 1.0
 
 
@@ -166,7 +167,7 @@ class OPDConfig(TrainConfig):
     teacher: str = ""
     normalize: str = "trajectory"  # eq. 19: (1/T) per trajectory, then the mean; "token": the batch's token mean
     num_samples: int = 2
-    max_reasoning_tokens: int = 8
+    max_reasoning_tokens: int = 48  # a description of the image fits (zrcore.data.captions)
     temperature: float = 1.0
 
     def __post_init__(self):

@@ -41,9 +41,10 @@ class PretrainTrainer(TrainLoop):
         rm = model if model is not None else build_tiny_reward_model(cfg.arch, cfg.preset, seed=cfg.seed)
         configure_reward_model(rm, cfg, self.rt.device)
         gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
-        self.train_set = captions(gen, cfg.scenes, cfg.candidates, with_questions=cfg.questions)
+        self.train_set = captions(gen, cfg.scenes, cfg.candidates, with_questions=cfg.questions,
+                                 contexts=cfg.contexts)
         self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes,
-                                 with_questions=cfg.questions)
+                                 with_questions=cfg.questions, contexts=cfg.contexts)
         self.pixels = self._pixels(rm, self.train_set + self.eval_set)
         rm.train()
         net = self.rt.prepare(rm, rm.shard_units(), methods=rm.fsdp_methods)
@@ -76,7 +77,8 @@ class PretrainTrainer(TrainLoop):
         """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
         px = [self.pixels[(r.index, r.candidate)] for r in rows]
         img = {"pixel_values": torch.cat([p for p, _ in px]), "image_grid_thw": torch.stack([g for _, g in px])}
-        ids, mask, comp, img = self.rm.text_inputs([r.instruction for r in rows], img, [r.text for r in rows])
+        ids, mask, comp, img = self.rm.text_inputs([r.instruction for r in rows], img, [r.text for r in rows],
+                                                    [r.system for r in rows])
         with self.rt.autocast():
             out = self.net(ids, mask, img, comp, 1.0, with_distribution=False)
         return -out.logps.float().sum(), comp.sum()
