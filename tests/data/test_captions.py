@@ -6,7 +6,7 @@ import re
 import pytest
 
 from zrcore.bins import ScoreBins
-from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions, describe
+from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions, context, describe
 from zrcore.data.synthetic import Defects, Scene, SyntheticRubric
 from zrcore.models.templates import RubricTemplates
 from zrcore.training.config import TrainConfig
@@ -35,6 +35,32 @@ def test_descriptions_hold_no_score_and_no_rubric():
         low = text.lower()
         assert not any(c in low for c in clauses), text
         assert not any(w in low for w in ("score", "rubric", "rate", "quality", "good", "bad")), text
+
+
+def _assert_not_judging(text: str) -> None:
+    assert not re.search(r"\d", text), text  # no score label, no number at all
+    assert not (set(text.replace(".", " ").split()) & set(ScoreBins.half_points().labels)), text
+    low = text.lower()
+    assert not any(c in low for c in _rubric_clauses()), text
+    assert not any(w in low for w in ("score", "rubric", "rate", "quality", "good", "bad", "judge")), text
+
+
+def test_contexts_vary_and_never_judge():
+    """With contexts the request to describe sits in a random text: system turns, neutral lines and the scene's own
+    prompt vary, the description does not, and nothing in the context judges either."""
+    gen = SyntheticRubric(seed=0, image_size=32)
+    plain, ctx = captions(gen, 40), captions(gen, 40, contexts=True)
+    assert [r.text for r in plain] == [r.text for r in ctx]  # the same descriptions of the same images
+    assert {r.instruction for r in plain} == {INSTRUCTION} and {r.system for r in plain} == {""}
+    assert len({r.instruction for r in ctx}) > 100 and len({r.system for r in ctx}) > 50
+    assert 0.3 < sum(r.system == "" for r in ctx) / len(ctx) < 0.7
+    assert any(f"Prompt: {gen.scene(r.index).prompt}" in r.instruction for r in ctx)
+    assert any(INSTRUCTION not in r.instruction for r in ctx)  # sometimes no explicit request at all
+    for r in ctx:
+        _assert_not_judging(r.system)
+        _assert_not_judging(r.instruction)
+    scene = gen.scene(PRETRAIN_OFFSET)
+    assert context(gen, scene, PRETRAIN_OFFSET, 1) == context(gen, scene, PRETRAIN_OFFSET, 1)  # deterministic
 
 
 def test_description_follows_what_was_drawn():

@@ -71,3 +71,30 @@ def test_killed_generator_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert rewards("full") == rewards("cut")
     assert len(rewards("full")) == 6  # step 0 (validation), steps 1-4 and the final validation
     assert full == resumed
+
+
+@pytest.mark.slow
+def test_generator_seed_study_tabulates_the_runs_it_made(tmp_path):
+    """recipes/generator_seeds.py: one run per (kappa, seed), a row per kappa whose numbers are the runs' own."""
+    import statistics
+    import subprocess
+    import sys
+
+    from tests.training.runs import GENERATOR_TINY, ROOT
+
+    out = tmp_path / "seeds"
+    cmd = [sys.executable, "recipes/generator_seeds.py", "--reward_model", "tiny", "--output_dir", str(out),
+           "--seeds", "0", "1", "--kappas", "0", "1", "--extra", *GENERATOR_TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "table.md").read_text().splitlines()
+    assert len(table) == 4 and (out / "val_reward.png").exists()
+    for kappa, line in zip((0, 1), table[2:]):
+        rises = []
+        for seed in (0, 1):
+            rows = [json.loads(x) for x in (out / f"kappa{kappa}-s{seed}" / "metrics.jsonl").read_text().splitlines()]
+            vals = [r["val/reward"] for r in rows if "val/reward" in r]
+            rises.append(vals[-1] - vals[0])
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == str(kappa) and cells[1] == "2"
+        assert cells[4] == f"{statistics.mean(rises):+.4f} ± {statistics.stdev(rises):.4f}"

@@ -1,0 +1,91 @@
+"""The generator run over several seeds and kappas (the paper's figure 5 in miniature): validation reward over the
+iterations, mean ± std over seeds per kappa, and the rise of each run against the seed-to-seed spread.
+
+    python recipes/generator_seeds.py --reward_model runs/paper_synthetic/student-RISD-s0/model \\
+        --output_dir runs/generator_seeds --seeds 0 1 2 --kappas 0 1 --extra --latent_size 56
+
+Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K`` (finished runs are not repeated); the script
+writes ``table.md`` (reward at the start and the end, the rise, rise / std of the rise over seeds) and
+``val_reward.png`` (one band per kappa).
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def curve(out_dir: Path) -> tuple[list[int], list[float]]:
+    """(steps, validation rewards) logged by one generator run."""
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "val/reward" in r]
+    return [r["step"] for r in rows], [r["val/reward"] for r in rows]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reward_model", required=True, help="a student checkpoint folder (train_risd.py)")
+    parser.add_argument("--output_dir", default="runs/generator_seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--kappas", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="options passed to every run")
+    args = parser.parse_args()
+    out = Path(args.output_dir)
+    curves: dict[float, list] = {}
+    for kappa in args.kappas:
+        for seed in args.seeds:
+            run_dir = out / f"kappa{kappa:g}-s{seed}"
+            if not (run_dir / "results.json").exists():
+                cmd = [sys.executable, str(ROOT / "train_generator.py"), "--reward_model", args.reward_model,
+                       "--seed", str(seed), "--kappa", str(kappa), "--output_dir", str(run_dir), "--progress",
+                       "false", *args.extra]
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True)
+            curves.setdefault(kappa, []).append(curve(run_dir))
+    lines = ["| kappa | seeds | val reward start | val reward end | rise | rise / std(rise) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for kappa, runs in curves.items():
+        start = mean_std([r[1][0] for r in runs])
+        end = mean_std([r[1][-1] for r in runs])
+        rise = mean_std([r[1][-1] - r[1][0] for r in runs])
+        ratio = f"{rise[0] / rise[1]:.1f}" if rise[1] > 0 else "n/a"
+        lines.append(f"| {kappa:g} | {len(runs)} | {start[0]:.4f} ± {start[1]:.4f} | {end[0]:.4f} ± {end[1]:.4f} | "
+                     f"{rise[0]:+.4f} ± {rise[1]:.4f} | {ratio} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(curves, out / "val_reward.png")
+    print((out / "table.md").read_text())
+
+
+def plot(curves: dict, path: Path) -> None:
+    """Validation reward over the iterations: the mean over seeds per kappa, a band of ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kappa, runs in curves.items():
+        steps = runs[0][0]
+        per_step = [[r[1][i] for r in runs] for i in range(len(steps))]
+        mean = [statistics.mean(v) for v in per_step]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
+        ax.plot(steps, mean, label=f"kappa = {kappa:g} ({len(runs)} seeds)")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("validation reward (mean - kappa std)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
