@@ -19,6 +19,8 @@ from zrcore.training.student import OPDTrainer, RISDTrainer, SFTTrainer
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     full = parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "full")])
     res_full = GDSOTrainer(full).fit()
+    report = (tmp_path / "full" / "results.md").read_text()  # sampled traces of both evaluations
+    assert "reasoning of the zero-shot model" in report and "reasoning of the trained model" in report
     cut = parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])
     monkeypatch.setenv("ZRCORE_STOP_AFTER_STEP", "2")
     with pytest.raises(SystemExit, match="stopped after step 2"):

@@ -144,11 +144,12 @@ class Trainer(TrainLoop):
 
     def report(self) -> None:
         table = format_table({"start (zero-shot)": self.results["start"], "trained": self.results["final"]})
-        traces = self.traces.get("final", [])
-        if traces:
-            table += "\n\nSampled reasoning of the trained model (mean length: the output tokens column):\n" + "\n".join(
-                f"- {t['dimension']} of \"{t['prompt']}\" (human {t['score']:.2f}, expected {t['expected']:.2f}): "
-                f"\"{t['reasoning'].strip()}\"" for t in traces)
+        for name, model in (("start", "zero-shot"), ("final", "trained")):
+            traces = self.traces.get(name, [])
+            if traces:
+                table += (f"\n\nSampled reasoning of the {model} model (mean length: the output tokens column):\n"
+                          + "\n".join(f"- {t['dimension']} of \"{t['prompt']}\" (human {t['score']:.2f}, expected "
+                                      f"{t['expected']:.2f}): \"{t['reasoning'].strip()}\"" for t in traces))
         (self.out / "results.md").write_text(table + "\n")
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
         try:
