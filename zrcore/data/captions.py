@@ -13,6 +13,11 @@ placed last, the defects were not learned from the pixels and the vision tower l
 It holds no score, no score label and no sentence of the rubric: the model learns to see before it is taught to
 judge.
 
+With ``contexts`` the request sits inside a random surrounding text (``context``: a system turn, neutral
+"Word: words" lines, the scene's own text-to-image prompt), so that the description follows the image whatever the
+user turn says. The rubric prompt of a reward model is such a text: the pretrained teacher, prompted with it,
+writes a description of the image as its reasoning (docs/RESULTS.md).
+
 The images come from ``SyntheticRubric`` at indices from ``PRETRAIN_OFFSET`` on, a range disjoint from the
 training prompts (from 0) and the held-out ones (from ``zrcore.training.data.EVAL_OFFSET``).
 """
