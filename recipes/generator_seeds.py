@@ -6,7 +6,7 @@ iterations, mean ± std over seeds per kappa, and the rise of each run against t
 
 Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K`` (finished runs are not repeated); the script
 writes ``table.md`` (reward at the start and the end, the rise, rise / std of the rise over seeds) and
-``val_reward.png`` (one band per kappa).
+``val_reward.png`` (the change from the start, one band per kappa).
 """
 
 import argparse
@@ -65,7 +65,8 @@ def main() -> None:
 
 
 def plot(curves: dict, path: Path) -> None:
-    """Validation reward over the iterations: the mean over seeds per kappa, a band of ± one std."""
+    """Validation reward over the iterations, as the change from each run's start (the kappas differ by a constant
+    of about kappa x the predicted std): the mean over seeds per kappa, a band of ± one std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,13 +75,14 @@ def plot(curves: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for kappa, runs in curves.items():
         steps = runs[0][0]
-        per_step = [[r[1][i] for r in runs] for i in range(len(steps))]
+        per_step = [[r[1][i] - r[1][0] for r in runs] for i in range(len(steps))]
         mean = [statistics.mean(v) for v in per_step]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
         ax.plot(steps, mean, label=f"kappa = {kappa:g} ({len(runs)} seeds)")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
     ax.set_xlabel("generator step")
-    ax.set_ylabel("validation reward (mean - kappa std)")
+    ax.axhline(0.0, color="gray", lw=0.5)
+    ax.set_ylabel("validation reward - its value at step 0")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
