@@ -11,10 +11,9 @@ writes ``table.md`` (reward at the start and the end, the rise, rise / std of th
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from zrcore.training.sweep import mean_std, run_once
 
 ROOT = Path(__file__).resolve().parent
 
@@ -24,10 +23,6 @@ def curve(out_dir: Path) -> tuple[list[int], list[float]]:
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "val/reward" in r]
     return [r["step"] for r in rows], [r["val/reward"] for r in rows]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def main() -> None:
@@ -43,12 +38,8 @@ def main() -> None:
     for kappa in args.kappas:
         for seed in args.seeds:
             run_dir = out / f"kappa{kappa:g}-s{seed}"
-            if not (run_dir / "results.json").exists():
-                cmd = [sys.executable, str(ROOT / "train_generator.py"), "--reward_model", args.reward_model,
-                       "--seed", str(seed), "--kappa", str(kappa), "--output_dir", str(run_dir), "--progress",
-                       "false", *args.extra]
-                print("$", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True)
+            run_once(ROOT / "train_generator.py", ["--reward_model", args.reward_model, "--seed", str(seed),
+                                                   "--kappa", str(kappa), *args.extra], run_dir)
             curves.setdefault(kappa, []).append(curve(run_dir))
     lines = ["| kappa | seeds | val reward start | val reward end | rise | rise / std(rise) |",
              "|---:|---:|---:|---:|---:|---:|"]
@@ -76,8 +67,7 @@ def plot(curves: dict, path: Path) -> None:
     for kappa, runs in curves.items():
         steps = runs[0][0]
         per_step = [[r[1][i] - r[1][0] for r in runs] for i in range(len(steps))]
-        mean = [statistics.mean(v) for v in per_step]
-        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_step]
+        mean, std = zip(*(mean_std(v) for v in per_step))
         ax.plot(steps, mean, label=f"kappa = {kappa:g} ({len(runs)} seeds)")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
     ax.set_xlabel("generator step")

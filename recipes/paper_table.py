@@ -12,10 +12,9 @@ results.json exists) are not repeated, so the command can be restarted.
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from zrcore.training.sweep import mean_std, run_once
 
 ROOT = Path(__file__).resolve().parent
 KEYS = ("plcc", "srcc", "hpa", "hpa_margin", "nll", "w1", "tokens")
@@ -39,11 +38,7 @@ def methods(out: Path, seed: int) -> list[tuple[str, str, str, list[str]]]:
 
 
 def run(script: str, args: list[str], out_dir: Path) -> dict:
-    if not (out_dir / "results.json").exists():
-        cmd = [sys.executable, str(ROOT / script), *args, "--output_dir", str(out_dir), "--progress", "false"]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return json.loads((out_dir / "results.json").read_text())
+    return run_once(ROOT / script, args, out_dir)
 
 
 def main() -> None:
@@ -82,9 +77,9 @@ def write_table(table: dict, out: Path) -> None:
         cells, stats = [], {}
         for k in KEYS:
             vals = [r[k] for r in rows]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            stats[k] = {"mean": statistics.mean(vals), "std": sd, "values": vals}
-            cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
+            mean, sd = mean_std(vals)
+            stats[k] = {"mean": mean, "std": sd, "values": vals}
+            cells.append(f"{mean:.3f} ± {sd:.3f}")
         summary[f"{size}/{name}"] = stats
         lines.append(f"| {size} | {name} | {len(rows)} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
