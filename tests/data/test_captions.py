@@ -24,17 +24,11 @@ def _rubric_clauses() -> list[str]:
 def test_descriptions_hold_no_score_and_no_rubric():
     gen = SyntheticRubric(seed=0, image_size=32)
     rows = captions(gen, 60, with_questions=True)
-    labels = set(ScoreBins.half_points().labels)
-    clauses = _rubric_clauses()
     texts = {r.text for r in rows} | {r.instruction for r in rows} | {INSTRUCTION}
     assert len({r.text for r in rows if r.instruction == INSTRUCTION}) > 100  # the descriptions are varied
     assert len({r.instruction for r in rows}) == 10  # the description and nine questions
     for text in texts:
-        assert not re.search(r"\d", text), text  # no score label, no number at all
-        assert not (set(text.replace(".", " ").split()) & labels), text
-        low = text.lower()
-        assert not any(c in low for c in clauses), text
-        assert not any(w in low for w in ("score", "rubric", "rate", "quality", "good", "bad")), text
+        _assert_not_judging(text)
 
 
 def _assert_not_judging(text: str) -> None:
