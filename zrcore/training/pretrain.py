@@ -4,9 +4,9 @@ reward model starts from a network that can see, as the paper's start from a pre
     L = - (1 / #tokens) sum_rows sum_t log pi(y_t | image, instruction, y_<t)
 
 over the answer tokens and the end of the turn, the instruction being "Describe the image." or a question about
-one part of it. ``pretrained_model(cfg)`` gives the folder a reward recipe
-starts from with ``init_from="pretrained"``: kept under ``pretrain_cache`` by a hash of the pretraining config, built
-on first use.
+one part of it (with ``contexts``, the default, inside a random surrounding text and system turn).
+``pretrained_model(cfg)`` gives the folder a reward recipe starts from with ``init_from="pretrained"``: kept under
+``pretrain_cache`` by a hash of the pretraining config, built on first use.
 """
 
 from __future__ import annotations
