@@ -141,6 +141,30 @@ def test_judge_rows_do_not_depend_on_their_batch(rm):
         rm.judge(PROMPTS[:1], images[:1], "realism", rollout_batch_size=-1)
 
 
+def test_reasoned_inputs_put_a_given_reasoning_where_judge_puts_a_sampled_one(rm):
+    images = _images()[:2]
+    texts = ["two red circles on a white background. sharp.", ""]
+    ids, mask, comp, img = rm.reasoned_inputs(PROMPTS[:2], images, ["realism", "alignment"], texts)
+    j = rm.judge(PROMPTS[:1], images[:1], "realism", num_samples=1, max_reasoning_tokens=4, seeds=[3])
+    suffix = rm.score_suffix_ids
+    for row, text in enumerate(texts):
+        seq = ids[row][mask[row].bool()].tolist()
+        body = ids[row][comp[row]].tolist()
+        assert rm.tokenizer.decode(body) == text
+        assert seq[len(seq) - len(suffix):] == suffix
+        # the rubric prompt before the reasoning is the teacher's (judge's) prompt
+        n_prompt = len(seq) - len(suffix) - len(body)
+        if row == 0:
+            judged = j.sequences[0][j.attention_mask[0].bool()].tolist()
+            assert seq[:n_prompt] == judged[:len(judged) - len(suffix) - int(j.completion_mask[0].sum())]
+    torch.testing.assert_close(img["image_grid_thw"], rm.image_inputs(images)["image_grid_thw"])
+    with torch.no_grad():
+        q = rm(ids, mask, img).distribution
+    assert q.mean.shape == (2,)
+    with pytest.raises(ValueError, match="reasonings: need one string per input"):
+        rm.reasoned_inputs(PROMPTS[:2], images, "realism", texts[:1])
+
+
 def test_forward_entry_points_agree(rm):
     """score, forward on score_inputs, and policy_forward / token_logprobs on a judgement compute the same thing."""
     images = _images()[:2]

@@ -7,7 +7,9 @@ It is one ``nn.Module`` and training reaches the network only through its method
 - ``score`` / ``score_pixels``: student mode, the rubric prompt ends with the scoring suffix, one forward;
 - ``judge``: teacher mode, G reasoning traces sampled by a rollout backend (HF ``generate`` by default), the scoring
   suffix appended (forced), and q read after it, so a truncated trace still yields a distribution;
-- ``policy_forward(rollouts)`` and ``token_logprobs``: ``forward`` on a rollout batch.
+- ``policy_forward(rollouts)`` and ``token_logprobs``: ``forward`` on a rollout batch;
+- ``reasoned_inputs`` / ``text_inputs``: teacher-mode inputs around a given reasoning text, and plain image chats
+  (pretraining on descriptions), for ``forward``.
 
 q = softmax(W_S h / T) over the K score rows W_S of the LM head (``zrcore.ops.score_distribution``): the [B, T, V]
 logits are never formed. Under FSDP2 every entry point other than ``forward`` is registered with
@@ -225,6 +227,17 @@ class RewardModel(torch.nn.Module):
             mask[i, length - len(s):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def left_pad_marked(self, heads: list[list[int]], bodies: list[list[int]], tails: list[list[int]]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows head + body + tail, left-padded: ids [B, L], attention mask and a bool mask [B, L] that is True on
+        each row's body (the tokens whose log-probs training reads)."""
+        ids, mask = self.left_pad([h + b + t for h, b, t in zip(heads, bodies, tails)])
+        marked = torch.zeros_like(mask, dtype=torch.bool)
+        for row, (body, tail) in enumerate(zip(bodies, tails)):
+            end = ids.shape[1] - len(tail)
+            marked[row, end - len(body):end] = True
+        return ids, mask, marked
+
     def tensor_inputs(self, ids: torch.Tensor, mask: torch.Tensor, image_inputs: dict) -> dict:
         """Keyword inputs of the VLM for left-padded ids [B, L] and their images."""
         param = next(self.model.parameters())
@@ -242,6 +255,23 @@ class RewardModel(torch.nn.Module):
         img = self.image_inputs(images)
         ids, mask = self.left_pad(self._prompt_ids(prompts, img["image_grid_thw"], dims, False))
         return ids, mask, img
+
+    def reasoned_inputs(self, prompts, images: Sequence, dimension, reasonings: Sequence[str]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Teacher-mode (sequences, attention_mask, completion_mask, image_inputs) with a given reasoning text per
+        input instead of a sampled one: the rubric prompt, the reasoning (which completion_mask marks), then the
+        forced scoring suffix, so that ``forward`` reads q after it. For scoring a trace written elsewhere, or for
+        studying what q does with a known description of the image."""
+        images = list(images)
+        prompts, dims = self._check(prompts, len(images), dimension)
+        reasonings = list(reasonings)
+        if len(reasonings) != len(prompts) or any(not isinstance(t, str) for t in reasonings):
+            raise ValueError(f"reasonings: need one string per input ({len(prompts)}), got {len(reasonings)}")
+        img = self.image_inputs(images)
+        heads = self._prompt_ids(prompts, img["image_grid_thw"], dims, True)
+        bodies = [self.tokenizer.encode(t, add_special_tokens=False) for t in reasonings]
+        ids, mask, comp = self.left_pad_marked(heads, bodies, [self._suffix_ids] * len(bodies))
+        return ids, mask, comp, img
 
     def text_inputs(self, instructions: Sequence[str], images: Sequence | dict, answers: Sequence[str],
                     systems: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -261,11 +291,8 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"systems: need one per row ({n_images}), got {len(systems)}")
         heads = [self.tokenizer.encode(image_chat(t, n, system=s), add_special_tokens=False)
                  for t, n, s in zip(instructions, n_tokens, systems)]
-        tails = [self.tokenizer.encode(a, add_special_tokens=False) + [self.end_of_turn_id] for a in answers]
-        ids, mask = self.left_pad([h + t for h, t in zip(heads, tails)])
-        comp = torch.zeros_like(mask, dtype=torch.bool)
-        for row, tail in enumerate(tails):
-            comp[row, ids.shape[1] - len(tail):] = True
+        answers_ids = [self.tokenizer.encode(a, add_special_tokens=False) + [self.end_of_turn_id] for a in answers]
+        ids, mask, comp = self.left_pad_marked(heads, answers_ids, [[] for _ in answers_ids])
         return ids, mask, comp, img
 
     # ---- the network ---------------------------------------------------------------------------------------------
@@ -360,25 +387,18 @@ class RewardModel(torch.nn.Module):
         request = RolloutRequest(row_ids, rep, seeds, max_reasoning_tokens, temperature, self.end_of_turn_id,
                                  self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size)
         sampled = (backend or HFGenerateBackend()).sample(self, request)
-        reasoning, truncated, seqs, spans, behaviour = [], [], [], [], []
+        reasoning, truncated, kept_ids, behaviour = [], [], [], []
         for row in range(rows):
             toks = sampled.token_ids[row]
             cut = toks.index(self.end_of_turn_id) if self.end_of_turn_id in toks else None
             kept = toks[:cut] if cut is not None else toks
             truncated.append(cut is None)
+            kept_ids.append(kept)
             reasoning.append(torch.tensor(kept, dtype=torch.long))
-            behaviour.append(sampled.logprobs[row][:len(kept)])
-            base = row_ids[row]
-            seqs.append(base + kept + self._suffix_ids)
-            spans.append((len(base), len(base) + len(kept)))
-        ids, mask = self.left_pad(seqs)
-        length = ids.shape[1]
-        comp = torch.zeros_like(ids, dtype=torch.bool)
+            behaviour.extend(sampled.logprobs[row][:len(kept)])
+        ids, mask, comp = self.left_pad_marked(row_ids, kept_ids, [self._suffix_ids] * rows)
         beh = torch.zeros(ids.shape, dtype=torch.float32)
-        for row, (s, e) in enumerate(spans):
-            shift = length - len(seqs[row])
-            comp[row, shift + s: shift + e] = True
-            beh[row, shift + s: shift + e] = torch.tensor(behaviour[row], dtype=torch.float32)
+        beh[comp.cpu()] = torch.tensor(behaviour, dtype=torch.float32)
         with torch.no_grad():
             dist = self._policy(ids, mask, rep, impl=impl).distribution
         b, k = len(prompts), len(self.bins)
