@@ -121,7 +121,7 @@ def main() -> None:
         train_text, test_text = [r.meta["description"] for r in train], [r.meta["description"] for r in test]
     else:
         rm.eval()
-        train_text = own_descriptions(rm, train, args.max_reasoning_tokens)
+        train_text = own_descriptions(rm, train, args.max_reasoning_tokens) if args.steps else []
         test_text = own_descriptions(rm, test, args.max_reasoning_tokens)
         print("held-out descriptions, clauses right:", clause_accuracy(test, test_text))
         print("on the pretraining's own images:", clause_accuracy(seen, own_descriptions(rm, seen,
