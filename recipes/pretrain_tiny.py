@@ -1,4 +1,6 @@
-"""Pretrain a tiny VLM to describe rendered synthetic scenes (no scores, no rubric), the start of every reward recipe.
+"""Pretrain a tiny VLM to describe rendered synthetic scenes (no scores, no rubric), the start of every reward recipe:
+first its vision tower alone learns the rendered attributes (``--vision_warmup_steps``), then the whole model the
+descriptions.
 
     python recipes/pretrain_tiny.py --preset teacher --output_dir runs/pretrain
     python recipes/train_gdso.py --init_from runs/pretrain/model

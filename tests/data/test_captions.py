@@ -6,7 +6,7 @@ import re
 import pytest
 
 from zrcore.bins import ScoreBins
-from zrcore.data.captions import INSTRUCTION, PRETRAIN_OFFSET, captions, context, describe
+from zrcore.data.captions import ATTRIBUTES, INSTRUCTION, LEVELS, PRETRAIN_OFFSET, attributes, captions, clauses, context, describe
 from zrcore.data.synthetic import Defects, Scene, SyntheticRubric
 from zrcore.models.templates import RubricTemplates
 from zrcore.training.config import TrainConfig
@@ -62,6 +62,26 @@ def test_description_follows_what_was_drawn():
     drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
     assert describe(scene, drawn) == ("very blurred. clean. some clutter. three blue squares on a white background. "
                                       "one floats above the ground. they overlap. off centre.")
+
+
+def test_attributes_are_the_classes_the_description_names():
+    scene = Scene(2, "circle", "red", "white")
+    drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
+    assert dict(zip(ATTRIBUTES, attributes(scene, drawn))) == {
+        "blur": 2, "noise": 0, "clutter": 1, "count": 3, "floating": 1, "overlap": 1, "off_centre": 1,
+        "colour": 2, "shape": 1, "background": 0}
+    gen = SyntheticRubric(seed=0, image_size=32)
+    rows = captions(gen, 12)
+    for r in rows:
+        labels = dict(zip(ATTRIBUTES, r.attributes))
+        assert all(0 <= labels[k] < n for k, n in ATTRIBUTES.items()), labels
+        scene, d, _ = gen.candidate(r.index, r.candidate)
+        said = clauses(scene, d)
+        for level in ("blur", "noise", "clutter"):
+            assert LEVELS[level][labels[level]] == said[level]
+    # every class of the image-wide defects occurs, so the warm-up has something to tell apart
+    for level in ("blur", "noise", "clutter"):
+        assert {dict(zip(ATTRIBUTES, r.attributes))[level] for r in rows} == {0, 1, 2}
 
 
 def test_pretraining_scenes_are_disjoint_from_rubric_data():

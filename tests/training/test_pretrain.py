@@ -2,20 +2,24 @@
 start from; ``init_from="pretrained"`` builds it once and then reuses it, keyed by the pretraining config."""
 
 import dataclasses
+import json
 
 import pytest
 
+from zrcore.data.captions import ATTRIBUTES
 from zrcore.models import RewardModel
 from zrcore.training import pretrain
 from zrcore.training.config import PretrainConfig, TrainConfig
 
 TINY = dict(steps=4, scenes=4, candidates=2, eval_scenes=1, batch_size=4, image_size=56, preset="student",
-            lr=3e-3, warmup_steps=1, progress=False)
+            lr=3e-3, warmup_steps=1, vision_warmup_steps=3, progress=False)
 
 
 def test_tiny_pretraining_learns_and_exports(tmp_path):
     res = pretrain.PretrainTrainer(PretrainConfig(output_dir=str(tmp_path / "run"), **TINY)).fit()
     assert res["final"]["caption_nll"] < res["start"]["caption_nll"]
+    warm = json.loads((tmp_path / "run" / "results.json").read_text())["vision_warmup"]
+    assert {k for k in warm if k.startswith("acc/")} == {f"acc/{a}" for a in ATTRIBUTES}
     rm = RewardModel.from_pretrained(tmp_path / "run" / "model")
     assert rm.model.config.text_config.hidden_size == 64  # the student preset
 
@@ -37,6 +41,11 @@ def test_init_from_pretrained_builds_once_then_reuses(tmp_path, monkeypatch):
     assert pretrain.cache_key(dataclasses.replace(other, output_dir="elsewhere")) == pretrain.cache_key(other)
 
 
+def test_vision_warmup_steps_must_not_be_negative():
+    with pytest.raises(ValueError, match="vision_warmup_steps"):
+        PretrainConfig(vision_warmup_steps=-1)
+
+
 def test_distributed_runs_need_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = TrainConfig(pretrain_cache=str(tmp_path), progress=False)
@@ -51,7 +60,8 @@ def test_pretraining_two_processes_match_one(tmp_path):
     from tests.training.runs import logged, torchrun
 
     args = ["--steps", "3", "--scenes", "4", "--candidates", "2", "--eval_scenes", "1", "--batch_size", "4",
-            "--image_size", "56", "--preset", "student", "--lr", "3e-3", "--warmup_steps", "1", "--progress", "false"]
+            "--image_size", "56", "--preset", "student", "--lr", "3e-3", "--warmup_steps", "1", "--vision_warmup_steps", "3",
+            "--progress", "false"]
     torchrun("pretrain_tiny", args, 1, tmp_path / "one")
     torchrun("pretrain_tiny", args + ["--distributed", "ddp"], 2, tmp_path / "two")
     one, two = logged(tmp_path / "one", "eval/caption_nll"), logged(tmp_path / "two", "eval/caption_nll")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from zrcore.data.synthetic import NUMBER_WORDS, Defects, Scene, SyntheticRubric
+from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
 
 PRETRAIN_OFFSET = 1_000_000
 FORMAT_VERSION = 3  # part of the pretraining cache key: bumped whenever the texts change (2: defects first,
@@ -57,6 +57,20 @@ def clauses(scene: Scene, d: Defects) -> dict[str, str]:
         "ground": ground + (" they overlap." if d.overlap else ""),
         "centre": "off centre." if d.off_centre else "centred.",
     }
+
+
+# what the vision tower's warm-up classifies (zrcore.training.vision_warmup): attribute -> number of classes
+ATTRIBUTES = {"blur": 3, "noise": 3, "clutter": 3, "count": len(NUMBER_WORDS), "floating": 3, "overlap": 2,
+              "off_centre": 2, "colour": len(COLOURS), "shape": len(SHAPES), "background": len(BACKGROUNDS)}
+
+
+def attributes(scene: Scene, d: Defects) -> tuple[int, ...]:
+    """The class of each of ``ATTRIBUTES`` in candidate ``d`` rendered for ``scene``: what its description names,
+    as labels (no score, no judgement)."""
+    values = {"blur": d.blur, "noise": d.noise, "clutter": d.clutter, "count": d.count, "floating": d.floating,
+              "overlap": int(d.overlap), "off_centre": int(d.off_centre), "colour": list(COLOURS).index(d.colour),
+              "shape": SHAPES.index(d.shape), "background": list(BACKGROUNDS).index(scene.background)}
+    return tuple(values[k] for k in ATTRIBUTES)
 
 
 def describe(scene: Scene, d: Defects) -> str:
@@ -87,6 +101,7 @@ class Caption:
     candidate: int
     instruction: str = INSTRUCTION
     system: str = ""  # a system turn ("" = none)
+    attributes: tuple[int, ...] = ()  # the image's classes of ATTRIBUTES
 
 
 # neutral words of the surrounding context (no judging word, no number): the text a user may put around the image
@@ -125,7 +140,8 @@ def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: in
         for c in range(candidates):
             scene, d, image = gen.candidate(index, c)
             system, instruction = context(gen, scene, index, c) if contexts else ("", INSTRUCTION)
-            out.append(Caption(image, describe(scene, d), index, c, instruction, system))
+            labels = attributes(scene, d)
+            out.append(Caption(image, describe(scene, d), index, c, instruction, system, labels))
             if with_questions:
-                out += [Caption(image, a, index, c, q) for q, a in questions(scene, d)]
+                out += [Caption(image, a, index, c, q, attributes=labels) for q, a in questions(scene, d)]
     return out

@@ -9,7 +9,7 @@ It is one ``nn.Module`` and training reaches the network only through its method
   suffix appended (forced), and q read after it, so a truncated trace still yields a distribution;
 - ``policy_forward(rollouts)`` and ``token_logprobs``: ``forward`` on a rollout batch;
 - ``reasoned_inputs`` / ``text_inputs``: teacher-mode inputs around a given reasoning text, and plain image chats
-  (pretraining on descriptions), for ``forward``.
+  (pretraining on descriptions), for ``forward``; ``image_features``: the vision tower's tokens alone.
 
 q = softmax(W_S h / T) over the K score rows W_S of the LM head (``zrcore.ops.score_distribution``): the [B, T, V]
 logits are never formed. Under FSDP2 every entry point other than ``forward`` is registered with
@@ -129,6 +129,13 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"no decoder layers or vision blocks found in {type(self.model).__name__}")
         return units
 
+    def vision_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of the vision tower and its merger (the Qwen-VL ``visual`` module)."""
+        params = [p for name, p in self.model.named_parameters() if ".visual." in f".{name}"]
+        if not params:
+            raise ValueError(f"no vision tower (a 'visual' module) found in {type(self.model).__name__}")
+        return params
+
     @property
     def score_suffix_ids(self) -> list[int]:
         """The forced scoring suffix appended after a reasoning trace; q is read at its last position."""
@@ -208,6 +215,19 @@ class RewardModel(torch.nn.Module):
         pil = load_images(images)
         feats = self.image_processor(images=pil, return_tensors="pt")
         return {"pixel_values": feats["pixel_values"], "image_grid_thw": feats["image_grid_thw"]}
+
+    def image_features(self, image_inputs: dict) -> torch.Tensor:
+        """The vision tower's merged output tokens of each image, [B, N, hidden] (what the language model reads in
+        place of the image placeholders; the VLM's ``get_image_features``). The images must give equal N."""
+        param = next(self.model.parameters())
+        dtype = param.dtype if param.is_floating_point() else torch.float32
+        out = self.model.get_image_features(image_inputs["pixel_values"].to(param.device, dtype),
+                                            image_inputs["image_grid_thw"].to(param.device))
+        tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+        if len({t.shape[0] for t in tokens}) > 1:
+            raise ValueError("image_inputs: images of different token counts "
+                             f"({sorted({t.shape[0] for t in tokens})}); resize them to one size")
+        return torch.stack(list(tokens))
 
     def _prompt_ids(self, prompts, grid_thw, dimensions, reasoning: bool) -> list[list[int]]:
         n_tokens = self.geometry.tokens(grid_thw).tolist()

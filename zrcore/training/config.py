@@ -104,6 +104,8 @@ class PretrainConfig(RunConfig):
     eval_scenes: int = 16  # held-out scenes after the training ones (a caption-loss check)
     questions: bool = False  # also one short question per part of each image (zrcore.data.captions.questions)
     contexts: bool = True  # each description asked in a random surrounding text (zrcore.data.captions.context)
+    vision_warmup_steps: int = 400  # first the vision tower alone classifies the attributes (0 = no warm-up;
+    vision_warmup_lr: float = 3e-3  # zrcore.training.vision_warmup)
     batch_size: int = 32
     steps: int = 500
     lr: float = 1e-3
@@ -114,6 +116,8 @@ class PretrainConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         self.require_positive("scenes", "candidates", "eval_scenes", "batch_size")
+        if self.vision_warmup_steps < 0:
+            raise ValueError(f"vision_warmup_steps must be >= 0, got {self.vision_warmup_steps}")
 
 
 @dataclass

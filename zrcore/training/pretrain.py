@@ -1,5 +1,7 @@
 """Pretraining of the tiny VLMs: describe rendered synthetic scenes in words (zrcore.data.captions), so that a
-reward model starts from a network that can see, as the paper's start from a pretrained Qwen-VL.
+reward model starts from a network that can see, as the paper's start from a pretrained Qwen-VL. With
+``vision_warmup_steps`` (the default) the vision tower first learns the rendered attributes on its own
+(zrcore.training.vision_warmup), then the whole model learns the descriptions:
 
     L = - (1 / #tokens) sum_rows sum_t log pi(y_t | image, instruction, y_<t)
 
@@ -24,6 +26,7 @@ from zrcore.data.synthetic import SyntheticRubric
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
 from zrcore.training.loop import TrainLoop, seed_everything
+from zrcore.training.vision_warmup import warm_up_vision
 
 # what the cache key leaves out: bookkeeping that does not change the weights
 NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "eval_every", "device", "distributed",
@@ -46,6 +49,7 @@ class PretrainTrainer(TrainLoop):
         self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes,
                                  with_questions=cfg.questions, contexts=cfg.contexts)
         self.pixels = self._pixels(rm, self.train_set + self.eval_set)
+        self.vision_warmup = self._warm_up_vision(rm) if cfg.vision_warmup_steps else {}
         rm.train()
         net = self.rt.prepare(rm, rm.shard_units(), methods=rm.fsdp_methods)
         self.rm = rm
@@ -72,6 +76,23 @@ class PretrainTrainer(TrainLoop):
             for r, px, grid in zip(chunk, img["pixel_values"].split(sizes), img["image_grid_thw"]):
                 out[(r.index, r.candidate)] = (px, grid)
         return out
+
+    def _warm_up_vision(self, rm) -> dict:
+        """The vision tower's warm-up on the training images (each once), checked on the held-out ones. Every
+        process runs the same steps on the same images (before the model is wrapped), so the ranks agree."""
+        def images(rows: list) -> tuple[list, torch.Tensor]:
+            firsts = list({(r.index, r.candidate): r for r in rows}.values())
+            return ([self.pixels[(r.index, r.candidate)] for r in firsts],
+                    torch.tensor([r.attributes for r in firsts], dtype=torch.long))
+
+        cfg = self.cfg
+        result = warm_up_vision(rm, *images(self.train_set), steps=cfg.vision_warmup_steps,
+                                lr=cfg.vision_warmup_lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                                held_out=images(self.eval_set))
+        print("vision warm-up, held-out accuracy (majority class): " + ", ".join(
+            f"{k[4:]} {v:.2f} ({result['majority/' + k[4:]]:.2f})" for k, v in result.items()
+            if k.startswith("acc/")), flush=True)
+        return result
 
     def _nll(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
@@ -115,7 +136,8 @@ class PretrainTrainer(TrainLoop):
         export_reward_model(self.rm, self.out / "model", self.rt)
 
     def report(self) -> None:
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+        (self.out / "results.json").write_text(json.dumps(self.results | {"vision_warmup": self.vision_warmup},
+                                                          indent=1))
         print(f"held-out caption NLL per token: {self.results['start']['caption_nll']:.3f} (random init) -> "
               f"{self.results['final']['caption_nll']:.3f}", flush=True)
 
