@@ -11,7 +11,8 @@ not as asked), background and position (standing on the ground line or floating,
 centre). The defects come first because a clause late in the text is mostly predicted from the words before it:
 placed last, the defects were not learned from the pixels and the vision tower lost them (docs/RESULTS.md).
 It holds no score, no score label and no sentence of the rubric: the model learns to see before it is taught to
-judge.
+judge. ``attributes`` gives the same content as classes (blur level, count, colour...), for the vision tower's
+warm-up.
 
 With ``contexts`` the request sits inside a random surrounding text (``context``: a system turn, neutral
 "Word: words" lines, the scene's own text-to-image prompt), so that the description follows the image whatever the
