@@ -6,7 +6,7 @@ import torch
 from zrcore.data.captions import ATTRIBUTES, captions
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.models import build_tiny_reward_model
-from zrcore.training.vision_warmup import warm_up_vision
+from zrcore.training.vision_warmup import stack_images, warm_up_vision
 
 
 def _images(rm, n_scenes: int = 4):
@@ -21,7 +21,7 @@ def _images(rm, n_scenes: int = 4):
 def test_image_features_come_from_the_vision_parameters_alone(arch):
     rm = build_tiny_reward_model(arch, "student", seed=0)
     pixels, _ = _images(rm, 1)
-    img = {"pixel_values": torch.cat([p for p, _ in pixels]), "image_grid_thw": torch.stack([g for _, g in pixels])}
+    img = stack_images(pixels)
     feats = rm.image_features(img)
     assert feats.shape[:2] == (4, int(rm.geometry.tokens(img["image_grid_thw"])[0]))
     feats.square().sum().backward()
@@ -40,8 +40,11 @@ def test_warmup_lowers_its_loss_and_leaves_the_language_model():
     assert res["loss"] < 0.7 * first
     for n, p in rm.named_parameters():
         assert torch.equal(p, before[n]) != (id(p) in vision), n
-    for a in ATTRIBUTES:  # fitted on these very images: at least as good as the most common class
-        assert res[f"acc/{a}"] >= res[f"majority/{a}"] - 1e-6, a
+    # fitted on these very 16 images: on average well above the most common class (seen: 0.86 against 0.59; one
+    # image is 0.06, so a margin of 0.1 leaves room for another CPU's rounding yet fails a tower that learned nothing)
+    acc = sum(res[f"acc/{a}"] for a in ATTRIBUTES) / len(ATTRIBUTES)
+    majority = sum(res[f"majority/{a}"] for a in ATTRIBUTES) / len(ATTRIBUTES)
+    assert acc > majority + 0.1, (acc, majority)
 
 
 def test_warmup_checks_its_labels():

@@ -26,7 +26,7 @@ from zrcore.data.synthetic import SyntheticRubric
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
 from zrcore.training.loop import TrainLoop, seed_everything
-from zrcore.training.vision_warmup import warm_up_vision
+from zrcore.training.vision_warmup import stack_images, warm_up_vision
 
 # what the cache key leaves out: bookkeeping that does not change the weights
 NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "eval_every", "device", "distributed",
@@ -67,7 +67,7 @@ class PretrainTrainer(TrainLoop):
     @staticmethod
     def _pixels(rm, rows: list) -> dict:
         """Each image through the image processor once: (scene index, candidate) -> (pixel rows, grid_thw row)."""
-        firsts = list({(r.index, r.candidate): r for r in rows}.values())
+        firsts = _distinct_images(rows)
         out = {}
         for i in range(0, len(firsts), 256):
             chunk = firsts[i:i + 256]
@@ -81,14 +81,14 @@ class PretrainTrainer(TrainLoop):
         """The vision tower's warm-up on the training images (each once), checked on the held-out ones. Every
         process runs the same steps on the same images (before the model is wrapped), so the ranks agree."""
         def images(rows: list) -> tuple[list, torch.Tensor]:
-            firsts = list({(r.index, r.candidate): r for r in rows}.values())
+            firsts = _distinct_images(rows)
             return ([self.pixels[(r.index, r.candidate)] for r in firsts],
                     torch.tensor([r.attributes for r in firsts], dtype=torch.long))
 
         cfg = self.cfg
         result = warm_up_vision(rm, *images(self.train_set), steps=cfg.vision_warmup_steps,
                                 lr=cfg.vision_warmup_lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                                held_out=images(self.eval_set))
+                                held_out=images(self.eval_set), autocast=self.rt.autocast)
         print("vision warm-up, held-out accuracy (majority class): " + ", ".join(
             f"{k[4:]} {v:.2f} ({result['majority/' + k[4:]]:.2f})" for k, v in result.items()
             if k.startswith("acc/")), flush=True)
@@ -97,7 +97,7 @@ class PretrainTrainer(TrainLoop):
     def _nll(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
         px = [self.pixels[(r.index, r.candidate)] for r in rows]
-        img = {"pixel_values": torch.cat([p for p, _ in px]), "image_grid_thw": torch.stack([g for _, g in px])}
+        img = stack_images(px)
         ids, mask, comp, img = self.rm.text_inputs([r.instruction for r in rows], img, [r.text for r in rows],
                                                     [r.system for r in rows])
         with self.rt.autocast():
@@ -140,6 +140,11 @@ class PretrainTrainer(TrainLoop):
                                                           indent=1))
         print(f"held-out caption NLL per token: {self.results['start']['caption_nll']:.3f} (random init) -> "
               f"{self.results['final']['caption_nll']:.3f}", flush=True)
+
+
+def _distinct_images(rows: list) -> list:
+    """The first row of each image (scene index, candidate): a description and its questions share one image."""
+    return list({(r.index, r.candidate): r for r in rows}.values())
 
 
 def pretrain_config_for(cfg) -> PretrainConfig:

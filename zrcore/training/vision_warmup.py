@@ -15,21 +15,31 @@ are what the image's description names, as classes: no score and no rubric.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from zrcore.data.captions import ATTRIBUTES
 
 
+def stack_images(pixels: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Image inputs of a batch from each image's (pixel rows, grid_thw row) of ``RewardModel.image_inputs``."""
+    return {"pixel_values": torch.cat([p for p, _ in pixels]), "image_grid_thw": torch.stack([g for _, g in pixels])}
+
+
 def warm_up_vision(rm, pixels: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, steps: int,
                    lr: float, batch_size: int, seed: int,
-                   held_out: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None
+                   held_out: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                    ) -> dict[str, float]:
     """Train ``rm``'s vision tower for ``steps`` AdamW steps of ``batch_size`` images drawn with ``seed`` on L above.
 
     ``pixels``: per image its (pixel rows, grid_thw row) of ``rm.image_inputs``; ``labels``: [N, len(ATTRIBUTES)]
     classes. Returns the last step's loss and, with ``held_out`` (pixels, labels), the held-out accuracy per
-    attribute (``acc/<attribute>``) beside the share of its most common class (``majority/<attribute>``)."""
+    attribute (``acc/<attribute>``) beside the share of its most common class (``majority/<attribute>``).
+    ``autocast``: the context of the run's compute dtype (the runtime's ``autocast``; parameters stay as they are)."""
     if len(pixels) != labels.shape[0] or labels.shape[1:] != (len(ATTRIBUTES),):
         raise ValueError(f"labels: need [{len(pixels)}, {len(ATTRIBUTES)}] classes, got {tuple(labels.shape)}")
     if steps < 1:
@@ -37,8 +47,8 @@ def warm_up_vision(rm, pixels: list[tuple[torch.Tensor, torch.Tensor]], labels: 
     device = rm.device
 
     def features(rows: list) -> torch.Tensor:
-        img = {"pixel_values": torch.cat([p for p, _ in rows]), "image_grid_thw": torch.stack([g for _, g in rows])}
-        return rm.image_features(img).flatten(1).float()
+        with autocast():
+            return rm.image_features(stack_images(rows)).flatten(1).float()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
