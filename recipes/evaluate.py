@@ -5,7 +5,11 @@ dimension; writes a markdown table, JSON (metrics and per-image predictions) and
     python recipes/evaluate.py tiny:qwen2_vl --data agiqa --output_dir runs/eval
 
 A checkpoint is a folder written by a recipe (output_dir/model) or tiny[:ARCH] (random init); the suffix
-":teacher" evaluates with sampled reasoning (q averaged over --samples traces), otherwise in student mode.
+":teacher" evaluates with sampled reasoning (q averaged over --samples traces), otherwise in student mode. A teacher
+samples as it was trained (its zrcore_sampling.yaml: reasoning cap, temperature, samples) unless --samples,
+--max_reasoning_tokens or --temperature say otherwise; without that file the cap fits the longest description of
+zrcore.data.captions. On the synthetic set the table ends with the ceiling: the held-out images scored by their true
+score.
 The data options are those of the training configs (--data, --seed, --eval_prompts, --dimensions, ...).
 """
 
@@ -17,7 +21,7 @@ from zrcore.models import RewardModel, build_tiny_reward_model
 from zrcore.training.config import TrainConfig
 from zrcore.training.data import build_data
 from zrcore.training.distributed import resolve_device
-from zrcore.training.evaluate import METRIC_KEYS, evaluate_model, format_table
+from zrcore.training.evaluate import METRIC_KEYS, ceiling_metrics, evaluate_model, format_table
 
 
 def load(spec: str):
@@ -27,6 +31,19 @@ def load(spec: str):
         arch = path.split(":", 1)[1] if ":" in path else "qwen2_vl"
         return build_tiny_reward_model(arch, "student", seed=0), mode
     return RewardModel.from_pretrained(path), mode
+
+
+def sampling(rm, args) -> dict:
+    """Teacher-mode sampling: each option given on the command line, else the checkpoint's own
+    (``rm.sampling``), else the defaults (2 samples, the longest description, temperature 1)."""
+    from zrcore.data.captions import description_token_limit
+
+    own = rm.sampling
+    pick = lambda given, key, default: given if given is not None else own.get(key, default)
+    return {"samples": pick(args.samples, "samples", 2),
+            "max_reasoning_tokens": pick(args.max_reasoning_tokens, "max_reasoning_tokens", None)
+            or description_token_limit(rm.tokenizer),
+            "temperature": pick(args.temperature, "temperature", 1.0)}
 
 
 def plot(results: dict, out_png: Path) -> None:
@@ -52,9 +69,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--output_dir", default="runs/eval")
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--max_reasoning_tokens", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--samples", type=int, default=None, help="default: the checkpoint's own, else 2")
+    parser.add_argument("--max_reasoning_tokens", type=int, default=None,
+                        help="default: the checkpoint's own, else the longest description")
+    parser.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's own, else 1")
     args, rest = parser.parse_known_args(argv)
     from zrcore.training.config import parse_config
 
@@ -66,17 +84,17 @@ def main(argv=None) -> dict:
     for spec in args.checkpoints:
         rm, mode = load(spec)
         rm.to(resolve_device(cfg.device)).eval()
-        res = evaluate_model(rm, records, mode=mode, samples=args.samples, seed=cfg.seed,
-                             max_reasoning_tokens=args.max_reasoning_tokens, temperature=args.temperature)
+        res = evaluate_model(rm, records, mode=mode, seed=cfg.eval_seed, **sampling(rm, args))
         pred = res.pop("_pred")
         results[spec] = res
         predictions[spec] = [{"prompt": r.prompt, "prompt_id": r.prompt_id, "dimension": r.dimension, "score": r.score,
                               "probs": p, "tokens": t}
                              for r, p, t in zip(records, pred["probs"].tolist(), pred["tokens"].tolist())]
-    table = format_table(results)
+    ceiling = ceiling_metrics(records)
+    table = format_table(results | {"ceiling (true score)": ceiling})
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"metrics": results, "predictions": predictions,
-                                                  "metric_keys": list(METRIC_KEYS)}))
+    (out / "results.json").write_text(json.dumps({"metrics": results, "ceiling": ceiling,
+                                                  "predictions": predictions, "metric_keys": list(METRIC_KEYS)}))
     plot(results, out / "results.png")
     print(table)
     return results

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -73,3 +74,31 @@ def test_calibration_nll_and_wasserstein(gen):
     t = metrics.rater_distribution([[3.0, 3.5, 4.0, 4.0]], bins)
     assert float(metrics.wasserstein1(q[:1], t, bins)[0]) == pytest.approx(
         scipy.stats.wasserstein_distance(v, v, q[0].numpy(), t[0].numpy()), abs=1e-12)
+
+
+def test_ceiling_is_the_true_score_scored_by_a_loop():
+    """ceiling_metrics on a synthetic split equals a loop over its records: HPA over same-prompt pairs whose rater
+    scores differ, a pair counted right when the true scores order it the same way (a tie counts as wrong)."""
+    import itertools
+
+    from zrcore.data import SyntheticRubric
+    from zrcore.training.evaluate import ceiling_metrics
+
+    records = SyntheticRubric(seed=5, image_size=16).records(12, 4, ("realism", "plausibility"))
+    ceiling = ceiling_metrics(records)
+    for dim in ("realism", "plausibility"):
+        rows = [r for r in records if r.dimension == dim]
+        for margin, key in ((0.0, "hpa"), (0.5, "hpa_margin")):
+            right = total = 0
+            for a, b in itertools.combinations(rows, 2):
+                if a.prompt_id != b.prompt_id or abs(a.score - b.score) <= margin:
+                    continue
+                total += 1
+                right += (a.meta["true"] - b.meta["true"]) * (a.score - b.score) > 0
+            assert ceiling[dim][key] == pytest.approx(right / total, abs=1e-12)
+        t = np.array([r.meta["true"] for r in rows])
+        s = np.array([r.score for r in rows])
+        assert ceiling[dim]["plcc"] == pytest.approx(float(np.corrcoef(t, s)[0, 1]), abs=1e-9)
+    assert ceiling["realism"]["hpa"] < 1  # rater noise and true-score ties leave it short of 1
+    assert ceiling["all"]["hpa"] == pytest.approx((ceiling["realism"]["hpa"] + ceiling["plausibility"]["hpa"]) / 2)
+    assert ceiling_metrics([r.__class__(r.prompt, r.image, r.dimension, r.score, r.prompt_id) for r in records]) is None

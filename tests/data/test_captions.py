@@ -6,8 +6,20 @@ import re
 import pytest
 
 from zrcore.bins import ScoreBins
-from zrcore.data.captions import ATTRIBUTES, INSTRUCTION, LEVELS, PRETRAIN_OFFSET, attributes, captions, clauses, context, describe
-from zrcore.data.synthetic import Defects, Scene, SyntheticRubric
+from zrcore.data.captions import (
+    ATTRIBUTES,
+    INSTRUCTION,
+    LEVELS,
+    PRETRAIN_OFFSET,
+    attributes,
+    captions,
+    clauses,
+    context,
+    describe,
+    description_token_limit,
+    match_question,
+)
+from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
 from zrcore.models.templates import RubricTemplates
 from zrcore.training.config import TrainConfig
 from zrcore.training.data import EVAL_OFFSET, build_data
@@ -26,7 +38,9 @@ def test_descriptions_hold_no_score_and_no_rubric():
     rows = captions(gen, 60, with_questions=True)
     texts = {r.text for r in rows} | {r.instruction for r in rows} | {INSTRUCTION}
     assert len({r.text for r in rows if r.instruction == INSTRUCTION}) > 100  # the descriptions are varied
-    assert len({r.instruction for r in rows}) == 10  # the description and nine questions
+    # the description, nine questions about one part, and whether the image shows its scene's prompt
+    assert len({r.instruction for r in rows if not r.instruction.startswith("Does the image show ")}) == 10
+    assert {r.text for r in rows if r.instruction.startswith("Does the image show ")} > {"yes."}
     for text in texts:
         _assert_not_judging(text)
 
@@ -105,3 +119,53 @@ def test_rubric_sets_cannot_reach_the_pretraining_range():
         build_data(TrainConfig(eval_prompts=PRETRAIN_OFFSET - EVAL_OFFSET + 1, init_from=""))
     with pytest.raises(ValueError, match="train_prompts"):
         build_data(TrainConfig(train_prompts=EVAL_OFFSET + 1, init_from=""))
+
+
+def _encode(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_the_reasoning_cap_fits_every_description():
+    """description_token_limit is the longest description the generator can produce plus end-of-turn: checked by a
+    loop over every clause option (a description's tokens are its clauses' tokens, each after its space: checked on
+    generated descriptions), and against 2,000 generated descriptions."""
+    from zrcore.models.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    limit = description_token_limit(tok)
+    longest = {}  # a loop over every (count, floating, overlap) and every object clause
+    for count in range(1, len(NUMBER_WORDS)):
+        best = 0
+        for f in range(min(count, 2) + 1):
+            for overlap in (False, True) if count > 1 else (False,):
+                for shape in SHAPES:
+                    for colour in COLOURS:
+                        for bg in BACKGROUNDS:
+                            part = clauses(Scene(count, shape, colour, bg),
+                                           Defects(colour, shape, count, floating=f, overlap=overlap))
+                            best = max(best, len(_encode(tok, " " + part["objects"]))
+                                       + len(_encode(tok, " " + part["ground"])))
+        longest[count] = best
+    fixed = sum(max(len(_encode(tok, " " + t)) for t in options) for options in LEVELS.values())
+    fixed += max(len(_encode(tok, " " + t)) for t in ("centred.", "off centre."))
+    assert limit == fixed + max(longest.values()) + 1
+    gen = SyntheticRubric(seed=3, image_size=16)
+    lengths = []
+    for index in range(500):
+        for c in range(4):
+            scene, d = gen.scene(index), gen.defects(gen.scene(index), index, c)
+            text = describe(scene, d)
+            n = len(_encode(tok, text))
+            parts = list(clauses(scene, d).values())
+            assert n == len(_encode(tok, parts[0])) + sum(len(_encode(tok, " " + t)) for t in parts[1:]), text
+            lengths.append(n)
+    assert max(lengths) + 1 <= limit
+    assert max(lengths) > 48  # the former cap of 48 cut descriptions
+
+
+def test_match_question_answers_with_what_is_drawn():
+    scene = Scene(2, "circle", "red", "white")
+    assert match_question(scene, Defects("red", "circle", 2)) == (
+        "Does the image show two red circles on a white background?", "yes.")
+    q, a = match_question(scene, Defects("blue", "circle", 3, blur=2))
+    assert a == "no. three blue circles on a white background."

@@ -108,7 +108,9 @@ def test_judge_returns_distributions_and_its_behaviour_logprobs(rm):
     assert j.distribution.log_probs.shape == (2, 3, 9) and j.distribution.mean.shape == (2, 3)
     torch.testing.assert_close(j.distribution.log_probs.exp().sum(-1), torch.ones(2, 3), atol=1e-5, rtol=0)
     assert ((j.distribution.mean >= 1) & (j.distribution.mean <= 5)).all()
-    assert len(j.texts) == 6 and j.completion_mask.sum(-1).tolist() == [len(r) for r in j.reasoning_ids]
+    # the completion is the reasoning and, where the trace ended, its end-of-turn
+    assert len(j.texts) == 6
+    assert j.completion_mask.sum(-1).tolist() == [len(r) + int(not t) for r, t in zip(j.reasoning_ids, j.truncated)]
     # the behaviour log-probs are those of the full-vocabulary softmax at T (suppressed tokens excluded) on the
     # returned sequences; the module's own token log-probs agree where no suppressed token carries mass
     with torch.no_grad():
@@ -141,22 +143,63 @@ def test_judge_rows_do_not_depend_on_their_batch(rm):
         rm.judge(PROMPTS[:1], images[:1], "realism", rollout_batch_size=-1)
 
 
+class ScriptedBackend:
+    """A rollout backend that returns given token lists (behaviour log-probs -0.5 each)."""
+
+    def __init__(self, rows: list[list[int]]):
+        self.rows = rows
+
+    def sample(self, rm, request):
+        from zrcore.training.rollout import SampledTokens
+
+        assert len(request.prompt_ids) == len(self.rows)
+        return SampledTokens([list(r) for r in self.rows], [[-0.5] * len(r) for r in self.rows])
+
+
+def test_judge_puts_a_sampled_end_of_turn_in_the_completion(rm):
+    """An ended trace: reasoning + end-of-turn are the completion, then the suffix; a cut trace: its tokens are the
+    completion, then a forced end-of-turn (outside the completion) and the suffix. Both read q after the suffix."""
+    eot, suffix = rm.end_of_turn_id, rm.score_suffix_ids
+    words = rm.tokenizer.encode("sharp. clean.", add_special_tokens=False)
+    backend = ScriptedBackend([words + [eot], words[:3]])
+    j = rm.judge(PROMPTS[:1], _images()[:1], "realism", num_samples=2, max_reasoning_tokens=3 + len(words),
+                 seeds=[1, 2], backend=backend)
+    assert j.truncated.tolist() == [False, True]
+    assert [r.tolist() for r in j.reasoning_ids] == [words, words[:3]]
+    ended = j.sequences[0][j.attention_mask[0].bool()].tolist()
+    cut = j.sequences[1][j.attention_mask[1].bool()].tolist()
+    assert j.sequences[0][j.completion_mask[0]].tolist() == words + [eot]
+    assert ended[len(ended) - len(suffix) - len(words) - 1:] == words + [eot] + suffix
+    assert j.sequences[1][j.completion_mask[1]].tolist() == words[:3]
+    assert cut[len(cut) - len(suffix) - 4:] == words[:3] + [eot] + suffix
+    # behaviour log-probs on exactly the completion tokens
+    assert j.behaviour_logprobs[j.completion_mask].tolist() == [-0.5] * (len(words) + 1 + 3)
+    assert (j.behaviour_logprobs[~j.completion_mask] == 0).all()
+    # the end-of-turn gets a policy log-prob (a gradient) like every other emitted token
+    lp = rm.token_logprobs(j.sequences, j.attention_mask, j.image_inputs, j.completion_mask)
+    eot_col = j.completion_mask[0].nonzero()[-1, 0]
+    assert j.sequences[0, eot_col] == eot and lp[0, eot_col] < 0
+    lp[0, eot_col].backward()
+    assert rm.model.get_output_embeddings().weight.grad[eot].abs().sum() > 0
+    rm.zero_grad()
+
+
 def test_reasoned_inputs_put_a_given_reasoning_where_judge_puts_a_sampled_one(rm):
     images = _images()[:2]
     texts = ["two red circles on a white background. sharp.", ""]
     ids, mask, comp, img = rm.reasoned_inputs(PROMPTS[:2], images, ["realism", "alignment"], texts)
-    j = rm.judge(PROMPTS[:1], images[:1], "realism", num_samples=1, max_reasoning_tokens=4, seeds=[3])
+    words = rm.tokenizer.encode(texts[0], add_special_tokens=False)
+    j = rm.judge(PROMPTS[:1], images[:1], "realism", num_samples=1, max_reasoning_tokens=len(words) + 1, seeds=[3],
+                 backend=ScriptedBackend([words + [rm.end_of_turn_id]]))
     suffix = rm.score_suffix_ids
     for row, text in enumerate(texts):
         seq = ids[row][mask[row].bool()].tolist()
         body = ids[row][comp[row]].tolist()
-        assert rm.tokenizer.decode(body) == text
+        assert body[-1] == rm.end_of_turn_id and rm.tokenizer.decode(body[:-1]) == text
         assert seq[len(seq) - len(suffix):] == suffix
-        # the rubric prompt before the reasoning is the teacher's (judge's) prompt
-        n_prompt = len(seq) - len(suffix) - len(body)
-        if row == 0:
-            judged = j.sequences[0][j.attention_mask[0].bool()].tolist()
-            assert seq[:n_prompt] == judged[:len(judged) - len(suffix) - int(j.completion_mask[0].sum())]
+        if row == 0:  # the same sequence and completion as a judged trace of that text
+            assert seq == j.sequences[0][j.attention_mask[0].bool()].tolist()
+            assert body == j.sequences[0][j.completion_mask[0]].tolist()
     torch.testing.assert_close(img["image_grid_thw"], rm.image_inputs(images)["image_grid_thw"])
     with torch.no_grad():
         q = rm(ids, mask, img).distribution
@@ -183,15 +226,13 @@ def test_forward_entry_points_agree(rm):
 
 
 def test_judge_when_every_trace_hits_the_limit(rm):
-    # no token ends a trace (the end-of-turn id is set to one the model cannot emit): every trace is cut at the
-    # limit, the scoring suffix is still forced, and each yields a distribution
-    saved = rm.end_of_turn_id
-    rm.end_of_turn_id = -1
-    try:
-        j = rm.judge(PROMPTS[:1], _images()[:1], "alignment", num_samples=2, max_reasoning_tokens=4)
-    finally:
-        rm.end_of_turn_id = saved
+    # no trace ends (the backend never emits end-of-turn): every trace is cut at the limit, end-of-turn and the
+    # scoring suffix are forced, and each yields a distribution
+    words = rm.tokenizer.encode("sharp. clean.", add_special_tokens=False)[:4]
+    j = rm.judge(PROMPTS[:1], _images()[:1], "alignment", num_samples=2, max_reasoning_tokens=4,
+                 backend=ScriptedBackend([words, words]))
     assert j.truncated.all() and all(len(r) == 4 for r in j.reasoning_ids)
+    assert (j.completion_mask.sum(-1) == 4).all()
     assert torch.isfinite(j.distribution.log_probs).all()
 
 

@@ -52,8 +52,8 @@ def test_students_and_evaluate_reproduce_logged_numbers(tmp_path):
         sys.path.pop(0)
     ev_out = tmp_path / "eval"
     spec_s, spec_t = str(tmp_path / "sft" / "model"), str(teacher_out / "model") + ":teacher"
-    res = evaluate_recipe.main([spec_s, spec_t, "--output_dir", str(ev_out), "--samples", "1",
-                                "--max_reasoning_tokens", "3", *TINY])
+    # the teacher is sampled as it was trained (its zrcore_sampling.yaml: 1 sample of at most 3 tokens)
+    res = evaluate_recipe.main([spec_s, spec_t, "--output_dir", str(ev_out), *TINY])
     teacher_final = json.loads((teacher_out / "results.json").read_text())["final"]
     for key in ("plcc", "srcc", "hpa", "nll", "w1", "tokens"):
         assert res[spec_s]["all"][key] == pytest.approx(sft["final"]["all"][key], abs=1e-6)
@@ -69,3 +69,5 @@ def test_students_and_evaluate_reproduce_logged_numbers(tmp_path):
     assert metrics.hpa(mean, target, [r["prompt_id"] for r in preds]) == pytest.approx(
         data["metrics"][spec_s]["realism"]["hpa"], abs=1e-9)
     assert (ev_out / "results.png").exists() and (ev_out / "results.md").exists()
+    assert "| ceiling (true score) | realism |" in (ev_out / "results.md").read_text()
+    assert data["ceiling"]["realism"]["hpa"] > 0.5

@@ -33,8 +33,8 @@ from PIL import Image
 from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
 
 PRETRAIN_OFFSET = 1_000_000
-FORMAT_VERSION = 3  # part of the pretraining cache key: bumped whenever the texts change (2: defects first,
-# 3: optional surrounding context)
+FORMAT_VERSION = 4  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
+# first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -79,6 +79,34 @@ def describe(scene: Scene, d: Defects) -> str:
     return " ".join(clauses(scene, d).values())
 
 
+def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
+    """Does the image show what was asked? The question quotes the scene's text-to-image prompt; the answer says
+    what is drawn: "yes." when count, colour and shape are as asked, else "no." and the objects as drawn. It teaches
+    the comparison of a prompt with the image that alignment needs, with no score and no rubric word."""
+    asked = (scene.count, scene.colour, scene.shape) == (d.count, d.colour, d.shape)
+    return f"Does the image show {scene.prompt}?", "yes." if asked else "no. " + clauses(scene, d)["objects"]
+
+
+def description_token_limit(tokenizer) -> int:
+    """The most tokens any description of ``describe`` can take with ``tokenizer``, plus one for the end of the turn:
+    the reasoning cap at which no description is cut. Byte-level BPE never merges across the spaces between
+    clauses, so a description's length is the sum of its clauses' (each after its space); the clauses that depend on
+    the count (objects, ground) are maximised jointly over every count, floating number and overlap."""
+    def longest(texts) -> int:
+        return max(len(tokenizer.encode(" " + t, add_special_tokens=False)) for t in texts)
+
+    fixed = sum(longest(options) for options in LEVELS.values()) + longest(("off centre.", "centred."))
+    per_count = []
+    for count in range(1, len(NUMBER_WORDS)):
+        objects = [clauses(Scene(count, shape, colour, bg), Defects(colour, shape, count))["objects"]
+                   for shape in SHAPES for colour in COLOURS for bg in BACKGROUNDS]
+        grounds = [clauses(Scene(count, SHAPES[0], "red", "white"),
+                           Defects("red", SHAPES[0], count, floating=f, overlap=o))["ground"]
+                   for f in range(min(count, 2) + 1) for o in ((False, True) if count > 1 else (False,))]
+        per_count.append(longest(objects) + longest(grounds))
+    return fixed + max(per_count) + 1
+
+
 def questions(scene: Scene, d: Defects) -> list[tuple[str, str]]:
     """(question, answer) pairs about one part of the image each."""
     part = clauses(scene, d)
@@ -91,7 +119,8 @@ def questions(scene: Scene, d: Defects) -> list[tuple[str, str]]:
             ("Are the objects centred?", part["centre"]),
             ("Is the image sharp?", part["blur"]),
             ("Is the image noisy?", part["noise"]),
-            ("Is there clutter?", part["clutter"])]
+            ("Is there clutter?", part["clutter"]),
+            match_question(scene, d)]
 
 
 @dataclass(frozen=True)
@@ -130,10 +159,10 @@ def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> t
 
 
 def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET,
-             with_questions: bool = False, contexts: bool = False) -> list[Caption]:
+             with_questions: bool = False, contexts: bool = False, match_questions: bool = False) -> list[Caption]:
     """Rendered candidates of scenes ``start .. start + n_scenes - 1``: each image's description (with
     ``contexts``: asked in a random surrounding text, ``context``), then (with ``with_questions``) one row per
-    question about it."""
+    question about it, or (with ``match_questions`` alone) one row asking whether it shows the scene's prompt."""
     if start < PRETRAIN_OFFSET:
         raise ValueError(f"start must be >= PRETRAIN_OFFSET ({PRETRAIN_OFFSET}): lower indices are rubric data")
     out = []
@@ -145,4 +174,7 @@ def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: in
             out.append(Caption(image, describe(scene, d), index, c, instruction, system, labels))
             if with_questions:
                 out += [Caption(image, a, index, c, q, attributes=labels) for q, a in questions(scene, d)]
+            elif match_questions:
+                q, a = match_question(scene, d)
+                out.append(Caption(image, a, index, c, q, attributes=labels))
     return out

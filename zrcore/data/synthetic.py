@@ -75,8 +75,28 @@ def true_scores(scene: Scene, d: Defects) -> dict[str, float]:
     }
 
 
+CLUTTER_MARKS = (0, 2, 5)  # marks drawn per clutter level
+
+
+def contrast_colour(background: str, g: torch.Generator) -> tuple[int, int, int]:
+    """A random hue whose luminance is far from the background's: dark marks on white, light ones on black, either
+    on gray (at least about 90 grey levels apart), so that clutter never blends into the background."""
+    hue = torch.rand(3, generator=g)
+    hue = hue / hue.max().clamp_min(1e-6)
+    dark = {"white": True, "black": False}.get(background, bool(torch.rand(1, generator=g) < 0.5))
+    level = hue * 0.3 if dark else 0.7 + hue * 0.3
+    return tuple(int(v * 255) for v in level.tolist())
+
+
+def _outline(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(c * 0.45) for c in colour)
+
+
 def render(scene: Scene, d: Defects, size: int = 64, seed: int = 0) -> Image.Image:
-    """Draws the candidate: objects standing on a ground line, then blur, noise and clutter."""
+    """Draws the candidate: objects (outlined, so that an overlap shows) standing on a ground line, then clutter
+    marks ("x" strokes size/8 wide, at least one 14-pixel vision patch at 112 pixels, in a colour that contrasts with
+    the background), blur and noise. Overlapping objects are the last two, their centres one radius apart; floating
+    objects are the first ``d.floating`` (``SyntheticRubric.defects`` keeps an overlapping pair on the ground)."""
     g = torch.Generator().manual_seed(seed)
     img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
@@ -88,24 +108,28 @@ def render(scene: Scene, d: Defects, size: int = 64, seed: int = 0) -> Image.Ima
     span = size * (0.55 if d.off_centre else 0.8)
     x0 = size * (0.05 if d.off_centre else 0.1)
     step = span / n
-    for i in range(n):
-        cx = x0 + step * (i + 0.5)
-        if d.overlap and i > 0:
-            cx -= step * 0.6
+    centres = [x0 + step * (i + 0.5) for i in range(n)]
+    if d.overlap and n > 1:
+        centres[-1] = centres[-2] + r
+    colour = COLOURS[d.colour]
+    edge = max(1, size // 56)
+    for i, cx in enumerate(centres):
         lift = int(size * 0.22) if i < d.floating else 0
         cy = ground - r - lift
         box = [cx - r, cy - r, cx + r, cy + r]
-        colour = COLOURS[d.colour]
         if d.shape == "circle":
-            draw.ellipse(box, fill=colour)
+            draw.ellipse(box, fill=colour, outline=_outline(colour), width=edge)
         elif d.shape == "square":
-            draw.rectangle(box, fill=colour)
+            draw.rectangle(box, fill=colour, outline=_outline(colour), width=edge)
         else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-    for _ in range(3 * d.clutter):
-        px, py = (torch.rand(2, generator=g) * size).tolist()
-        c = tuple(int(v) for v in (torch.rand(3, generator=g) * 255).tolist())
-        draw.rectangle([px, py, px + size / 16, py + size / 16], fill=c)
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour, outline=_outline(colour),
+                         width=edge)
+    mark, stroke = size / 8, max(2, size // 28)
+    for _ in range(CLUTTER_MARKS[d.clutter]):
+        px, py = (torch.rand(2, generator=g) * (size - mark)).tolist()
+        c = contrast_colour(scene.background, g)
+        draw.line([(px, py), (px + mark, py + mark)], fill=c, width=stroke)
+        draw.line([(px, py + mark), (px + mark, py)], fill=c, width=stroke)
     if d.blur:
         img = img.filter(ImageFilter.GaussianBlur(radius=d.blur * size / 64))
     if d.noise:
@@ -148,10 +172,16 @@ class SyntheticRubric:
         colour = scene.colour if u() > 0.3 else tuple(COLOURS)[int(torch.randint(len(COLOURS), (1,), generator=g))]
         shape = scene.shape if u() > 0.3 else SHAPES[int(torch.randint(len(SHAPES), (1,), generator=g))]
         count = scene.count if u() > 0.35 else max(1, min(5, scene.count + (1 if u() > 0.5 else -1)))
-        return Defects(colour, shape, count, blur=lvl() if u() > 0.4 else 0, noise=lvl() if u() > 0.5 else 0,
-                       clutter=lvl() if u() > 0.5 else 0, off_centre=u() > 0.7,
-                       floating=min(count, int(torch.randint(0, 3, (1,), generator=g))) if u() > 0.5 else 0,
-                       overlap=u() > 0.8 and count > 1)
+        blur = lvl() if u() > 0.4 else 0
+        noise = lvl() if u() > 0.5 else 0
+        clutter = lvl() if u() > 0.5 else 0
+        off_centre = u() > 0.7
+        floating = min(count, int(torch.randint(0, 3, (1,), generator=g))) if u() > 0.5 else 0
+        overlap = u() > 0.8 and count > 1
+        if overlap:  # the overlapping pair stands, so that the overlap stays visible
+            floating = min(floating, count - 2)
+        return Defects(colour, shape, count, blur=blur, noise=noise, clutter=clutter, off_centre=off_centre,
+                       floating=floating, overlap=overlap)
 
     def ratings(self, true: float, index: int, candidate: int, dim: int) -> list[float]:
         g = self._gen(3, index, candidate, dim)

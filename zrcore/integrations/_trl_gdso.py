@@ -169,10 +169,10 @@ class GDSOTrainer(GRPOTrainer):
         rows = comp.shape[0]
         n_suffix = len(rm.score_suffix_ids)
         prompts, completions = [], []
-        for r in range(rows):  # each row: [left padding | prompt | reasoning | forced suffix]
+        for r in range(rows):  # each row: [left padding | prompt | reasoning (+ end-of-turn) | forced tail]
             ids = j.sequences[r][j.attention_mask[r].bool()].tolist()
-            n_reason = int(comp[r].sum())
-            n_prompt = len(ids) - n_reason - n_suffix
+            n_reason = int(comp[r].sum())  # the sampled tokens, end-of-turn included when the trace ended
+            n_prompt = len(ids) - n_reason - n_suffix - int(j.truncated[r])  # a cut trace's end-of-turn is forced
             prompts.append(ids[:n_prompt])
             completions.append(ids[n_prompt:n_prompt + n_reason])
         prompt_ids, prompt_mask = rm.left_pad(prompts)

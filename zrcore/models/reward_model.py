@@ -44,15 +44,15 @@ class PolicyOutput(NamedTuple):
 class Judgement(NamedTuple):
     """Teacher output for B inputs x G samples (rows ordered input-major: row = b * G + g)."""
 
-    sequences: torch.Tensor  # [B*G, L] left-padded: prompt + sampled reasoning + forced scoring suffix
+    sequences: torch.Tensor  # [B*G, L] left-padded: prompt + sampled reasoning + end-of-turn + scoring suffix
     attention_mask: torch.Tensor  # [B*G, L]
-    completion_mask: torch.Tensor  # [B*G, L] bool, True on the sampled reasoning tokens
+    completion_mask: torch.Tensor  # [B*G, L] bool, True on the sampled tokens: the reasoning and its end-of-turn
     reasoning_ids: list  # B*G LongTensors (the sampled tokens, end-of-turn excluded)
     texts: list  # B*G decoded reasoning texts
     truncated: torch.Tensor  # [B*G] bool: the trace hit max_reasoning_tokens
     distribution: ScoreDistribution  # log_probs [B, G, K], mean [B, G], var [B, G]
     image_inputs: dict  # pixel_values / image_grid_thw for the B*G rows (to re-feed the sequences)
-    behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the reasoning tokens with (0 elsewhere)
+    behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the completion tokens with (0 elsewhere)
 
 
 def load_images(images: Sequence) -> list[Image.Image]:
@@ -96,6 +96,9 @@ class RewardModel(torch.nn.Module):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs a pad token")
         self._suffix_ids = tokenizer.encode(self.templates.score_suffix, add_special_tokens=False)
+        # how a teacher checkpoint was trained to reason (max_reasoning_tokens, temperature, samples): saved with it
+        # (zrcore_sampling.yaml), so that evaluation samples as training did
+        self.sampling: dict = {}
         # special tokens a reasoning trace must not contain (vision placeholders, chat markers), end-of-turn allowed
         self.suppressed_ids = sorted({i for i in tokenizer.all_special_ids if i != self.end_of_turn_id}
                                      | {tokenizer.convert_tokens_to_ids(t) for t in
@@ -176,7 +179,13 @@ class RewardModel(torch.nn.Module):
 
             spec = yaml.safe_load(bins_file.read_text())
             bins = ScoreBins(spec["values"], spec["labels"])
-        return cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
+        rm = cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
+        sampling_file = path / "zrcore_sampling.yaml"
+        if sampling_file.exists():
+            import yaml
+
+            rm.sampling = dict(yaml.safe_load(sampling_file.read_text()) or {})
+        return rm
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
         """Hugging Face folder (safetensors) plus zrcore's score metadata. ``state_dict``: the model's full state
@@ -193,6 +202,8 @@ class RewardModel(torch.nn.Module):
         self.image_processor.save_pretrained(path)
         (path / "zrcore_bins.yaml").write_text(yaml.safe_dump({"values": [float(v) for v in self.bins.values],
                                                                "labels": list(self.bins.labels)}))
+        if self.sampling:
+            (path / "zrcore_sampling.yaml").write_text(yaml.safe_dump(dict(self.sampling)))
 
     # ---- inputs --------------------------------------------------------------------------------------------------
     def _check(self, prompts, n_images: int, dimension) -> tuple[list[str], list[str]]:
@@ -279,9 +290,9 @@ class RewardModel(torch.nn.Module):
     def reasoned_inputs(self, prompts, images: Sequence, dimension, reasonings: Sequence[str]
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Teacher-mode (sequences, attention_mask, completion_mask, image_inputs) with a given reasoning text per
-        input instead of a sampled one: the rubric prompt, the reasoning (which completion_mask marks), then the
-        forced scoring suffix, so that ``forward`` reads q after it. For scoring a trace written elsewhere, or for
-        studying what q does with a known description of the image."""
+        input instead of a sampled one: the rubric prompt, the reasoning and its end-of-turn (which completion_mask
+        marks, as ``judge`` marks a trace that ended), then the scoring suffix, so that ``forward`` reads q after it.
+        For scoring a trace written elsewhere, or for studying what q does with a known description of the image."""
         images = list(images)
         prompts, dims = self._check(prompts, len(images), dimension)
         reasonings = list(reasonings)
@@ -289,7 +300,7 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"reasonings: need one string per input ({len(prompts)}), got {len(reasonings)}")
         img = self.image_inputs(images)
         heads = self._prompt_ids(prompts, img["image_grid_thw"], dims, True)
-        bodies = [self.tokenizer.encode(t, add_special_tokens=False) for t in reasonings]
+        bodies = [self.tokenizer.encode(t, add_special_tokens=False) + [self.end_of_turn_id] for t in reasonings]
         ids, mask, comp = self.left_pad_marked(heads, bodies, [self._suffix_ids] * len(bodies))
         return ids, mask, comp, img
 
@@ -331,27 +342,30 @@ class RewardModel(torch.nn.Module):
                                   bias=head.bias, impl=impl)
 
     def _policy(self, sequences, attention_mask, image_inputs, completion_mask=None, temperature: float = 1.0,
-                with_distribution: bool = True, impl: str = "auto") -> PolicyOutput:
+                with_distribution: bool = True, impl: str = "auto", score_position: int = -1) -> PolicyOutput:
         hidden = self._hidden(sequences, attention_mask, image_inputs)
         logps = None
         if completion_mask is not None:
             logps = completion_logprobs(hidden, sequences.to(hidden.device), completion_mask.to(hidden.device),
                                         self.model.get_output_embeddings(), temperature)
-        dist = self._distribution(hidden[:, -1], impl=impl) if with_distribution else None
+        dist = self._distribution(hidden[:, score_position], impl=impl) if with_distribution else None
         return PolicyOutput(logps, dist)
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
                 completion_mask: torch.Tensor | None = None, temperature: float = 1.0, with_distribution: bool = True,
-                impl: str = "auto") -> PolicyOutput:
+                impl: str = "auto", score_position: int = -1) -> PolicyOutput:
         """One pass over left-padded ``sequences`` [B, L]: log pi(y_t | y_<t) / T on the positions of
-        ``completion_mask`` (token t predicted from position t - 1; 0 elsewhere) and q at the last position."""
+        ``completion_mask`` (token t predicted from position t - 1; 0 elsewhere) and q at ``score_position`` (the
+        last position by default; -2 when a sampled score token follows the scoring suffix)."""
         return self._policy(sequences, attention_mask, image_inputs, completion_mask, temperature, with_distribution,
-                            impl)
+                            impl, score_position)
 
     def policy_forward(self, rollouts, temperature: float = 1.0, with_distribution: bool = True) -> PolicyOutput:
-        """``forward`` on a rollout batch (``zrcore.training.rollout.Rollouts`` or a ``Judgement``)."""
+        """``forward`` on a rollout batch (``zrcore.training.rollout.Rollouts`` or a ``Judgement``); q is read at
+        the batch's ``score_position`` (the last position unless a score token was appended)."""
         return self._policy(rollouts.sequences, rollouts.attention_mask, rollouts.image_inputs,
-                            rollouts.completion_mask, temperature, with_distribution)
+                            rollouts.completion_mask, temperature, with_distribution,
+                            score_position=getattr(rollouts, "score_position", -1))
 
     def token_logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict,
                        completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -407,16 +421,18 @@ class RewardModel(torch.nn.Module):
         request = RolloutRequest(row_ids, rep, seeds, max_reasoning_tokens, temperature, self.end_of_turn_id,
                                  self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size)
         sampled = (backend or HFGenerateBackend()).sample(self, request)
-        reasoning, truncated, kept_ids, behaviour = [], [], [], []
+        reasoning, truncated, bodies, tails, behaviour = [], [], [], [], []
         for row in range(rows):
             toks = sampled.token_ids[row]
-            cut = toks.index(self.end_of_turn_id) if self.end_of_turn_id in toks else None
-            kept = toks[:cut] if cut is not None else toks
-            truncated.append(cut is None)
-            kept_ids.append(kept)
+            ended = self.end_of_turn_id in toks
+            kept = toks[:toks.index(self.end_of_turn_id)] if ended else toks
+            truncated.append(not ended)
             reasoning.append(torch.tensor(kept, dtype=torch.long))
-            behaviour.extend(sampled.logprobs[row][:len(kept)])
-        ids, mask, comp = self.left_pad_marked(row_ids, kept_ids, [self._suffix_ids] * rows)
+            # a sampled end-of-turn belongs to the trajectory; a cut trace gets it forced, outside the completion
+            bodies.append(kept + [self.end_of_turn_id] if ended else kept)
+            tails.append(self._suffix_ids if ended else [self.end_of_turn_id] + self._suffix_ids)
+            behaviour.extend(sampled.logprobs[row][:len(bodies[-1])])
+        ids, mask, comp = self.left_pad_marked(row_ids, bodies, tails)
         beh = torch.zeros(ids.shape, dtype=torch.float32)
         beh[comp.cpu()] = torch.tensor(behaviour, dtype=torch.float32)
         with torch.no_grad():

@@ -55,7 +55,8 @@ def build_data(cfg) -> tuple[list, list[Record]]:
                              f"start at index {PRETRAIN_OFFSET})")
         gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
         train = gen.records(cfg.train_prompts, cfg.candidates, dims)
-        evals = gen.records(cfg.eval_prompts, cfg.candidates, dims, start=EVAL_OFFSET)
+        held_out = SyntheticRubric(seed=getattr(cfg, "eval_seed", cfg.seed), image_size=cfg.image_size)
+        evals = held_out.records(cfg.eval_prompts, cfg.candidates, dims, start=EVAL_OFFSET)
     elif cfg.data == "agiqa":
         root = cfg.data_root or None
         train = load_agiqa3k(root, split="train", dimensions=dims)

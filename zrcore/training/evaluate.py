@@ -19,16 +19,22 @@ def eval_seed(seed: int, record: int, sample: int) -> int:
 
 
 @torch.no_grad()
-def predict(rm, records: list[Record], mode: str = "student", samples: int = 2, max_reasoning_tokens: int = 8,
+def predict(rm, records: list[Record], mode: str = "student", samples: int = 2,
+            max_reasoning_tokens: int | None = None,
             temperature: float = 1.0, batch_size: int = 16, seed: int = 0, indices: list[int] | None = None,
             rollout_batch_size: int = 0) -> dict:
     """Per-record q (probs [N, K]), mean [N], output tokens [N] and (teacher mode) the first sampled reasoning text,
     ``batch_size`` records per call (dimensions mixed). Teacher mode averages q over ``samples`` sampled reasoning
     traces (a Monte-Carlo estimate of the reasoning-marginal distribution), seeded per (record, sample);
     ``indices`` are the records' global indices (default 0..N-1), so a record's traces do not depend on the batch
-    or the process that scores it."""
+    or the process that scores it. ``max_reasoning_tokens`` (teacher mode): default the checkpoint's own cap
+    (``rm.sampling``), else the longest description of ``zrcore.data.captions``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_reasoning_tokens is None and mode != "student":  # as the checkpoint was trained, else no description cut
+        from zrcore.data.captions import description_token_limit
+
+        max_reasoning_tokens = rm.sampling.get("max_reasoning_tokens") or description_token_limit(rm.tokenizer)
     indices = list(range(len(records))) if indices is None else list(indices)
     probs = torch.zeros(len(records), len(rm.bins))
     tokens = torch.zeros(len(records))
@@ -88,19 +94,50 @@ def score_metrics(records: list[Record], probs: torch.Tensor, tokens: torch.Tens
     return out
 
 
+CEILING_KEYS = ("plcc", "srcc", "hpa", "hpa_margin")
+
+
+def ceiling_metrics(records: list[Record]) -> dict | None:
+    """The metrics of a model that knows each record's true score (``meta["true"]``, the synthetic set's noiseless
+    rubric score) and predicts it: what the raters' noise and the ties of true scores leave reachable on this split.
+    HPA counts a predicted tie as wrong, so pairs whose raters differ but whose true scores are equal cap it below 1.
+    Per dimension and "all" (the mean over dimensions); None when some record has no true score (real data)."""
+    if not records or any("true" not in (r.meta or {}) for r in records):
+        return None
+    truth = torch.tensor([float(r.meta["true"]) for r in records], dtype=torch.float64)
+    out = {}
+    for dim in sorted({r.dimension for r in records}):
+        idx = [i for i, r in enumerate(records) if r.dimension == dim]
+        target = torch.tensor([records[i].score for i in idx], dtype=torch.float64)
+        groups = [records[i].prompt_id for i in idx]
+        out[dim] = {"plcc": metrics.plcc(truth[idx], target), "srcc": metrics.srcc(truth[idx], target),
+                    "hpa": metrics.hpa(truth[idx], target, groups),
+                    "hpa_margin": metrics.hpa(truth[idx], target, groups, margin=0.5), "n": len(idx)}
+    dims = list(out)
+    out["all"] = {k: float(sum(out[d][k] for d in dims) / len(dims)) for k in CEILING_KEYS} | {"n": len(records)}
+    return out
+
+
 def evaluate_model(rm, records, mode="student", **kw) -> dict:
     pred = predict(rm, records, mode=mode, **kw)
     return score_metrics(records, pred["probs"], pred["tokens"], rm.bins) | {"_pred": pred}
 
 
-def format_table(results: dict[str, dict], dims: list[str] | None = None) -> str:
-    """Markdown table: one row per (model, dimension)."""
+def format_table(results: dict[str, dict | None], dims: list[str] | None = None) -> str:
+    """Markdown table: one row per (model, dimension); a None result is left out, a missing metric is "-" (the
+    ceiling rows of ``ceiling_metrics`` have no calibration or length)."""
     lines = ["| model | dimension | PLCC | SRCC | HPA | margin HPA | bin NLL | W1 | output tokens |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def f(v, digits: int = 3) -> str:
+        if v is None:
+            return "-"
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.{digits}f}"
+
     for name, res in results.items():
+        if res is None:
+            continue
         for dim in dims or [d for d in res if not d.startswith("_")]:
             m = res[dim]
-            f = lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
             lines.append(f"| {name} | {dim} | {f(m['plcc'])} | {f(m['srcc'])} | {f(m['hpa'])} | {f(m['hpa_margin'])} "
-                         f"| {f(m['nll'])} | {f(m['w1'])} | {m['tokens']:.1f} |")
+                         f"| {f(m.get('nll'))} | {f(m.get('w1'))} | {f(m.get('tokens'), 1)} |")
     return "\n".join(lines)

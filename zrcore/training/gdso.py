@@ -64,26 +64,31 @@ class GDSOTrainer(Trainer):
         p, m, g = len(local), len(local[0].records), c.num_samples
         with torch.no_grad(), rt.autocast():
             batch = rollouts_of(judge_groups(self.rm, local, first, step, c, g))
+        reward_mean = None
+        if c.reward_from == "text":  # the score token sampled from q, appended, parsed and reinforced
+            seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
+            picked = sample_bins(batch.distribution.probs, seeds)
+            batch = batch.with_score_tokens(self.rm.score_tokens(picked))
+            reward_mean = self.rm.bins.values[picked].view(p, m, g)
+        with torch.no_grad(), rt.autocast():
             old_logps = self.rm.policy_forward(batch, c.temperature, with_distribution=False).logps
             ref_logps = (self.ref.policy_forward(batch, c.temperature, with_distribution=False).logps
                          if self.ref is not None else None)
         device = old_logps.device
         scores = torch.stack([grp.scores for grp in local]).to(device)
         target = self.rm.bins.index(scores)
-        reward_mean = None
-        if c.reward_from == "text":  # the score token sampled from q and parsed, instead of the expectation
-            seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
-            reward_mean = self.rm.bins.values[sample_bins(batch.distribution.probs, seeds)].view(p, m, g).to(device)
+        if reward_mean is not None:
+            reward_mean = reward_mean.to(device)
         # each term's share of the global batch (uneven shards over ranks)
         tokens = batch.completion_mask.sum().item()
         paired = sum(len(set(grp.scores.tolist())) > 1 or (c.include_ties and m > 1) for grp in local)
         w_policy = rt.share(tokens if c.loss_type in ("bnpo", "dapo") else p * m * g)
         w_ce, w_pw = rt.share(p * m * g), rt.share(paired)
-        metrics = {}
-        for _ in range(c.updates_per_rollout):
+        metrics, balance = {}, {}
+        for update in range(c.updates_per_rollout):
             with rt.autocast():
                 out_policy = self.net(batch.sequences, batch.attention_mask, batch.image_inputs,
-                                      batch.completion_mask, c.temperature)
+                                      batch.completion_mask, c.temperature, score_position=batch.score_position)
             dist = out_policy.distribution
             out = losses.gdso_loss(
                 out_policy.logps.float(), old_logps.float(), batch.completion_mask, dist.mean.view(p, m, g),
@@ -92,12 +97,30 @@ class GDSOTrainer(Trainer):
                 eps_low=c.eps_low, eps_high=c.eps_high, loss_type=c.loss_type, lambda_pt=c.lambda_pt,
                 lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt, alpha_pw=c.alpha_pw, adv_scale=c.adv_scale,
                 include_ties=c.include_ties, max_completion_length=c.max_reasoning_tokens)
-            total = w_policy * out.policy + c.alpha_pt * w_ce * out.ce + c.alpha_pw * w_pw * out.pairwise
+            terms = {"policy": w_policy * out.policy, "ce": c.alpha_pt * w_ce * out.ce,
+                     "pairwise": c.alpha_pw * w_pw * out.pairwise}
+            total = sum(terms.values())
             metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(total.detach())}
+            if update == 0 and c.grad_balance_every and step % c.grad_balance_every == 0 and rt.world == 1:
+                balance = term_gradient_norms(terms, self.params)
             metrics |= self.optimizer_step(total)
+        metrics |= balance
         self.sched.step()
         if self.ref is not None and (step + 1) % c.ref_reset_every == 0:
             self.ref.load_state_dict(self.rm.state_dict())
         metrics["rollout/tokens"] = float(batch.lengths.mean())
         metrics["rollout/truncated"] = float(batch.truncated.float().mean())
         return metrics
+
+
+def term_gradient_norms(terms: dict[str, torch.Tensor], params: list) -> dict[str, float]:
+    """||d term / d theta||_2 of each loss term over the trained parameters (``grad_norm/<term>``): the balance of the
+    policy term against the direct terms, measured on the same forward (the graph is kept for the real backward)."""
+    out = {}
+    for name, term in terms.items():
+        if not term.requires_grad:
+            out[f"grad_norm/{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        out[f"grad_norm/{name}"] = float(torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads if gr is not None)))
+    return out

@@ -139,7 +139,8 @@ class TrainLoop:
     def fit(self) -> dict:
         cfg = self.cfg
         self.maybe_resume()
-        self._evaluate_logged("start")
+        if getattr(cfg, "eval_start", True):
+            self._evaluate_logged("start")
         bar = Progress(cfg.steps, self.step, enabled=cfg.progress and self.main, desc=self.name)
         t0 = time.time()
         cuda = self.rt.device.type == "cuda"

@@ -45,9 +45,10 @@ class PretrainTrainer(TrainLoop):
         configure_reward_model(rm, cfg, self.rt.device)
         gen = SyntheticRubric(seed=cfg.seed, image_size=cfg.image_size)
         self.train_set = captions(gen, cfg.scenes, cfg.candidates, with_questions=cfg.questions,
-                                 contexts=cfg.contexts)
+                                 contexts=cfg.contexts, match_questions=cfg.match_questions)
         self.eval_set = captions(gen, cfg.eval_scenes, cfg.candidates, start=PRETRAIN_OFFSET + cfg.scenes,
-                                 with_questions=cfg.questions, contexts=cfg.contexts)
+                                 with_questions=cfg.questions, contexts=cfg.contexts,
+                                 match_questions=cfg.match_questions)
         self.pixels = self._pixels(rm, self.train_set + self.eval_set)
         self.vision_warmup = self._warm_up_vision(rm) if cfg.vision_warmup_steps else {}
         rm.train()

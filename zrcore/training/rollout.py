@@ -117,6 +117,20 @@ class Rollouts(NamedTuple):
     lengths: torch.Tensor  # [B] reasoning tokens
     truncated: torch.Tensor  # [B] bool
     behaviour_logprobs: torch.Tensor  # [B, L] log-probs the sampler drew the completion with
+    score_position: int = -1  # where q is read: the last position, or -2 after an appended score token
+
+    def with_score_tokens(self, score_ids: torch.Tensor) -> Rollouts:
+        """The batch with one sampled score token per row ([B] ids) appended after the scoring suffix: it joins the
+        completion (the policy emits it and is trained on it, as a parsed-score policy is) and q stays read at the
+        position that predicts it."""
+        tok = score_ids.to(self.sequences.device)[:, None]
+        one = torch.ones_like(tok)
+        return self._replace(sequences=torch.cat([self.sequences, tok], 1),
+                             attention_mask=torch.cat([self.attention_mask, one.to(self.attention_mask.dtype)], 1),
+                             completion_mask=torch.cat([self.completion_mask, one.bool()], 1),
+                             behaviour_logprobs=torch.cat([self.behaviour_logprobs,
+                                                           torch.zeros_like(tok, dtype=torch.float32)], 1),
+                             score_position=-2)
 
 
 def rollouts_of(judgement) -> Rollouts:

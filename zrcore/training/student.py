@@ -99,11 +99,7 @@ class OPDTrainer(_StudentTrainer):
         # append the sampled score token: the last completion token the student emits
         rows = batch.sequences.shape[0]
         seeds = [step_seed(c.seed, step, 10**9 + first * rows // len(groups) + r) for r in range(rows)]
-        score_tok = self.rm.score_tokens(sample_bins(batch.distribution.probs, seeds).to(batch.sequences.device))
-        seqs = torch.cat([batch.sequences, score_tok[:, None]], 1)
-        att = torch.cat([batch.attention_mask, torch.ones_like(score_tok[:, None])], 1)
-        comp = torch.cat([batch.completion_mask, torch.ones_like(score_tok[:, None], dtype=torch.bool)], 1)
-        return batch._replace(sequences=seqs, attention_mask=att, completion_mask=comp)
+        return batch.with_score_tokens(self.rm.score_tokens(sample_bins(batch.distribution.probs, seeds)))
 
     def train_step(self, step: int) -> dict:
         c = self.cfg

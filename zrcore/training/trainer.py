@@ -11,8 +11,9 @@ import torch
 
 from zrcore.data.records import batch_groups
 from zrcore.training.checkpoint import export_reward_model
+from zrcore.training.config import save_config
 from zrcore.training.distributed import padded_shard
-from zrcore.training.evaluate import format_table, predict, score_metrics
+from zrcore.training.evaluate import ceiling_metrics, format_table, predict, score_metrics
 from zrcore.training.logging import plot_curves
 from zrcore.training.loop import TrainLoop, seed_everything
 
@@ -66,6 +67,14 @@ class Trainer(TrainLoop):
         super().__init__(cfg)
         self.name = type(self).__name__
         rm = model if model is not None else build_reward_model(cfg, device=self.rt.device)
+        if getattr(cfg, "max_reasoning_tokens", None) == 0:
+            from zrcore.data.captions import description_token_limit
+
+            cfg.max_reasoning_tokens = description_token_limit(rm.tokenizer)
+            if self.main:
+                save_config(cfg, self.out / "config.yaml")
+        if self.eval_mode == "teacher":
+            rm.sampling = {k: v for k, v in self.eval_kwargs().items() if k != "rollout_batch_size"}
         if data is None:
             from zrcore.training.data import build_data
 
@@ -116,7 +125,7 @@ class Trainer(TrainLoop):
         was = self.rm.training
         self.rm.eval()
         with self.rt.autocast():
-            pred = predict(self.rm, [records[i] for i in idx], mode=self.eval_mode, seed=self.cfg.seed,
+            pred = predict(self.rm, [records[i] for i in idx], mode=self.eval_mode, seed=self.eval_seed,
                            indices=idx, batch_size=self.cfg.eval_batch_size, **self.eval_kwargs())
         self.rm.train(was)
         parts = self.rt.gather((pred["probs"][:kept], pred["tokens"][:kept]))
@@ -132,6 +141,11 @@ class Trainer(TrainLoop):
             (self.out / f"eval_{name}.json").write_text(json.dumps({"metrics": res, "predictions": rows}))
         return res
 
+    @property
+    def eval_seed(self) -> int:
+        """The seed of the evaluation's reasoning samples: the fixed held-out set's, so that seeds vary training."""
+        return getattr(self.cfg, "eval_seed", self.cfg.seed)
+
     def log_row(self, result: dict) -> dict:
         return {f"eval/{k}": v for k, v in result["all"].items()}
 
@@ -143,7 +157,13 @@ class Trainer(TrainLoop):
         export_reward_model(self.rm, self.out / "model", self.rt)
 
     def report(self) -> None:
-        table = format_table({"start (zero-shot)": self.results["start"], "trained": self.results["final"]})
+        ceiling = ceiling_metrics(self.eval_records)
+        table = format_table({"start (zero-shot)": self.results.get("start"), "trained": self.results["final"],
+                              "ceiling (true score)": ceiling})
+        if ceiling is not None:
+            self.results["ceiling"] = ceiling
+            table += ("\n\nThe ceiling rows score the held-out images by their noiseless true score: the most any "
+                      "model can reach against the simulated raters on this split.")
         for name, model in (("start", "zero-shot"), ("final", "trained")):
             traces = self.traces.get(name, [])
             if traces:
