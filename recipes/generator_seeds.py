@@ -6,7 +6,9 @@ iterations, mean ± std over seeds per kappa, and the rise of each run against t
 
 Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K`` (finished runs are not repeated); the script
 writes ``table.md`` (reward at the start and the end, the rise, rise / std of the rise over seeds) and
-``val_reward.png`` (the change from the start, one band per kappa).
+``val_reward.png`` (the change from the start, one band per kappa). With ``--held_out_reward_model`` (a student
+trained independently, e.g. on another seed) the table also gives the rise of the same validation images under
+that model, which the generator never trained on: a rise under the trained-on reward alone is reward hacking.
 """
 
 import argparse
@@ -18,11 +20,12 @@ from zrcore.training.sweep import mean_std, run_once
 ROOT = Path(__file__).resolve().parent
 
 
-def curve(out_dir: Path) -> tuple[list[int], list[float]]:
-    """(steps, validation rewards) logged by one generator run."""
+def curve(out_dir: Path, key: str = "val/reward") -> tuple[list[int], list[float]]:
+    """(steps, validation rewards) logged by one generator run (``key``: "val/held_out/reward" for the held-out
+    reward model's)."""
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "val/reward" in r]
-    return [r["step"] for r in rows], [r["val/reward"] for r in rows]
+    rows = [r for r in rows if key in r]
+    return [r["step"] for r in rows], [r[key] for r in rows]
 
 
 def main() -> None:
@@ -31,25 +34,29 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/generator_seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kappas", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--held_out_reward_model", default="", help="an independent student that only scores")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="options passed to every run")
     args = parser.parse_args()
     out = Path(args.output_dir)
-    curves: dict[float, list] = {}
+    held = ["--held_out_reward_model", args.held_out_reward_model] if args.held_out_reward_model else []
+    curves: dict[tuple[str, float], list] = {}
     for kappa in args.kappas:
         for seed in args.seeds:
             run_dir = out / f"kappa{kappa:g}-s{seed}"
             run_once(ROOT / "train_generator.py", ["--reward_model", args.reward_model, "--seed", str(seed),
-                                                   "--kappa", str(kappa), *args.extra], run_dir)
-            curves.setdefault(kappa, []).append(curve(run_dir))
-    lines = ["| kappa | seeds | val reward start | val reward end | rise | rise / std(rise) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for kappa, runs in curves.items():
+                                                   "--kappa", str(kappa), *held, *args.extra], run_dir)
+            curves.setdefault(("trained-on", kappa), []).append(curve(run_dir))
+            if held:
+                curves.setdefault(("held-out", kappa), []).append(curve(run_dir, "val/held_out/reward"))
+    lines = ["| reward model | kappa | seeds | val reward start | val reward end | rise | rise / std(rise) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for (which, kappa), runs in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0] != "trained-on")):
         start = mean_std([r[1][0] for r in runs])
         end = mean_std([r[1][-1] for r in runs])
         rise = mean_std([r[1][-1] - r[1][0] for r in runs])
         ratio = f"{rise[0] / rise[1]:.1f}" if rise[1] > 0 else "n/a"
-        lines.append(f"| {kappa:g} | {len(runs)} | {start[0]:.4f} ± {start[1]:.4f} | {end[0]:.4f} ± {end[1]:.4f} | "
-                     f"{rise[0]:+.4f} ± {rise[1]:.4f} | {ratio} |")
+        lines.append(f"| {which} | {kappa:g} | {len(runs)} | {start[0]:.4f} ± {start[1]:.4f} | {end[0]:.4f} ± "
+                     f"{end[1]:.4f} | {rise[0]:+.4f} ± {rise[1]:.4f} | {ratio} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(curves, out / "val_reward.png")
     print((out / "table.md").read_text())
@@ -57,18 +64,20 @@ def main() -> None:
 
 def plot(curves: dict, path: Path) -> None:
     """Validation reward over the iterations, as the change from each run's start (the kappas differ by a constant
-    of about kappa x the predicted std): the mean over seeds per kappa, a band of ± one std."""
+    of about kappa x the predicted std): the mean over seeds per (reward model, kappa), a band of ± one std; the
+    held-out reward model's curves dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kappa, runs in curves.items():
+    for (which, kappa), runs in curves.items():
         steps = runs[0][0]
         per_step = [[r[1][i] - r[1][0] for r in runs] for i in range(len(steps))]
         mean, std = zip(*(mean_std(v) for v in per_step))
-        ax.plot(steps, mean, label=f"kappa = {kappa:g} ({len(runs)} seeds)")
+        ax.plot(steps, mean, ls="-" if which == "trained-on" else "--",
+                label=f"{which}, kappa = {kappa:g} ({len(runs)} seeds)")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
     ax.set_xlabel("generator step")
     ax.axhline(0.0, color="gray", lw=0.5)

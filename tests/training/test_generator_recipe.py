@@ -11,9 +11,12 @@ from zrcore.training.generator import GeneratorTrainer
 def test_generator_recipe_runs_and_writes_its_outputs(tmp_path):
     args = ["--steps", "2", "--batch", "1", "--latent_size", "14", "--num_steps", "2", "--val_prompts", "2",
             "--val_every", "1", "--dimensions", "realism,aesthetics", "--progress", "false", "--output_dir",
-            str(tmp_path / "gen")]
+            str(tmp_path / "gen"), "--held_out_reward_model", "tiny"]
     res = GeneratorTrainer(parse_config(GeneratorConfig, args)).fit()
     assert set(res) == {"before", "after"} and "val/realism" in res["after"]
+    # the held-out reward model scores the same validation images; here it is the same tiny model, so it agrees
+    for key in ("reward", "realism", "aesthetics"):
+        assert res["after"][f"val/held_out/{key}"] == pytest.approx(res["after"][f"val/{key}"], abs=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     # step 0 (validation before training), steps 1-2 (training; step 1 validates), the final validation at step 2
     assert [r["step"] for r in rows] == [0, 1, 2, 2]
@@ -96,5 +99,5 @@ def test_generator_seed_study_tabulates_the_runs_it_made(tmp_path):
             vals = [r["val/reward"] for r in rows if "val/reward" in r]
             rises.append(vals[-1] - vals[0])
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == str(kappa) and cells[1] == "2"
-        assert cells[4] == f"{statistics.mean(rises):+.4f} ± {statistics.stdev(rises):.4f}"
+        assert cells[:3] == ["trained-on", str(kappa), "2"]
+        assert cells[5] == f"{statistics.mean(rises):+.4f} ± {statistics.stdev(rises):.4f}"

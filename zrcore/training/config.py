@@ -75,7 +75,7 @@ class TrainConfig(RunConfig):
     data_root: str = ""  # AGIQA-3K folder ("" = default search)
     dimensions: list[str] = field(default_factory=lambda: ["alignment", "realism", "aesthetics", "plausibility"])
     train_prompts: int = 48  # synthetic: prompts in the training set
-    eval_prompts: int = 16  # synthetic: held-out prompts (the tables of docs/RESULTS.md use 48)
+    eval_prompts: int = 48  # synthetic: held-out prompts
     # synthetic: the generator seed of the held-out set and of its evaluation sampling; fixed, so that the run's
     # seed varies training only and runs of several seeds are scored on the same images
     eval_seed: int = 1000
@@ -147,7 +147,9 @@ class GDSOConfig(TrainConfig):
     temperature: float = 1.0
     updates_per_rollout: int = 2  # K_gdso
     ref_reset_every: int = 10  # N_ref
-    beta: float = 0.04  # the k3 KL to the reference policy (eq. 4; Algorithm 1); 0 builds no reference
+    # the k3 KL to the reference policy (eq. 4; Algorithm 1); 0 builds no reference. 1.0 keeps the tiny teacher's
+    # descriptions readable through training; at 0.04 and 0.2 they garble (docs/RESULTS.md)
+    beta: float = 1.0
     eps_low: float = 0.2
     eps_high: float = 0.2
     loss_type: str = "grpo"
@@ -201,6 +203,7 @@ class GeneratorConfig(RunConfig):
     lora_alpha: float | None = None  # default: the rank
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     reward_model: str = "tiny"  # "tiny" (random-init student) or a student checkpoint folder (train_risd.py)
+    held_out_reward_model: str = ""  # another student (e.g. another seed) that only scores the validation images
     dimensions: list[str] = field(default_factory=lambda: ["realism", "aesthetics", "plausibility", "alignment"])
     aggregation: str = "mean"  # mean | weighted | min | pessimistic
     kappa: float = 0.0  # > 0: pessimistic aggregation mean - kappa * std

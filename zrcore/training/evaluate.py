@@ -99,9 +99,12 @@ CEILING_KEYS = ("plcc", "srcc", "hpa", "hpa_margin")
 
 def ceiling_metrics(records: list[Record]) -> dict | None:
     """The metrics of a model that knows each record's true score (``meta["true"]``, the synthetic set's noiseless
-    rubric score) and predicts it: what the raters' noise and the ties of true scores leave reachable on this split.
-    HPA counts a predicted tie as wrong, so pairs whose raters differ but whose true scores are equal cap it below 1.
-    Per dimension and "all" (the mean over dimensions); None when some record has no true score (real data)."""
+    rubric score) and predicts it, breaking its ties at random: what the raters' noise leaves reachable on this split.
+
+    HPA and margin HPA count a pair right when the true scores order it as the raters' scores do, and half right
+    when the true scores tie (the expectation of a random tie-break: a model never predicts exact ties, while the
+    strict ``metrics.hpa`` counts a predicted tie as wrong). Per dimension and "all" (the mean over dimensions);
+    None when some record has no true score (real data)."""
     if not records or any("true" not in (r.meta or {}) for r in records):
         return None
     truth = torch.tensor([float(r.meta["true"]) for r in records], dtype=torch.float64)
@@ -110,9 +113,12 @@ def ceiling_metrics(records: list[Record]) -> dict | None:
         idx = [i for i, r in enumerate(records) if r.dimension == dim]
         target = torch.tensor([records[i].score for i in idx], dtype=torch.float64)
         groups = [records[i].prompt_id for i in idx]
+        # ties counted wrong (strict), then right (truth nudged the raters' way): the random tie-break is the mean
+        nudged = truth[idx] + 1e-9 * target
+        hpa = [(metrics.hpa(truth[idx], target, groups, margin=margin)
+                + metrics.hpa(nudged, target, groups, margin=margin)) / 2 for margin in (0.0, 0.5)]
         out[dim] = {"plcc": metrics.plcc(truth[idx], target), "srcc": metrics.srcc(truth[idx], target),
-                    "hpa": metrics.hpa(truth[idx], target, groups),
-                    "hpa_margin": metrics.hpa(truth[idx], target, groups, margin=0.5), "n": len(idx)}
+                    "hpa": hpa[0], "hpa_margin": hpa[1], "n": len(idx)}
     dims = list(out)
     out["all"] = {k: float(sum(out[d][k] for d in dims) / len(dims)) for k in CEILING_KEYS} | {"n": len(records)}
     return out

@@ -2,7 +2,9 @@
 denoising steps, decode, score on the rubric dimensions, aggregate, ascend the reward.
 
 Validation every ``val_every`` steps samples fixed prompts from fixed noise without gradients and logs the mean
-predicted score and spread per dimension (the curves of the paper's figure 5); at the end a grid of the validation
+predicted score and spread per dimension (the curves of the paper's figure 5), and, with ``held_out_reward_model``,
+the reward the same images get from an independently trained reward model (``val/held_out/*``): a rise under the
+trained-on reward alone is reward hacking; at the end a grid of the validation
 images before and after training is saved. Runs on the shared loop: DDP or FSDP2 for the transformer (LoRA
 included), the reward model frozen (a replica per rank under ddp, sharded under fsdp). Each image's noise is seeded
 by (step, image), so the split of a batch over ranks does not change what is sampled.
@@ -60,6 +62,11 @@ class GeneratorTrainer(TrainLoop):
         if cfg.lora_rank > 0:
             add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         self.rm = self.rt.prepare(rm, rm.shard_units(), trainable=False, methods=rm.fsdp_methods)
+        self.held_out = None  # a reward model the generator never trains on: it scores the validation images too
+        if cfg.held_out_reward_model:
+            other = configure_reward_model(load_reward_model(cfg.held_out_reward_model, cfg.seed), cfg,
+                                           self.rt.device)
+            self.held_out = self.rt.prepare(other, other.shard_units(), trainable=False, methods=other.fsdp_methods)
         net = self.rt.prepare(transformer, block_units(transformer))
         self.transformer = transformer
         self.mode = "pessimistic" if cfg.kappa > 0 else cfg.aggregation
@@ -86,9 +93,9 @@ class GeneratorTrainer(TrainLoop):
             x = self.sampler.sample(self._latents(seeds), cond, self.sampler_cfg, uncond=uncond)
             return self.sampler.decode(x)
 
-    def reward(self, prompts: list[str], images: torch.Tensor):
+    def reward(self, prompts: list[str], images: torch.Tensor, rm=None):
         with self.rt.autocast():
-            return reward_of_images(self.rm, prompts, images.float(), self.cfg.dimensions, mode=self.mode,
+            return reward_of_images(rm or self.rm, prompts, images.float(), self.cfg.dimensions, mode=self.mode,
                                     kappa=self.cfg.kappa)
 
     @torch.no_grad()
@@ -101,6 +108,10 @@ class GeneratorTrainer(TrainLoop):
         reward, dists = self.reward(prompts, imgs)
         local = {"images": imgs[:kept].float().cpu(), "reward": reward[:kept].float().cpu(),
                  **{d: (q.mean[:kept].float().cpu(), q.std[:kept].float().cpu()) for d, q in dists.items()}}
+        if self.held_out is not None:
+            other, other_dists = self.reward(prompts, imgs, self.held_out)
+            local["held_out"] = other[:kept].float().cpu()
+            local |= {f"held_out/{d}": q.mean[:kept].float().cpu() for d, q in other_dists.items()}
         parts = self.rt.gather(local)
         images = torch.cat([p["images"] for p in parts])
         means = {d: torch.cat([p[d][0] for p in parts]) for d in dists}
@@ -111,6 +122,10 @@ class GeneratorTrainer(TrainLoop):
             row[f"val/std/{d}"] = float(stds[d].mean())
         row["val/mean_score"] = sum(float(means[d].mean()) for d in dists) / len(dists)
         row["val/mean_std"] = sum(float(stds[d].mean()) for d in dists) / len(dists)
+        if self.held_out is not None:  # the same images under the independent reward model
+            row["val/held_out/reward"] = float(torch.cat([p["held_out"] for p in parts]).mean())
+            for d in dists:
+                row[f"val/held_out/{d}"] = float(torch.cat([p[f"held_out/{d}"] for p in parts]).mean())
         return row, images
 
     # ---- loop hooks --------------------------------------------------------------------------------------------

@@ -162,8 +162,8 @@ class Trainer(TrainLoop):
                               "ceiling (true score)": ceiling})
         if ceiling is not None:
             self.results["ceiling"] = ceiling
-            table += ("\n\nThe ceiling rows score the held-out images by their noiseless true score: the most any "
-                      "model can reach against the simulated raters on this split.")
+            table += ("\n\nThe ceiling rows score the held-out images by their noiseless true score (ties broken at "
+                      "random): what a model can reach against the simulated raters on this split.")
         for name, model in (("start", "zero-shot"), ("final", "trained")):
             traces = self.traces.get(name, [])
             if traces:
