@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-from zrcore.data.captions import PRETRAIN_OFFSET
+from zrcore.data.captions import PRETRAIN_OFFSET, description_token_limit
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.models import RewardModel, build_tiny_reward_model
 
@@ -50,7 +50,8 @@ def score_position_features(rm, records: list, mode: str, batch: int = 64) -> to
         part = records[i:i + batch]
         prompts, images, dims = [r.prompt for r in part], [r.image for r in part], [r.dimension for r in part]
         if mode == "teacher":
-            j = rm.judge(prompts, images, dims, num_samples=1, max_reasoning_tokens=48, seeds=range(i, i + len(part)))
+            j = rm.judge(prompts, images, dims, num_samples=1, max_reasoning_tokens=description_token_limit(rm.tokenizer),
+                         seeds=range(i, i + len(part)))
             ids, mask, img = j.sequences, j.attention_mask, j.image_inputs
         else:
             ids, mask, img = rm.score_inputs(prompts, images, dims)

@@ -110,10 +110,14 @@ def main() -> None:
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--train_prompts", type=int, default=200)
     parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--max_reasoning_tokens", type=int, default=48)
+    parser.add_argument("--max_reasoning_tokens", type=int, default=0, help="0: the longest description")
     args = parser.parse_args()
     torch.manual_seed(0)
     rm = RewardModel.from_pretrained(args.model)
+    if not args.max_reasoning_tokens:
+        from zrcore.data.captions import description_token_limit
+
+        args.max_reasoning_tokens = description_token_limit(rm.tokenizer)
     train, test, seen = split(args.train_prompts, 16, args.image_size)
     if args.reasoning == "none":
         train_text = test_text = None

@@ -91,3 +91,41 @@ def test_jsonl_loading_and_errors(tmp_path):
     bad.write_text(json.dumps({"prompt": "p", "image": "a.png", "dimension": "realism", "score": 7}) + "\n")
     with pytest.raises(ValueError, match=r":1: score 7.0 outside the rubric range"):
         load_jsonl(bad)
+
+
+def _luminance(rgb) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def test_clutter_contrasts_with_the_background_and_is_a_patch_wide():
+    from zrcore.data.synthetic import BACKGROUNDS, Defects, Scene, contrast_colour, render
+
+    g = torch.Generator().manual_seed(0)
+    for bg, rgb in BACKGROUNDS.items():
+        for _ in range(200):
+            assert abs(_luminance(contrast_colour(bg, g)) - _luminance(rgb)) >= (50 if bg == "gray" else 150), bg
+    scene = Scene(1, "circle", "red", "white")
+    clean = torch.tensor(list(render(scene, Defects("red", "circle", 1), 112, seed=3).getdata())).float()
+    marked = torch.tensor(list(render(scene, Defects("red", "circle", 1, clutter=1), 112, seed=3).getdata())).float()
+    changed = ((clean - marked).abs().sum(-1) > 60).view(112, 112)
+    cols, rows = changed.any(0).nonzero().flatten(), changed.any(1).nonzero().flatten()
+    assert changed.sum() > 60  # two "x" marks, each 14 px wide with 4 px strokes
+    assert int(cols.max() - cols.min()) >= 13 and int(rows.max() - rows.min()) >= 13
+
+
+def test_overlap_is_visible_and_its_pair_stands():
+    from zrcore.data.synthetic import COLOURS, Defects, Scene, render
+
+    scene = Scene(2, "square", "blue", "white")
+    colour = torch.tensor(COLOURS["blue"]).float()
+
+    def blue_pixels(d) -> int:
+        px = torch.tensor(list(render(scene, d, 112, seed=1).getdata())).float()
+        return int(((px - colour).abs().sum(-1) < 30).sum())
+
+    apart, overlapping = blue_pixels(Defects("blue", "square", 2)), blue_pixels(Defects("blue", "square", 2, overlap=True))
+    assert overlapping < 0.85 * apart  # half of one object is hidden behind the other
+    gen = SyntheticRubric(seed=4)
+    drawn = [gen.defects(gen.scene(i), i, c) for i in range(300) for c in range(4)]
+    assert any(d.overlap for d in drawn)
+    assert all(d.floating <= d.count - 2 for d in drawn if d.overlap)

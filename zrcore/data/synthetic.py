@@ -80,7 +80,8 @@ CLUTTER_MARKS = (0, 2, 5)  # marks drawn per clutter level
 
 def contrast_colour(background: str, g: torch.Generator) -> tuple[int, int, int]:
     """A random hue whose luminance is far from the background's: dark marks on white, light ones on black, either
-    on gray (at least about 90 grey levels apart), so that clutter never blends into the background."""
+    on gray (luminance at least 150 levels from white and black, 50 from gray), so that clutter never blends into the
+    background."""
     hue = torch.rand(3, generator=g)
     hue = hue / hue.max().clamp_min(1e-6)
     dark = {"white": True, "black": False}.get(background, bool(torch.rand(1, generator=g) < 0.5))

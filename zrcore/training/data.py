@@ -1,5 +1,11 @@
 """Training and evaluation data for the recipes, from a config: the synthetic rubric set, AGIQA-3K or a JSONL file.
-Images are loaded once and resized to ``image_size`` (the tiny models' pixel budget)."""
+Images are loaded once and resized to ``image_size`` (the tiny models' pixel budget).
+
+The synthetic split: training prompts are scenes 0 .. train_prompts - 1 of the run's seed; held-out prompts are
+scenes from ``EVAL_OFFSET`` on of the fixed ``eval_seed`` (the same images whatever the run's seed). No held-out
+image is a training image, but the prompt strings repeat: the scene grammar has 162 prompts (1-3 objects, 3 shapes,
+6 colours, 3 backgrounds), so some held-out prompts are also training prompts with other images (12, 18 and 7 of
+the 48 held-out prompts at seeds 0, 1 and 2 with the defaults)."""
 
 from __future__ import annotations
 
