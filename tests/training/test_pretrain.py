@@ -41,6 +41,36 @@ def test_init_from_pretrained_builds_once_then_reuses(tmp_path, monkeypatch):
     assert pretrain.cache_key(dataclasses.replace(other, output_dir="elsewhere")) == pretrain.cache_key(other)
 
 
+def test_a_second_process_waits_for_the_first_ones_pretraining(tmp_path, monkeypatch):
+    """While another process holds the cache folder's lock (pretraining), pretrained_model waits; once that process
+    has exported the model and released the lock, it returns the folder without pretraining again."""
+    import fcntl
+    import threading
+    import time
+
+    monkeypatch.setattr(pretrain, "pretrain_config_for",
+                        lambda cfg: PretrainConfig(arch=cfg.arch, **(TINY | {"preset": cfg.preset})))
+
+    def refuse(*_, **__):
+        raise AssertionError("pretrained again although another process built the folder")
+
+    monkeypatch.setattr(pretrain, "PretrainTrainer", refuse)
+    cfg = TrainConfig(preset="student", image_size=56, pretrain_cache=str(tmp_path / "cache"), progress=False)
+    folder = tmp_path / "cache" / pretrain.cache_key(pretrain.pretrain_config_for(cfg))
+    folder.parent.mkdir(parents=True)
+    result = {}
+    with open(folder.parent / f"{folder.name}.lock", "w") as held:  # the "first process"
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: result.update(path=pretrain.pretrained_model(cfg)))
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive() and not result  # waiting on the lock
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "config.json").write_text("{}")
+    waiter.join(timeout=10)
+    assert result["path"] == str(folder / "model")
+
+
 def test_vision_warmup_steps_must_not_be_negative():
     with pytest.raises(ValueError, match="vision_warmup_steps"):
         PretrainConfig(vision_warmup_steps=-1)

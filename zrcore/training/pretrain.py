@@ -164,7 +164,10 @@ def cache_key(cfg: PretrainConfig) -> str:
 
 def pretrained_model(cfg) -> str:
     """The folder of the pretrained tiny model for a reward config (see the module docstring), pretrained now in
-    this process when it is not cached yet."""
+    this process when it is not cached yet. A lock file beside the folder makes a second process that asks for the
+    same model at the same time wait for the first one's, instead of pretraining it again."""
+    import fcntl
+
     pre = pretrain_config_for(cfg)
     folder = Path(cfg.pretrain_cache) / cache_key(pre)
     model = folder / "model"
@@ -174,6 +177,10 @@ def pretrained_model(cfg) -> str:
         raise ValueError(f"init_from='pretrained': {folder} is not built yet; run python recipes/pretrain_tiny.py "
                          f"--arch {cfg.arch} --preset {cfg.preset} --image_size {cfg.image_size} --output_dir "
                          f"{folder} in one process first")
-    print(f"pretraining the tiny {cfg.arch} {cfg.preset} (cached in {folder}; done once)", flush=True)
-    PretrainTrainer(dataclasses.replace(pre, output_dir=str(folder))).fit()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not (model / "config.json").exists():
+            print(f"pretraining the tiny {cfg.arch} {cfg.preset} (cached in {folder}; done once)", flush=True)
+            PretrainTrainer(dataclasses.replace(pre, output_dir=str(folder))).fit()
     return str(model)
