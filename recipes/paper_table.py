@@ -101,10 +101,12 @@ def orderings(summary: dict) -> list[str]:
         a, b = summary.get("/".join(better)), summary.get("/".join(worse))
         if a is None or b is None:
             continue
+        seeds = min(len(a["all"]["hpa"]["values"]), len(b["all"]["hpa"]["values"]))
         for key in ("hpa", "plcc"):
             diff = a["all"][key]["mean"] - b["all"][key]["mean"]
             bar = 2 * max(a["all"][key]["std"], b["all"][key]["std"])
-            verdict = "holds" if diff > bar else ("reversed" if -diff > bar else "not resolved")
+            verdict = ("one seed: no spread to judge by" if seeds < 2 else "holds" if diff > bar
+                       else "reversed" if -diff > bar else "not resolved")
             lines.append(f"- {claim} on {key.upper()}: {diff:+.3f} (2 std = {bar:.3f}): {verdict}")
     risd, gdso = summary.get("student/RISD"), summary.get("teacher/GDSO")
     if risd and gdso:

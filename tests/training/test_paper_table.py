@@ -45,3 +45,6 @@ def test_table_holds_the_seeds_numbers_and_judges_the_orderings(tmp_path):
     assert "- GDSO > GRPO on PLCC: +0.010 (2 std = 0.100): not resolved" in text
     assert "- RISD > OPD on HPA: +0.090 (2 std = 0.200): not resolved" in text
     assert "- RISD within 0.03 HPA of its GDSO teacher: gap +0.020: holds" in text
+    paper_table.write_table({k: v[:1] for k, v in table.items()}, ceiling, tmp_path, args)
+    assert "- GDSO > GRPO on HPA: +0.100 (2 std = 0.000): one seed: no spread to judge by" in (
+        tmp_path / "table.md").read_text()
