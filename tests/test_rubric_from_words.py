@@ -37,3 +37,25 @@ def test_clause_accuracy_counts_each_clause_against_its_majority():
     one = _shares(clause_accuracy(test, [first for _ in test]))
     share = sum(c["centre"] == first for c in images.values()) / len(images)
     assert abs(one["centre"][0] - share) < 0.006
+
+
+def test_match_question_answers_compare_yes_with_no():
+    """benchmarks/match_questions.py: "yes" exactly where the answer's first token is more likely than "no"'s."""
+    import torch
+
+    from benchmarks.match_questions import answer_yes
+    from zrcore.data.synthetic import SyntheticRubric
+    from zrcore.models import build_tiny_reward_model
+
+    rm = build_tiny_reward_model("qwen2_vl", "student").eval()
+    gen = SyntheticRubric(seed=0, image_size=56)
+    images = [gen.candidate(PRETRAIN_OFFSET + i, 0)[2] for i in range(3)]
+    questions = ["Does the image show one red circle on a white background?"] * 3
+    said = answer_yes(rm, images, questions, batch=2)
+    with torch.no_grad():
+        first = {}
+        for answer in ("yes.", "no."):
+            ids, mask, comp, img = rm.text_inputs(questions, images, [answer] * 3)
+            lp = rm(ids, mask, img, comp).logps
+            first[answer] = torch.stack([row[m][0] for row, m in zip(lp, comp)])
+    assert said.tolist() == (first["yes."] > first["no."]).tolist()
