@@ -10,6 +10,8 @@ from zrcore.diffusion.fused import extension, fuse_vae_decoder
 from zrcore.diffusion.sampler import _EulerRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(extension() is None, reason="zrcore._C not built")]
+# the GPU where the extension was built with CUDA, else the CPU
+DEVICE = "cuda" if torch.cuda.is_available() and extension() is not None and extension().with_cuda else "cpu"
 
 
 def _recording_backend(graphs: list):
@@ -49,9 +51,9 @@ def test_fused_vae_decode_compiles_fullgraph():
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=[32, 64], layers_per_block=1, latent_channels=16, norm_num_groups=32,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2).to(DEVICE)
     assert fuse_vae_decoder(vae, impl="ext") == 13
-    z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     graphs = []
     _compare(lambda x: vae.decode(x).sample, [z], graphs)
     assert _zrcore_calls(graphs) == {"zrcore.group_norm_silu"}
@@ -61,14 +63,15 @@ def test_fused_vae_decode_compiles_fullgraph():
 
 def test_fused_sampler_step_compiles_fullgraph():
     tr, vae, sch, enc = build_tiny_generator(seed=0)
+    tr, vae = tr.to(DEVICE), vae.to(DEVICE)
     sampler = FlowMatchSampler(ZImageVelocity(tr), sch, vae)
-    ts = sampler.timesteps(3, "cpu")
+    ts = sampler.timesteps(3, DEVICE)
     sigmas = sch.sigmas
-    cond = [c.detach() for c in enc(["a red circle"])]
-    uncond = [c.detach() * 0 for c in enc([""])]
+    cond = [c.detach().to(DEVICE) for c in enc(["a red circle"])]
+    uncond = [c.detach().to(DEVICE) * 0 for c in enc([""])]
     leaves, spec = torch.utils._pytree.tree_flatten((cond, uncond))
     run = _EulerRun(sampler, ts, sigmas, spec, scale=1.5, detach_input=False)
-    x = torch.randn(1, 16, 28, 28, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 16, 28, 28, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     graphs = []
     _compare(lambda lat: run.step(0, lat, leaves), [x], graphs)
     assert "zrcore.cfg_euler_step" in _zrcore_calls(graphs)

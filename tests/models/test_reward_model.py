@@ -35,6 +35,33 @@ def _naive_score(rm, prompts, images, dim):
     return torch.cat([o.log_probs for o in outs]), torch.cat([o.mean for o in outs])
 
 
+def test_score_ids_are_copied_to_the_device_once(rm, monkeypatch):
+    """The score token ids reach the op as one cached tensor per device: a fresh copy per call would miss the op's
+    per-tensor value check cache and read the ids back from the device (a synchronisation) on every score call."""
+    from torch.overrides import TorchFunctionMode
+
+    ids = rm.decoder.token_ids
+
+    class CountCopies(TorchFunctionMode):
+        copies = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.to and args and args[0] is ids:
+                CountCopies.copies += 1
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    monkeypatch.setattr("zrcore.models.reward_model.score_distribution",
+                        lambda hidden, weight, token_ids, values, **kw: seen.append((token_ids, values)))
+    hidden = torch.empty(2, rm.model.config.get_text_config().hidden_size, device="meta")  # a device unlike ids'
+    with CountCopies():
+        for _ in range(3):
+            rm._distribution(hidden)
+    assert CountCopies.copies <= 1
+    assert all(t is seen[0][0] and v is seen[0][1] for t, v in seen)
+    assert seen[0][0].device.type == "meta"
+
+
 def test_score_matches_naive_full_logits_and_batching(rm):
     images = _images()
     with torch.no_grad():

@@ -3,6 +3,8 @@ schema, fake tensors, autograd registration, AOT dispatch), the eager fast paths
 and backward, and one resolver serves every op with errors that name the op and the rule."""
 
 import importlib
+import sys
+import warnings
 
 import pytest
 import torch
@@ -153,13 +155,53 @@ def test_resolver_rules(op):
             assert _dispatch.resolve_impl(op, "auto", torch.float32, x32) == "torch"  # never the interpreter
 
 
-def test_public_functions_name_the_op_in_dtype_errors():
-    if "triton" in impls():
-        with pytest.raises(TypeError, match="score_distribution: impl='triton'.*float64"):
-            score_distribution.score_distribution(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(9, 4,
-                                                  dtype=torch.float64), None, torch.linspace(1, 5, 9), impl="triton")
+@pytest.mark.parametrize("interpreter", ["0", "1"])
+def test_public_functions_name_the_op_in_dtype_errors(monkeypatch, interpreter):
+    """The dtype rule is the op's, checked before whether this machine can run the backend: the same TypeError with
+    the interpreter off (as on a GPU machine, or a CPU machine without it) and on."""
+    if not _dispatch.triton_available():
+        pytest.skip("the triton package does not import")
+    monkeypatch.setenv("TRITON_INTERPRET", interpreter)
+    with pytest.raises(TypeError, match="score_distribution: impl='triton'.*float64"):
+        score_distribution.score_distribution(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(9, 4,
+                                              dtype=torch.float64), None, torch.linspace(1, 5, 9), impl="triton")
+
+
+def test_other_impl_errors_name_the_op():
     with pytest.raises(ValueError, match="group_norm_silu: impl must be one of"):
         fused.group_norm_silu(torch.zeros(1, 4, 2), 2, torch.ones(4), torch.zeros(4), impl="liger")
     with pytest.raises(ValueError, match="token_logprobs: impl='ext' is not a backend"):
         logprobs.selected_token_logprobs(torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long),
                                          impl="ext")
+
+
+def test_auto_falls_back_when_a_backend_package_does_not_import(monkeypatch):
+    """token_logprobs' triton backend is liger-kernel's: on CUDA ``auto`` picks it only where liger-kernel imports,
+    else the torch path, saying so once."""
+    if not _dispatch.triton_available():
+        pytest.skip("the triton package does not import")
+    spec = _dispatch.OPS["token_logprobs"]
+    monkeypatch.setattr(_dispatch, "_FELL_BACK", set())
+    _dispatch._import_error.cache_clear()
+    try:
+        if _dispatch._import_error("liger_kernel.transformers") is None:  # liger-kernel installed: auto picks it
+            assert _dispatch._auto(spec, torch.bfloat16, "cuda", None) == "triton"
+        _dispatch._import_error.cache_clear()
+        monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)  # an import of it now fails
+        with pytest.warns(RuntimeWarning, match="token_logprobs: impl='auto' runs the torch path on cuda.*liger-kernel"):
+            assert _dispatch._auto(spec, torch.bfloat16, "cuda", None) == "torch"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            assert _dispatch._auto(spec, torch.float32, "cuda", None) == "torch"
+        with pytest.raises(RuntimeError, match="token_logprobs: impl='triton'.*cannot run on cuda tensors here: "
+                                               "liger-kernel does not import"):
+            _dispatch.resolve_impl("token_logprobs", "triton", torch.float32, _CudaLike())
+    finally:
+        monkeypatch.undo()
+        _dispatch._import_error.cache_clear()
+
+
+class _CudaLike:
+    """Stands for a CUDA tensor in the resolver, which reads only ``is_cuda``."""
+
+    is_cuda = True

@@ -90,6 +90,7 @@ class RewardModel(torch.nn.Module):
         self.bins = bins or ScoreBins.half_points()
         self.templates = templates or RubricTemplates.load()
         self.decoder = ScoreDecoder(tokenizer, self.bins)
+        self._score_index: dict = {}  # device -> (token ids, values) there
         self.geometry = VisionGeometry.from_image_processor(image_processor)
         self.image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -146,7 +147,16 @@ class RewardModel(torch.nn.Module):
 
     def score_tokens(self, bin_index: torch.Tensor) -> torch.Tensor:
         """The token ids of score bins (e.g. a sampled bin appended as the score token the policy emits)."""
-        return self.decoder.token_ids.to(bin_index.device)[bin_index]
+        return self.score_index(bin_index.device)[0][bin_index]
+
+    def score_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score token ids [K], bin values [K]) on ``device``, copied there once: the op checks the ids' values once
+        per tensor (a host read, on an accelerator a synchronisation), so a fresh copy per call would sync each time."""
+        device = torch.device(device)
+        cached = self._score_index.get(device)
+        if cached is None:
+            cached = self._score_index[device] = (self.decoder.token_ids.to(device), self.bins.values.to(device))
+        return cached
 
     def set_attn_implementation(self, name: str) -> None:
         """The attention kernels of the underlying transformers model ("sdpa", "eager", "flash_attention_2")."""
@@ -337,9 +347,8 @@ class RewardModel(torch.nn.Module):
         weight = head.weight
         if hidden.dtype != weight.dtype:  # autocast: hidden in the compute dtype, fp32 master weights
             hidden = hidden.to(weight.dtype)
-        dev = hidden.device
-        return score_distribution(hidden, weight, self.decoder.token_ids.to(dev), self.bins.values.to(dev),
-                                  bias=head.bias, impl=impl)
+        token_ids, values = self.score_index(hidden.device)
+        return score_distribution(hidden, weight, token_ids, values, bias=head.bias, impl=impl)
 
     def _policy(self, sequences, attention_mask, image_inputs, completion_mask=None, temperature: float = 1.0,
                 with_distribution: bool = True, impl: str = "auto", score_position: int = -1) -> PolicyOutput:

@@ -15,7 +15,10 @@ float64 inputs, which are the float64 reference runs, resolve to ``torch`` under
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -36,11 +39,13 @@ HALF_AND_SINGLE = (torch.float32, torch.bfloat16, torch.float16)
 
 @dataclass(frozen=True)
 class OpBackends:
-    """The backends of one op besides ``torch``: backend -> device type -> the dtypes it takes."""
+    """The backends of one op besides ``torch``: backend -> device type -> the dtypes it takes; ``requires``:
+    backend -> the module it imports to run (a package besides Triton and the extension, e.g. liger-kernel)."""
 
     name: str
     backends: dict = field(default_factory=dict)
     note: str = ""
+    requires: dict = field(default_factory=dict)
 
     def dtypes(self, backend: str, device_type: str) -> tuple:
         return self.backends.get(backend, {}).get(device_type, ())
@@ -56,7 +61,8 @@ OPS = {
         OpBackends("score_distribution", {"triton": _both(HALF_AND_SINGLE)}),
         OpBackends("pairwise_gap", {"triton": _both(HALF_AND_SINGLE)}),
         OpBackends("fused_linear_kl", {"triton": _both(HALF_AND_SINGLE)}),
-        OpBackends("token_logprobs", {"triton": {"cuda": HALF_AND_SINGLE}}, note="triton is liger-kernel's"),
+        OpBackends("token_logprobs", {"triton": {"cuda": HALF_AND_SINGLE}}, note="triton is liger-kernel's",
+                   requires={"triton": "liger_kernel.transformers"}),
         OpBackends("group_norm_silu", {"ext": {"cpu": (torch.float32,), "cuda": HALF_AND_SINGLE}}),
         OpBackends("cfg_euler_step", {"ext": _both((torch.float32,))}, note="the dtype is that of the latents x"),
     )
@@ -93,8 +99,21 @@ def extension():
     return _C
 
 
-def _unavailable(backend: str, device_type: str) -> str | None:
-    """Why ``backend`` cannot run on this device type here, or None when it can."""
+@functools.cache
+def _import_error(module: str) -> str | None:
+    """Why ``module`` does not import here (once per process), or None when it does."""
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # ImportError, or a package that breaks on import
+        return f"{module.split('.')[0].replace('_', '-')} does not import ({type(err).__name__}: {err})"
+    return None
+
+
+def _unavailable(backend: str, device_type: str, spec: OpBackends | None = None) -> str | None:
+    """Why ``backend`` (of the op ``spec``) cannot run on this device type here, or None when it can."""
+    module = spec.requires.get(backend) if spec is not None else None
+    if module is not None and _import_error(module) is not None:
+        return _import_error(module)
     if backend == "triton":
         if not HAS_TRITON:
             return "the triton package failed to import"
@@ -124,13 +143,7 @@ def resolve_impl(op: str, impl: str, dtype: torch.dtype, *tensors: torch.Tensor 
     if impl == "torch":
         return "torch"
     if impl == "auto":
-        for backend in ("triton", "ext"):
-            if backend == "triton" and device_type != "cuda":
-                continue  # the interpreter is for tests, never chosen for the user
-            if (backend in spec.backends and dtype in spec.dtypes(backend, device_type) and unsupported is None
-                    and _unavailable(backend, device_type) is None):
-                return backend
-        return "torch"
+        return _auto(spec, dtype, device_type, unsupported)
     if impl not in spec.backends:
         have = ", ".join(repr(b) for b in (*spec.backends, "torch"))
         raise ValueError(f"{op}: impl={impl!r} is not a backend of this op; it has {have} (or 'auto')")
@@ -139,16 +152,37 @@ def resolve_impl(op: str, impl: str, dtype: torch.dtype, *tensors: torch.Tensor 
     if not allowed:
         raise RuntimeError(f"{op}: impl={impl!r}{note} runs on {' and '.join(spec.backends[impl])} tensors only, "
                            f"got {device_type} tensors")
-    reason = _unavailable(impl, device_type)
-    if reason is not None:
-        raise RuntimeError(f"{op}: impl={impl!r} cannot run on {device_type} tensors here: {reason}")
-    if dtype not in allowed:
+    if dtype not in allowed:  # a rule of the op, checked before what this machine has
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise TypeError(f"{op}: impl={impl!r}{note} takes {names} on {device_type}, got {str(dtype).replace('torch.', '')};"
                         " float64 and other dtypes run impl='torch'")
+    reason = _unavailable(impl, device_type, spec)
+    if reason is not None:
+        raise RuntimeError(f"{op}: impl={impl!r} cannot run on {device_type} tensors here: {reason}")
     if unsupported is not None:
         raise ValueError(f"{op}: impl={impl!r} does not take {unsupported}; use impl='torch' (or 'auto')")
     return impl
+
+
+_FELL_BACK: set = set()
+
+
+def _auto(spec: OpBackends, dtype: torch.dtype, device_type: str, unsupported: str | None) -> str:
+    """``impl="auto"``: the first of triton (CUDA only), ext that the op has, that takes ``dtype`` and whose
+    packages import here; else torch. Falling back for want of a package is said once per op and device type."""
+    for backend in ("triton", "ext"):
+        if backend == "triton" and device_type != "cuda":
+            continue  # the interpreter is for tests, never chosen for the user
+        if backend not in spec.backends or dtype not in spec.dtypes(backend, device_type) or unsupported is not None:
+            continue
+        reason = _unavailable(backend, device_type, spec)
+        if reason is None:
+            return backend
+        if backend in spec.requires and (spec.name, device_type) not in _FELL_BACK:
+            _FELL_BACK.add((spec.name, device_type))
+            warnings.warn(f"{spec.name}: impl='auto' runs the torch path on {device_type}, since its {backend} "
+                          f"backend cannot run here: {reason}", RuntimeWarning, stacklevel=4)
+    return "torch"
 
 
 def eager_twin(name: str, forward, setup_context, backward) -> type[torch.autograd.Function]:
