@@ -129,7 +129,8 @@ def fused_linear_kl_cases(device: str, dtype: torch.dtype, n: int, h: int, v: in
 
 def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int, liger: bool) -> list[Case]:
     """Selected-token log-probs log softmax(W h)[y] of N rows (the policy loss's input): the full-vocabulary
-    log-softmax (naive), its compile, zrcore's path (liger on CUDA, chunked recompute on CPU) and liger itself."""
+    log-softmax (naive), its compile, zrcore's own path (``impl="torch"``: the chunked recompute, which ``auto``
+    falls back to where liger-kernel is missing) and liger-kernel (``impl="triton"``, what ``auto`` runs on CUDA)."""
     from zrcore.models.logprobs import selected_token_logprobs
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -141,7 +142,7 @@ def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int
         return torch.log_softmax((hh @ ww.t()).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
 
     paths = {"naive": naive, "compile": _compiled(naive),
-             "zrcore": lambda hh, ww: selected_token_logprobs(hh, ww, targets)}
+             "zrcore": lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="torch")}
     if liger:
         paths["liger"] = lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="triton")
 

@@ -12,6 +12,7 @@ import torch
 
 from benchmarks.cases import build
 from benchmarks.harness import CPU_MEMORY_RESOLUTION, bench_device, env_info
+from benchmarks.results import ENV, Table
 
 _RESULTS: list[dict] = []
 _CACHE: dict = {}
@@ -37,10 +38,22 @@ def cases(request):
     return get
 
 
+_COLUMNS = ("op", "shape", "mode", "path", "time (ms):", "time ratio naive/path:", "peak growth (MiB):",
+            "memory ratio naive/path:")
+_TABLES: dict = {}  # the extra memory columns' names -> the table with them
+
+
 @pytest.fixture
 def record():
+    """Keeps a row for the session's table and writes it at once (benchmarks/results.py): the ratios are against
+    the naive row of the same op and mode, measured first."""
     def add(**row):
         _RESULTS.append(row)
+        extra = row.get("extra_mib", {})
+        names = tuple(extra)
+        if names not in _TABLES:
+            _TABLES[names] = Table(*_COLUMNS, *(f"{name} (MiB):" for name in names))
+        _TABLES[names].row(*_cells(row, _RESULTS), *(f"{extra[name] / 2**20:.1f}" for name in names))
 
     return add
 
@@ -56,24 +69,29 @@ def _commit() -> str:
         return "unknown"
 
 
+def _cells(r: dict, rows: list[dict]) -> list[str]:
+    """One row's cells: op, shape, mode, path, time, time ratio, peak growth, memory ratio (against the naive row of
+    the same op and mode among ``rows``)."""
+    b = next((x for x in rows if x["path"] == "naive" and (x["op"], x["mode"]) == (r["op"], r["mode"])), None)
+    t_ratio = f"{b['time_s'] / r['time_s']:.2f}x" if b and r["time_s"] > 0 else "-"
+    if b and r["peak_bytes"] > 0:
+        m_ratio = f"{b['peak_bytes'] / r['peak_bytes']:.1f}x"
+    elif b and not torch.cuda.is_available():  # below what the resident-set measurement resolves
+        m_ratio = f">= {b['peak_bytes'] / CPU_MEMORY_RESOLUTION:.0f}x"
+    else:
+        m_ratio = "-"
+    return [r["op"], r["shape"], r["mode"], r["path"], f"{r['time_s'] * 1e3:.3f}", t_ratio,
+            f"{r['peak_bytes'] / 2**20:.1f}", m_ratio]
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table; rows may carry ``extra_mib`` ({column name: bytes}) for further memory columns."""
     extra = list(dict.fromkeys(name for r in rows for name in r.get("extra_mib", {})))
     lines = ["| op | shape | mode | path | time (ms) | time ratio naive/path | peak growth (MiB) | memory ratio naive/path |"
              + "".join(f" {name} (MiB) |" for name in extra),
              "|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(extra)]
-    base = {(r["op"], r["mode"]): r for r in rows if r["path"] == "naive"}
     for r in rows:
-        b = base.get((r["op"], r["mode"]))
-        t_ratio = f"{b['time_s'] / r['time_s']:.2f}x" if b and r["time_s"] > 0 else "-"
-        if b and r["peak_bytes"] > 0:
-            m_ratio = f"{b['peak_bytes'] / r['peak_bytes']:.1f}x"
-        elif b and not torch.cuda.is_available():  # below what the resident-set measurement resolves
-            m_ratio = f">= {b['peak_bytes'] / CPU_MEMORY_RESOLUTION:.0f}x"
-        else:
-            m_ratio = "-"
-        lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['path']} | {r['time_s'] * 1e3:.3f} | {t_ratio} "
-                     f"| {r['peak_bytes'] / 2**20:.1f} | {m_ratio} |"
+        lines.append("| " + " | ".join(_cells(r, rows)) + " |"
                      + "".join(f" {r.get('extra_mib', {}).get(name, float('nan')) / 2**20:.1f} |" for name in extra))
     return "\n".join(lines)
 
@@ -81,6 +99,8 @@ def format_table(rows: list[dict]) -> str:
 def pytest_sessionfinish(session, exitstatus):
     if not _RESULTS:
         return
+    if os.environ.get(ENV):
+        return  # every row is in the results file already
     out = Path(os.environ.get("ZRCORE_BENCH_OUT", Path(__file__).parent / "results"))
     out.mkdir(parents=True, exist_ok=True)
     info = env_info()

@@ -6,8 +6,8 @@
 
 ``--size 3b`` builds a random-init model with Qwen2.5-VL-3B's dimensions (36 decoder layers of width 2048, vocabulary
 151,936, a 32-block vision tower of width 1280) directly on the device, behind the tiny tokenizer (its ids fall
-inside the vocabulary), with 448 x 448 images. Prints one table row per setting (mean over the steps after the
-first) and writes it as JSON with ``--out``.
+inside the vocabulary), with 448 x 448 images. Prints a row per step as it ends, then one per setting (mean over the
+steps after the first), and writes that as JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.results import Table
 
 TINY_RUN = ["--init_from", "", "--train_prompts", "48", "--eval_prompts", "2", "--dimensions", "realism", "--progress", "false",
             "--save_every", "1000", "--eval_limit", "2"]
@@ -77,6 +79,11 @@ def main(argv=None) -> dict:
 
     rm.judge = timed_judge
     times, peaks = [], []
+    from zrcore.training.trainer import attn_implementation
+
+    attention = attn_implementation(cfg.attn_implementation, trainer.rt.device)
+    label = f"{args.size} {cfg.distributed} {cfg.dtype} ckpt={cfg.gradient_checkpointing} {attention}"
+    steps_table = Table("setting", "step", "time (s):", "peak (GiB):")
     for step in range(cfg.steps):
         if step == 1:
             sampled.update(tokens=0, seconds=0.0)  # the first step compiles and warms the caches
@@ -88,6 +95,8 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize()
             peaks.append(torch.cuda.max_memory_allocated() / 2**30)
         times.append(time.perf_counter() - t0)
+        if trainer.main:  # each step's row as it ends: a run cut short keeps them
+            steps_table.row(label, step, f"{times[-1]:.3f}", f"{peaks[-1]:.2f}" if peaks else "-")
     params = sum(p.numel() for p in rm.parameters())
     if hasattr(next(rm.parameters()), "full_tensor"):
         params *= trainer.rt.world  # local shards
@@ -99,11 +108,11 @@ def main(argv=None) -> dict:
            "peak_gib": max(peaks) if peaks else float("nan"),
            "rollout_tokens_per_s": sampled["tokens"] / sampled["seconds"] if sampled["seconds"] else float("nan")}
     if trainer.main:
-        print("| size | params (B) | mode | dtype | ckpt | step (s) | first step (s) | peak (GiB) | rollout tok/s |")
-        print("|---|---:|---|---|---|---:|---:|---:|---:|")
-        print(f"| {row['size']} | {row['params_billion']:.2f} | {row['distributed']} | {row['dtype']} | "
-              f"{row['gradient_checkpointing']} | {row['step_s']:.3f} | {row['first_step_s']:.2f} | "
-              f"{row['peak_gib']:.2f} | {row['rollout_tokens_per_s']:.0f} |")
+        Table("size", "params (B):", "mode", "dtype", "ckpt", "attention", "step (s):", "first step (s):", "peak (GiB):",
+              "rollout tok/s:").row(
+            row["size"], f"{row['params_billion']:.2f}", row["distributed"], row["dtype"],
+            row["gradient_checkpointing"], attention, f"{row['step_s']:.3f}", f"{row['first_step_s']:.2f}",
+            f"{row['peak_gib']:.2f}", f"{row['rollout_tokens_per_s']:.0f}")
         if args.out:
             Path(args.out).write_text(json.dumps(row, indent=1))
     trainer.rt.teardown()

@@ -2,12 +2,13 @@
 configuration: diffusers' ZImageTransformer2DModel defaults) in bf16 at 1024x1024 (latents 16 x 128 x 128, 4096
 image tokens), with a full-size 16-channel VAE decoder and the tiny student reward on two dimensions.
 
-    python benchmarks/zimage_fullsize.py --out OUT_DIR              # on a GPU (about 12 GiB of weights)
+    python benchmarks/zimage_fullsize.py                            # on a GPU (about 12 GiB of weights)
     python benchmarks/zimage_fullsize.py --preset smoke --out /tmp  # a small configuration, any device
 
 One step: 8 denoising steps, gradients through the last K (DRaFT-K) with per-step recomputation (optionally block
 checkpointing inside each recomputed step), checkpointed VAE decode, reward, backward into every transformer
-weight (full fine-tuning; bf16 gradients). Writes zimage-fullsize.md / .json to OUT_DIR.
+weight (full fine-tuning; bf16 gradients). Each case's row is printed (and kept: benchmarks/results.py) as it ends;
+--out also writes the rows as JSON to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.results import Table, note
 
 PRESETS = {
     "full": dict(transformer={}, latent=128, caption_tokens=128,
@@ -63,6 +66,10 @@ def run(preset_name: str, out: Path, repeats: int) -> list[dict]:
     lat = torch.randn(1, 16, s, s, generator=torch.Generator().manual_seed(0)).to(device)
     cap = [torch.randn(preset["caption_tokens"], tr.config.cap_feat_dim, device=device, dtype=dtype)]
     prompts = ["a red circle on a white background"]
+    header = (f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+              f"preset {preset_name}: Z-Image {n_params / 1e9:.2f}B params bf16, latents 16x{s}x{s}, 8 steps")
+    note(header)
+    table = Table("preset", "backprop", "checkpoint", "time / step (s):", "peak growth (GiB):", "peak total (GiB):")
     rows = []
     for k, ck in CASES:
         cfg = SamplerConfig(num_steps=8, backprop="last_k", k=k, checkpoint=ck)
@@ -95,28 +102,21 @@ def run(preset_name: str, out: Path, repeats: int) -> list[dict]:
             if device == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-        print(row, flush=True)
-    header = (f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-              f"preset {preset_name}: Z-Image {n_params / 1e9:.2f}B params bf16, latents 16x{s}x{s}, 8 steps")
-    lines = [header, "", "| backprop | checkpoint | time / step (s) | peak growth (GiB) | peak total (GiB) |",
-             "|---|---|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| last_k K={r['K']} | {r['checkpoint']} | {r['error']} | - | - |")
+        if "error" in row:
+            table.row(preset_name, f"last_k K={row['K']}", row["checkpoint"], row["error"], "-", "-")
         else:
-            lines.append(f"| last_k K={r['K']} | {r['checkpoint']} | {r['time_s']:.3f} | "
-                         f"{r.get('peak_growth_gib', float('nan')):.2f} | {r.get('peak_total_gib', float('nan')):.2f} |")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"zimage-{preset_name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"zimage-{preset_name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
-    print("\n".join(lines))
+            table.row(preset_name, f"last_k K={row['K']}", row["checkpoint"], f"{row['time_s']:.3f}",
+                      f"{row.get('peak_growth_gib', float('nan')):.2f}", f"{row.get('peak_total_gib', float('nan')):.2f}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"zimage-{preset_name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     run(args.preset, args.out, args.repeats)

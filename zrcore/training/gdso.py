@@ -101,7 +101,8 @@ class GDSOTrainer(Trainer):
                      "pairwise": c.alpha_pw * w_pw * out.pairwise}
             total = sum(terms.values())
             metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(total.detach())}
-            if update == 0 and c.grad_balance_every and step % c.grad_balance_every == 0 and rt.world == 1:
+            if update == 0 and c.grad_balance_every and step % c.grad_balance_every == 0 and rt.world == 1 \
+                    and c.distributed == "none":  # (FSDP2's sharded parameters get their gradients in its hooks)
                 balance = term_gradient_norms(terms, self.params)
             metrics |= self.optimizer_step(total)
         metrics |= balance
@@ -122,5 +123,6 @@ def term_gradient_norms(terms: dict[str, torch.Tensor], params: list) -> dict[st
             out[f"grad_norm/{name}"] = 0.0
             continue
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        out[f"grad_norm/{name}"] = float(torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads if gr is not None)))
+        squares = [(gr.float() ** 2).sum() for gr in grads if gr is not None]
+        out[f"grad_norm/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
     return out
