@@ -58,12 +58,15 @@ def main(argv=None) -> dict:
     from zrcore.training.config import GDSOConfig, parse_config
     from zrcore.training.gdso import GDSOTrainer
 
-    extra = ["--image_size", "448", "--max_reasoning_tokens", "64", "--prompts_per_step", "2"] if args.size == "3b" else []
+    extra = (["--image_size", "448", "--max_reasoning_tokens", "64", "--prompts_per_step", "1", "--candidates", "2"]
+             if args.size == "3b" else [])
     cfg = parse_config(GDSOConfig, TINY_RUN + extra + rest + ["--output_dir", "/tmp/zrcore-train-gpu"])
     from zrcore.training.distributed import resolve_device
 
     model = qwen2_5_vl_3b(resolve_device(cfg.device)) if args.size == "3b" else None
     trainer = GDSOTrainer(cfg, model=model)
+    if trainer.rt.device.type == "cuda" and trainer.main:
+        print(f"allocated after building the trainer: {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
     rm = trainer.rm
     sampled = {"tokens": 0, "seconds": 0.0}
     judge = rm.judge
