@@ -44,7 +44,7 @@ BENCH = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-enable
 TESTS = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.pytest_rows"]
 TRAIN = ["benchmarks/train_gpu.py"]
 FSDP_3B = ["--size", "3b", "--steps", "3", "--distributed", "fsdp", "--dtype", "bf16", "--gradient_checkpointing", "true"]
-FSDP_SMOKE = ["--size", "tiny", "--steps", "2", "--distributed", "fsdp", "--dtype", "bf16",
+FSDP_SMOKE = ["--size", "tiny", "--steps", "1", "--distributed", "fsdp", "--dtype", "bf16",
               "--gradient_checkpointing", "true", "--device", "cpu"]
 XDIST = ["-n", "4"] if importlib.util.find_spec("xdist") else []  # Triton compiles the test variants in parallel
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
@@ -88,7 +88,7 @@ STEPS = [
            "tests/ops/test_compile.py::test_token_logprobs_compiles_fullgraph"]]),
     Step("train", "train_gdso: 20 steps of the tiny teacher, bf16", 90,
          [[PY, *TRAIN, "--size", "tiny", "--steps", "20", "--device", "cuda", "--dtype", "bf16"]],
-         [[PY, *TRAIN, "--size", "tiny", "--steps", "2", "--device", "cpu", "--dtype", "bf16"]]),
+         [[PY, *TRAIN, "--size", "tiny", "--steps", "1", "--device", "cpu", "--dtype", "bf16"]]),
     Step("fsdp", "Qwen2.5-VL-3B-sized judge: FSDP2 on one GPU, bf16, gradient checkpointing", 70,
          [[*TORCHRUN, *TRAIN, *FSDP_3B]], [[*TORCHRUN, *TRAIN, *FSDP_SMOKE]]),
     Step("build", "the CUDA extension", 90,

@@ -1,39 +1,57 @@
-"""A pytest plugin for the GPU suite (``-p benchmarks.pytest_rows``): each test module's counts as a results row
-when the run moves past it, and every failure as its own row the moment it happens (benchmarks/results.py)."""
+"""A pytest plugin for the GPU suite (``-p benchmarks.pytest_rows``): every failure as a results row the moment it
+happens, a running total every 20 s, and each test module's counts at the end (benchmarks/results.py), so a run cut
+at its cap keeps its failures and its last total. Under pytest-xdist only the controller writes."""
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 
 from benchmarks.results import Table
 
-_TABLE = Table("tests", "passed:", "failed:", "skipped:", "seconds:")
+EVERY_S = 20.0
+_MODULES = Table("tests", "passed:", "failed:", "skipped:", "seconds:")
+_TOTALS = Table("running total after (s)", "passed:", "failed:", "skipped:")
 _FAILURES = Table("failed test", "phase", "error")
-_state: dict = {"module": None, "counts": Counter(), "seconds": 0.0}
+_counts: dict = defaultdict(Counter)
+_seconds: Counter = Counter()
+_clock = {"start": time.monotonic(), "last": time.monotonic(), "worker": False}
 
 
-def _flush() -> None:
-    if _state["module"] is not None:
-        c = _state["counts"]
-        _TABLE.row(_state["module"], c["passed"], c["failed"], c["skipped"], f"{_state['seconds']:.1f}")
-    _state.update(module=None, counts=Counter(), seconds=0.0)
+def pytest_configure(config) -> None:
+    _clock["worker"] = hasattr(config, "workerinput")  # an xdist worker: its reports reach the controller
+
+
+def _outcome(report) -> str | None:
+    if report.failed:
+        return "failed"
+    if report.skipped:
+        return "skipped"
+    return "passed" if report.when == "call" else None
 
 
 def pytest_runtest_logreport(report) -> None:
+    if _clock["worker"]:
+        return
     module = report.nodeid.split("::")[0]
-    if module != _state["module"]:
-        _flush()
-        _state["module"] = module
-    _state["seconds"] += report.duration
-    if report.failed:
-        _state["counts"]["failed"] += 1
+    _seconds[module] += report.duration
+    outcome = _outcome(report)
+    if outcome is None:
+        return
+    _counts[module][outcome] += 1
+    if outcome == "failed":
         error = str(report.longreprtext).strip().splitlines()[-1:] or [""]
         _FAILURES.row(report.nodeid, report.when, error[0].replace("|", "/")[:200])
-    elif report.skipped:
-        _state["counts"]["skipped"] += 1
-    elif report.when == "call":
-        _state["counts"]["passed"] += 1
+    now = time.monotonic()
+    if now - _clock["last"] >= EVERY_S:
+        _clock["last"] = now
+        total = sum(_counts.values(), Counter())
+        _TOTALS.row(f"{now - _clock['start']:.0f}", total["passed"], total["failed"], total["skipped"])
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    _flush()
+    if _clock["worker"]:
+        return
+    for module in sorted(_counts):
+        c = _counts[module]
+        _MODULES.row(module, c["passed"], c["failed"], c["skipped"], f"{_seconds[module]:.1f}")
