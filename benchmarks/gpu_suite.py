@@ -79,7 +79,7 @@ STEPS = [
           bench_smoke("score_distribution or pairwise_gap")]),
     Step("kl", "fused_linear_kl: against naive, compile, liger-kernel and its matmul floor", 80,
          [[PY, "-m", "benchmarks.matmul_floor"], bench("fused_linear_kl")],
-         [[PY, "-m", "benchmarks.matmul_floor", "--scale", "small"], bench_smoke("fused_linear_kl")]),
+         [[PY, "-m", "benchmarks.matmul_floor", "--scale", "small", "--chunks", "auto"], bench_smoke("fused_linear_kl")]),
     Step("logprobs", "token log-probs: liger-kernel against zrcore's fallback (impl='torch')", 60,
          [bench("token_logprobs")], [bench_smoke("token_logprobs")]),
     Step("compile", "opcheck and fullgraph torch.compile on the device", 70,
@@ -103,7 +103,7 @@ STEPS = [
          [[*BENCH, "benchmarks/test_extension_bench.py", "-k", "cfg_euler"]]),
     Step("zimage", "one full-size Z-Image reward-backprop step (bf16, 1024 x 1024)", 150,
          [[PY, "-m", "benchmarks.zimage_fullsize"]],
-         [[PY, "-m", "benchmarks.zimage_fullsize", "--preset", "smoke", "--repeats", "1"]]),
+         [[PY, "-m", "benchmarks.zimage_fullsize", "--preset", "smoke", "--repeats", "1", "--cases", "2"]]),
 ]
 NAMES = [s.name for s in STEPS]
 

@@ -54,7 +54,7 @@ def build(preset: dict, device: str, dtype: torch.dtype):
     return tr, sampler, rm
 
 
-def run(preset_name: str, out: Path, repeats: int) -> list[dict]:
+def run(preset_name: str, out: Path | None, repeats: int, cases: int = len(CASES)) -> list[dict]:
     from zrcore.diffusion import SamplerConfig, reward_of_images
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,7 +71,7 @@ def run(preset_name: str, out: Path, repeats: int) -> list[dict]:
     note(header)
     table = Table("preset", "backprop", "checkpoint", "time / step (s):", "peak growth (GiB):", "peak total (GiB):")
     rows = []
-    for k, ck in CASES:
+    for k, ck in CASES[:cases]:
         cfg = SamplerConfig(num_steps=8, backprop="last_k", k=k, checkpoint=ck)
 
         def step(cfg=cfg):
@@ -118,8 +118,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cases", type=int, default=len(CASES), help="the first N of the (K, checkpoint) cases")
     args = parser.parse_args()
-    run(args.preset, args.out, args.repeats)
+    run(args.preset, args.out, args.repeats, args.cases)
 
 
 if __name__ == "__main__":
