@@ -112,8 +112,9 @@ def _import_error(module: str) -> str | None:
 def _unavailable(backend: str, device_type: str, spec: OpBackends | None = None) -> str | None:
     """Why ``backend`` (of the op ``spec``) cannot run on this device type here, or None when it can."""
     module = spec.requires.get(backend) if spec is not None else None
-    if module is not None and _import_error(module) is not None:
-        return _import_error(module)
+    reason = _import_error(module) if module is not None else None
+    if reason is not None:
+        return reason
     if backend == "triton":
         if not HAS_TRITON:
             return "the triton package failed to import"
