@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from zrcore.data.captions import PRETRAIN_OFFSET, clauses
+from zrcore.data.records import DIMENSIONS
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.metrics import hpa, plcc
 from zrcore.models import RewardModel
-from zrcore.models.templates import DIMENSIONS
 from zrcore.training.data import EVAL_OFFSET
 
 

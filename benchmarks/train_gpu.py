@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
 
     rm.judge = timed_judge
     times, peaks = [], []
-    from zrcore.training.trainer import attn_implementation
+    from zrcore.training.model_setup import attn_implementation
 
     attention = attn_implementation(cfg.attn_implementation, trainer.rt.device)
     label = f"{args.size} {cfg.distributed} {cfg.dtype} ckpt={cfg.gradient_checkpointing} {attention}"

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from zrcore.models import RewardModel, build_tiny_reward_model
+from zrcore.models import load_reward_model
 from zrcore.training.config import TrainConfig
 from zrcore.training.data import build_data
 from zrcore.training.distributed import resolve_device
@@ -27,10 +27,7 @@ from zrcore.training.evaluate import METRIC_KEYS, ceiling_metrics, evaluate_mode
 def load(spec: str):
     mode = "teacher" if spec.endswith(":teacher") else "student"
     path = spec[: -len(":teacher")] if mode == "teacher" else spec
-    if path.startswith("tiny"):
-        arch = path.split(":", 1)[1] if ":" in path else "qwen2_vl"
-        return build_tiny_reward_model(arch, "student", seed=0), mode
-    return RewardModel.from_pretrained(path), mode
+    return load_reward_model(path), mode
 
 
 def sampling(rm, args) -> dict:

@@ -177,7 +177,7 @@ class ScriptedBackend:
         self.rows = rows
 
     def sample(self, rm, request):
-        from zrcore.training.rollout import SampledTokens
+        from zrcore.models.rollout import SampledTokens
 
         assert len(request.prompt_ids) == len(self.rows)
         return SampledTokens([list(r) for r in self.rows], [[-0.5] * len(r) for r in self.rows])

@@ -109,8 +109,8 @@ def test_rollout_path_gives_the_full_logits_losses():
     positions only) give the losses that full-vocabulary logits give."""
     from zrcore.data import SyntheticRubric
     from zrcore.models import build_tiny_reward_model
+    from zrcore.models.rollout import rollouts_of
     from zrcore.ops import score_distribution_from_logits
-    from zrcore.training.rollout import rollouts_of
 
     rm = build_tiny_reward_model("qwen2_vl", "teacher", seed=2)
     recs = SyntheticRubric(seed=3, image_size=56).records(2, 2, ("realism",))
@@ -155,7 +155,8 @@ def test_records_decode_their_images_when_first_used():
 
 
 def test_attention_implementation_auto_is_sdpa_off_cuda():
-    from zrcore.training.trainer import attn_implementation, build_reward_model
+    from zrcore.training.model_setup import attn_implementation
+    from zrcore.training.trainer import build_reward_model
 
     cfg = parse_config(TrainConfig, ["--init_from", ""])
     assert attn_implementation("auto", torch.device("cpu")) == "sdpa"

@@ -74,12 +74,9 @@ def open_image(item: dict) -> Image.Image:
 
 
 def load_model(spec: str):
-    from zrcore.models import RewardModel, build_tiny_reward_model
+    from zrcore.models import load_reward_model
 
-    if spec.startswith("tiny"):
-        arch = spec.split(":", 1)[1] if ":" in spec else "qwen2_vl"
-        return build_tiny_reward_model(arch, "student", seed=0)
-    return RewardModel.from_pretrained(spec)
+    return load_reward_model(spec)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import torch
 
+from zrcore import seeding
 from zrcore.bins import ScoreBins
 from zrcore.metrics import aggregate_ratings
+
+DIMENSIONS = ("alignment", "realism", "aesthetics", "plausibility")  # the rubric dimensions, in table order
 
 
 @dataclass
@@ -71,7 +74,7 @@ def group_records(records: Iterable[Record], min_candidates: int = 2) -> list[Gr
 def batch_groups(groups: Sequence[Group], prompts_per_batch: int, candidates: int, seed: int, epoch: int = 0):
     """Yields lists of groups for GDSO: each group cut to ``candidates`` members (a seeded choice), shuffled per
     epoch; the last short batch is dropped so every batch has the same shape."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = seeding.generator(seeding.epoch_seed(seed, epoch))
     order = torch.randperm(len(groups), generator=g).tolist()
     eligible = [groups[i] for i in order if len(groups[i].records) >= candidates]
     for start in range(0, len(eligible) - prompts_per_batch + 1, prompts_per_batch):

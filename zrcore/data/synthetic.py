@@ -22,9 +22,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from zrcore.bins import ScoreBins
-from zrcore.data.records import Group, Record
+from zrcore.data.records import DIMENSIONS, Group, Record
 from zrcore.metrics import aggregate_ratings
-from zrcore.models.templates import DIMENSIONS
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40),

@@ -26,6 +26,7 @@ from trl import GRPOConfig, GRPOTrainer
 from zrcore import losses
 from zrcore.integrations.transformers import apply_zrcore
 from zrcore.ops import pairwise_gap
+from zrcore.seeding import step_seed
 
 REQUIRED_COLUMNS = ("prompt", "image", "score", "dimension", "prompt_id")
 
@@ -128,13 +129,14 @@ class GDSOTrainer(GRPOTrainer):
         p = len(rows) // m
         if p * m * g != len(inputs):
             raise ValueError(f"a generation batch of {len(inputs)} rows is not whole prompts of {m} x {g}")
-        seed0 = (a.seed * 1_000_003 + self._rollout_calls * 10_007 + self.accelerator.process_index * 7_919) % 2**62
+        first = self.accelerator.process_index * len(inputs)  # this process's first row of the call
+        seeds = [step_seed(a.seed, self._rollout_calls, first + i) for i in range(len(inputs))]
         self._rollout_calls += 1
         was = rm.training
         rm.eval()
         j = rm.judge([r["prompt"] for r in rows], [r["image"] for r in rows], [r["dimension"] for r in rows],
                      num_samples=g, max_reasoning_tokens=a.max_completion_length, temperature=a.temperature,
-                     seeds=[seed0 + i for i in range(len(inputs))])
+                     seeds=seeds)
         rm.train(was)
         scores = torch.tensor([float(r["score"]) for r in rows], dtype=torch.float32).view(p, m).to(device)
         mean = j.distribution.mean.view(p, m, g).to(device)

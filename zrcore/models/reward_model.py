@@ -126,7 +126,7 @@ class RewardModel(torch.nn.Module):
     def shard_units(self) -> list[torch.nn.Module]:
         """The blocks FSDP2 shards one by one: every decoder layer and vision block (the RewardModel itself is the
         root unit holding the rest: embeddings, norms, merger, LM head)."""
-        from zrcore.training.distributed import block_units
+        from zrcore.sharding import block_units
 
         units = block_units(self.model)
         if not units:
@@ -370,7 +370,7 @@ class RewardModel(torch.nn.Module):
                             impl, score_position)
 
     def policy_forward(self, rollouts, temperature: float = 1.0, with_distribution: bool = True) -> PolicyOutput:
-        """``forward`` on a rollout batch (``zrcore.training.rollout.Rollouts`` or a ``Judgement``); q is read at
+        """``forward`` on a rollout batch (``zrcore.models.rollout.Rollouts`` or a ``Judgement``); q is read at
         the batch's ``score_position`` (the last position unless a score token was appended)."""
         return self._policy(rollouts.sequences, rollouts.attention_mask, rollouts.image_inputs,
                             rollouts.completion_mask, temperature, with_distribution,
@@ -407,7 +407,7 @@ class RewardModel(torch.nn.Module):
         rows share its batch or process; default drawn from torch's global generator. ``rollout_batch_size``: at
         most this many rows per sampling call (0 = all in one). ``backend``: a ``RolloutBackend`` (default HF
         ``generate``)."""
-        from zrcore.training.rollout import HFGenerateBackend, RolloutRequest
+        from zrcore.models.rollout import HFGenerateBackend, RolloutRequest
 
         images = list(images)
         prompts, dims = self._check(prompts, len(images), dimension)

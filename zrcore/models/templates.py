@@ -8,8 +8,6 @@ from pathlib import Path
 
 import yaml
 
-DIMENSIONS = ("alignment", "realism", "aesthetics", "plausibility")
-
 
 @dataclass(frozen=True)
 class RubricTemplates:

@@ -9,13 +9,9 @@ import torch
 
 from zrcore import metrics
 from zrcore.data.records import Record
+from zrcore.seeding import eval_seed
 
 METRIC_KEYS = ("plcc", "srcc", "hpa", "hpa_margin", "nll", "w1", "tokens")
-
-
-def eval_seed(seed: int, record: int, sample: int) -> int:
-    """The sampling seed of one reasoning sample of one evaluation record (independent of batching and ranks)."""
-    return (seed * 1_000_003 + record * 101 + sample + 17) % (2**62)
 
 
 @torch.no_grad()

@@ -14,28 +14,9 @@ import copy
 import torch
 
 from zrcore import losses
-from zrcore.training.loop import step_seed
-from zrcore.training.rollout import rollouts_of
+from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
+from zrcore.seeding import step_seed
 from zrcore.training.trainer import Trainer
-
-
-def judge_groups(rm, groups: list, first: int, step: int, cfg, num_samples: int):
-    """One ``judge`` call for all (group, candidate) rows of ``groups``, rows ordered (group, candidate, sample) and
-    seeded by their global position (``first``: the global index of groups[0])."""
-    m = len(groups[0].records)
-    prompts = [g.prompt for g in groups for _ in g.records]
-    images = [img for g in groups for img in g.images]
-    dims = [g.dimension for g in groups for _ in g.records]
-    seeds = [step_seed(cfg.seed, step, ((first + gi) * m + mi) * num_samples + s)
-             for gi in range(len(groups)) for mi in range(m) for s in range(num_samples)]
-    return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=cfg.max_reasoning_tokens,
-                    temperature=cfg.temperature, seeds=seeds, rollout_batch_size=cfg.rollout_batch_size)
-
-
-def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """One bin index per row of probs [B, K], each from its own seeded generator."""
-    return torch.cat([torch.multinomial(p, 1, generator=torch.Generator().manual_seed(s))
-                      for p, s in zip(probs.float().cpu(), seeds)])
 
 
 class GDSOTrainer(Trainer):

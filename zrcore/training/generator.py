@@ -18,13 +18,15 @@ import math
 import torch
 from torch.utils import _pytree as pytree
 
+from zrcore import seeding
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.diffusion import FlowMatchSampler, SamplerConfig, build_tiny_generator, reward_of_images, velocity_for
 from zrcore.diffusion.lora import add_lora
+from zrcore.models.loading import load_reward_model
 from zrcore.training.distributed import block_units, padded_shard
 from zrcore.training.logging import plot_curves
 from zrcore.training.loop import TrainLoop
-from zrcore.training.trainer import configure_reward_model, load_reward_model
+from zrcore.training.model_setup import configure_reward_model
 
 VAL_SEED = 12345
 
@@ -145,12 +147,12 @@ class GeneratorTrainer(TrainLoop):
 
     def train_step(self, step: int) -> dict:
         cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        g = seeding.generator(seeding.counter_seed(cfg.seed, step))
         items = list(range(cfg.batch))
         picks = torch.randint(len(self.train_prompts), (cfg.batch,), generator=g).tolist()
         local, _ = self.rt.shard(items, "batch")
         prompts = [self.train_prompts[picks[i]] for i in local]
-        imgs = self.generate(prompts, [cfg.seed * 100_003 + step * 1_009 + i for i in local], grad=True)
+        imgs = self.generate(prompts, [seeding.noise_seed(cfg.seed, step, i) for i in local], grad=True)
         reward, _ = self.reward(prompts, imgs)
         loss = -reward.float().mean() * self.rt.share(len(local))
         metrics = self.optimizer_step(loss)

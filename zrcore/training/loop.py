@@ -10,27 +10,16 @@ Subclasses build their modules in ``__init__`` (``self.rt.prepare``), call ``set
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 
 import torch
 
+from zrcore.seeding import seed_everything
 from zrcore.training.checkpoint import load_checkpoint, save_checkpoint, stop_if_requested
 from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.logging import MetricsLog, Progress
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def step_seed(seed: int, step: int, item: int) -> int:
-    """A seed per (run, step, global item), so that sampling does not depend on how items are spread over processes
-    or batched."""
-    return (seed * 1_000_003 + step * 10_007 + item * 7_919 + 1) % (2**62)
 
 
 def lr_lambda(cfg):

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import torch
 
+from zrcore import seeding
 from zrcore.data.captions import FORMAT_VERSION, PRETRAIN_OFFSET, captions
 from zrcore.data.synthetic import SyntheticRubric
+from zrcore.models.tiny import build_tiny_reward_model
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
-from zrcore.training.loop import TrainLoop, seed_everything
+from zrcore.training.loop import TrainLoop
+from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.vision_warmup import stack_images, warm_up_vision
 
 # what the cache key leaves out: bookkeeping that does not change the weights
@@ -37,9 +40,6 @@ class PretrainTrainer(TrainLoop):
     name = "pretrain"
 
     def __init__(self, cfg: PretrainConfig, model=None):
-        from zrcore.models import build_tiny_reward_model
-        from zrcore.training.trainer import configure_reward_model
-
         super().__init__(cfg)
         rm = model if model is not None else build_tiny_reward_model(cfg.arch, cfg.preset, seed=cfg.seed)
         configure_reward_model(rm, cfg, self.rt.device)
@@ -54,7 +54,7 @@ class PretrainTrainer(TrainLoop):
         rm.train()
         net = self.rt.prepare(rm, rm.shard_units(), methods=rm.fsdp_methods)
         self.rm = rm
-        seed_everything(cfg.seed)
+        seeding.seed_everything(cfg.seed)
         self.setup_optimizer(rm, net)
 
     def batch_for(self, step: int) -> list:
@@ -62,7 +62,7 @@ class PretrainTrainer(TrainLoop):
         n, b = len(self.train_set), self.cfg.batch_size
         per_epoch = max(1, n // b)
         epoch, pos = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7_919 + epoch)).tolist()
+        order = torch.randperm(n, generator=seeding.generator(seeding.counter_seed(self.cfg.seed, epoch))).tolist()
         return [self.train_set[i] for i in order[pos * b:(pos + 1) * b]]
 
     @staticmethod

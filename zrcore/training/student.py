@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 
 from zrcore import losses
-from zrcore.training.gdso import judge_groups, sample_bins
-from zrcore.training.loop import step_seed
-from zrcore.training.rollout import rollouts_of
+from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
+from zrcore.seeding import step_seed
 from zrcore.training.trainer import Trainer, build_reward_model
 
 

@@ -4,44 +4,21 @@ Hugging Face folder. Recipes implement ``train_step`` and, for frozen models, ``
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import torch
 
 from zrcore.data.records import batch_groups
+from zrcore.models.loading import load_reward_model
+from zrcore.seeding import seed_everything
 from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import save_config
 from zrcore.training.distributed import padded_shard
 from zrcore.training.evaluate import ceiling_metrics, format_table, predict, score_metrics
 from zrcore.training.logging import plot_curves
-from zrcore.training.loop import TrainLoop, seed_everything
-
-
-def attn_implementation(choice: str, device: torch.device) -> str:
-    """"auto" -> flash_attention_2 when flash-attn is installed and the model is on CUDA, else sdpa."""
-    if choice != "auto":
-        if choice == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            raise ValueError("attn_implementation='flash_attention_2' needs flash-attn: pip install 'zrcore[flash]'")
-        return choice
-    return "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
-
-
-def load_reward_model(path: str, seed: int = 0, arch: str = "qwen2_vl", preset: str = "student"):
-    """``path``: a checkpoint folder (RewardModel.save_pretrained), or "" / "tiny" for a tiny random-init model."""
-    from zrcore.models import RewardModel, build_tiny_reward_model
-
-    if path and path != "tiny":
-        return RewardModel.from_pretrained(path)
-    return build_tiny_reward_model(arch, preset, seed=seed)
-
-
-def configure_reward_model(rm, cfg, device: torch.device):
-    """Attention implementation and gradient checkpointing as the config asks."""
-    rm.set_attn_implementation(attn_implementation(cfg.attn_implementation, device))
-    if cfg.gradient_checkpointing:
-        rm.gradient_checkpointing_enable()
-    return rm
+from zrcore.training.loop import TrainLoop
+from zrcore.training.model_setup import configure_reward_model
+from zrcore.training.pretrain import pretrained_model
 
 
 def build_reward_model(cfg, path: str = "", device: torch.device | None = None):
@@ -50,8 +27,6 @@ def build_reward_model(cfg, path: str = "", device: torch.device | None = None):
     configured (``configure_reward_model``)."""
     path = path or cfg.init_from
     if path == "pretrained":
-        from zrcore.training.pretrain import pretrained_model
-
         path = pretrained_model(cfg)
     rm = load_reward_model(path, cfg.seed, cfg.arch, cfg.preset)
     return configure_reward_model(rm, cfg, device or torch.device("cpu"))

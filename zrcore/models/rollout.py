@@ -17,8 +17,9 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from zrcore import seeding
 from zrcore.bins import ScoreDistribution
-from zrcore.training.distributed import max_over_ranks
+from zrcore.sharding import max_over_ranks
 
 
 @dataclass
@@ -141,3 +142,23 @@ def rollouts_of(judgement) -> Rollouts:
     lengths = torch.tensor([len(r) for r in judgement.reasoning_ids], dtype=torch.float32)
     return Rollouts(judgement.sequences, judgement.attention_mask, judgement.completion_mask, judgement.image_inputs,
                     dist, lengths, judgement.truncated, judgement.behaviour_logprobs)
+
+
+def judge_groups(rm, groups: list, first: int, step: int, cfg, num_samples: int):
+    """One ``judge`` call for all (group, candidate) rows of ``groups``, rows ordered (group, candidate, sample) and
+    seeded by their global position (``first``: the global index of groups[0]; ``step``: the training step).
+    ``cfg`` gives ``seed``, ``max_reasoning_tokens``, ``temperature`` and ``rollout_batch_size``."""
+    m = len(groups[0].records)
+    prompts = [g.prompt for g in groups for _ in g.records]
+    images = [img for g in groups for img in g.images]
+    dims = [g.dimension for g in groups for _ in g.records]
+    seeds = [seeding.step_seed(cfg.seed, step, ((first + gi) * m + mi) * num_samples + s)
+             for gi in range(len(groups)) for mi in range(m) for s in range(num_samples)]
+    return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=cfg.max_reasoning_tokens,
+                    temperature=cfg.temperature, seeds=seeds, rollout_batch_size=cfg.rollout_batch_size)
+
+
+def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """One bin index per row of probs [B, K], each from its own seeded generator."""
+    return torch.cat([torch.multinomial(p, 1, generator=seeding.generator(s))
+                      for p, s in zip(probs.float().cpu(), seeds)])
