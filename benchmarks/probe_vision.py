@@ -70,7 +70,7 @@ def ridge(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor) ->
 def probe_score_position(rm, mode: str) -> None:
     from zrcore.metrics import hpa, plcc
     from zrcore.training.config import TrainConfig
-    from zrcore.training.data import build_data
+    from zrcore.training.datasets import build_data
 
     groups, evals = build_data(TrainConfig(train_prompts=200, init_from=""))
     train = [r for g in groups for r in g.records]

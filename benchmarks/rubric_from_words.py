@@ -32,7 +32,7 @@ from zrcore.data.records import DIMENSIONS
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.metrics import hpa, plcc
 from zrcore.models import RewardModel
-from zrcore.training.data import EVAL_OFFSET
+from zrcore.training.datasets import EVAL_OFFSET
 
 
 def split(n_train: int, n_eval: int, image_size: int) -> tuple[list, list, list]:

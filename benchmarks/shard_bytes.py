@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-ARGS = ["--init_from", "", "--train_prompts", "4", "--eval_prompts", "1", "--prompts_per_step", "4", "--candidates", "2",
-        "--dimensions", "realism", "--image_size", "56", "--progress", "false", "--max_reasoning_tokens", "2"]
-GDSO_ARGS = ["--num_samples", "2", "--beta", "0.05"]
+ARGS = ["--init_from", "", "--train_prompts", "4", "--eval_prompts", "1", "--batch_size", "4", "--candidates", "2",
+        "--dimensions", "realism", "--image_size", "56", "--progress", "false", "--sampling.max_reasoning_tokens", "2"]
+GDSO_ARGS = ["--sampling.num_samples", "2", "--beta", "0.05"]
 
 
 def local_bytes(tensors) -> int:

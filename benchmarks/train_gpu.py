@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     from zrcore.training.config import GDSOConfig, parse_config
     from zrcore.training.gdso import GDSOTrainer
 
-    extra = (["--image_size", "448", "--max_reasoning_tokens", "64", "--prompts_per_step", "1", "--candidates", "2"]
+    extra = (["--image_size", "448", "--sampling.max_reasoning_tokens", "64", "--batch_size", "1", "--candidates", "2"]
              if args.size == "3b" else [])
     cfg = parse_config(GDSOConfig, TINY_RUN + extra + rest + ["--output_dir", "/tmp/zrcore-train-gpu"])
     from zrcore.training.distributed import resolve_device

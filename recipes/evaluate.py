@@ -19,7 +19,7 @@ from pathlib import Path
 
 from zrcore.models import load_reward_model
 from zrcore.training.config import TrainConfig
-from zrcore.training.data import build_data
+from zrcore.training.datasets import build_data
 from zrcore.training.distributed import resolve_device
 from zrcore.training.evaluate import METRIC_KEYS, ceiling_metrics, evaluate_model, format_table
 

@@ -44,7 +44,7 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = out / f"kappa{kappa:g}-s{seed}"
             run_once(ROOT / "train_generator.py", ["--reward_model", args.reward_model, "--seed", str(seed),
-                                                   "--kappa", str(kappa), *held, *args.extra], run_dir)
+                                                   "--aggregation", "pessimistic", "--kappa", str(kappa), *held, *args.extra], run_dir)
             curves.setdefault(("trained-on", kappa), []).append(curve(run_dir))
             if held:
                 curves.setdefault(("held-out", kappa), []).append(curve(run_dir, "val/held_out/reward"))

@@ -2,7 +2,7 @@
 
 from benchmarks.rubric_from_words import clause_accuracy, split
 from zrcore.data.captions import PRETRAIN_OFFSET
-from zrcore.training.data import EVAL_OFFSET
+from zrcore.training.datasets import EVAL_OFFSET
 
 
 def _shares(report: str) -> dict[str, tuple[float, float]]:

@@ -6,12 +6,13 @@ candidate, K score bins, B rollouts (sequences), T tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from zrcore import _checks
-from zrcore.ops.pairwise_gap import pairwise_gap
+from zrcore.ops.pairwise_gap import PairwiseGap, pairwise_gap
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -111,14 +112,17 @@ def gdso_rewards(
     lambda_pw: float = 1.0,
     mask: torch.Tensor | None = None,
     include_ties: bool = False,
+    pairwise: PairwiseGap | None = None,
 ) -> torch.Tensor:
     """Eq. 13: r = lambda_pt r_pt + lambda_pw r_pw for mean [P, M, G]; a candidate without partners gets
-    lambda_pt r_pt alone. Returned without gradient; masked samples get 0."""
+    lambda_pt r_pt alone. Returned without gradient; masked samples get 0. ``pairwise``: the ``pairwise_gap`` of
+    these means when the caller has it already (it is not launched again)."""
     with torch.no_grad():
         r_pt = pointwise_reward(mean.detach(), scores, score_range)
         r = lambda_pt * r_pt
         if lambda_pw != 0:
-            pw = pairwise_gap(mean.detach(), scores, score_range=score_range, mask=mask, include_ties=include_ties)
+            pw = pairwise if pairwise is not None else pairwise_gap(
+                mean.detach(), scores, score_range=score_range, mask=mask, include_ties=include_ties)
             r = r + lambda_pw * pw.reward.to(r.dtype) * pw.has_pair.unsqueeze(-1).to(r.dtype)
         if mask is not None:
             r = r * mask.to(r.dtype)
@@ -205,11 +209,12 @@ def grpo_policy_loss(
 
 
 class GDSOLoss(NamedTuple):
-    total: torch.Tensor
-    policy: torch.Tensor
-    ce: torch.Tensor
-    pairwise: torch.Tensor
+    total: torch.Tensor  # the sum of ``terms``
+    policy: torch.Tensor  # L_GRPO, unweighted
+    ce: torch.Tensor  # L_ce, unweighted
+    pairwise: torch.Tensor  # L_pw, unweighted
     metrics: dict
+    terms: dict  # "policy", "ce", "pairwise": each term times its alpha and its share of the batch
 
 
 def gdso_loss(
@@ -237,6 +242,7 @@ def gdso_loss(
     adv_scale: str = "group",
     include_ties: bool = False,
     max_completion_length: int | None = None,
+    share: Callable[[float], float] | None = None,
 ) -> GDSOLoss:
     """Eq. 14: L_GDSO = L_GRPO + alpha_pt L_ce + alpha_pw L_pw for one batch of rollouts.
 
@@ -246,6 +252,11 @@ def gdso_loss(
     alpha_pt != 0). Rewards (eq. 13) use ``reward_mean`` when given (e.g. scores parsed from sampled text, the
     "reward from text" ablation) and ``mean`` otherwise; advantages are eq. 3 per (prompt, candidate).
     GRPO baseline: lambda_pw = alpha_pt = alpha_pw = 0.
+
+    ``share`` (a batch split over processes): each term is multiplied by ``share(units)`` of its units on this
+    process, so that the average of the processes' gradients is the global batch's gradient. The units: rollouts
+    for the policy term (completion tokens for bnpo / dapo), samples for the CE term, prompts with a pair for the
+    pairwise term. ``pairwise_gap`` runs once: its rewards feed eq. 13 and its loss the pairwise term.
     """
     _checks.tensor("mean", mean, ndim=3, floating=True)
     p, m, g = mean.shape
@@ -259,8 +270,11 @@ def gdso_loss(
     if reward_mean is not None:
         _checks.tensor("reward_mean", reward_mean, ndim=3, floating=True)
         _checks.shape("reward_mean", reward_mean, (p, m, g))
+    pw_out = (pairwise_gap(mean, scores, score_range=score_range, mask=sample_mask, include_ties=include_ties)
+              if alpha_pw != 0 else None)
     rewards = gdso_rewards(source.detach(), scores, score_range=score_range, lambda_pt=lambda_pt,
-                           lambda_pw=lambda_pw, mask=sample_mask, include_ties=include_ties)
+                           lambda_pw=lambda_pw, mask=sample_mask, include_ties=include_ties,
+                           pairwise=pw_out if reward_mean is None else None)
     adv = group_advantages(rewards, mask=sample_mask, eps=adv_eps, scale=adv_scale)
     comp_mask = completion_mask
     if sample_mask is not None:
@@ -275,11 +289,16 @@ def gdso_loss(
         ce = pointwise_ce(log_probs, target, mask=sample_mask)
     else:
         ce = zero
-    if alpha_pw != 0:
-        pw = pairwise_gap(mean, scores, score_range=score_range, mask=sample_mask, include_ties=include_ties).loss
+    pw = pw_out.loss if pw_out is not None else zero
+    if share is None:
+        w_policy = w_ce = w_pw = 1.0
     else:
-        pw = zero
-    total = policy + alpha_pt * ce + alpha_pw * pw
+        policy_units = int(comp_mask.sum()) if loss_type in ("bnpo", "dapo") else p * m * g
+        w_policy = share(policy_units)
+        w_ce = share(p * m * g if sample_mask is None else int(sample_mask.sum()))
+        w_pw = share(int(pw_out.has_pair.any(-1).sum())) if pw_out is not None else 1.0
+    terms = {"policy": w_policy * policy, "ce": alpha_pt * w_ce * ce, "pairwise": alpha_pw * w_pw * pw}
+    total = terms["policy"] + terms["ce"] + terms["pairwise"]
     with torch.no_grad():
         valid = torch.ones_like(rewards, dtype=torch.bool) if sample_mask is None else sample_mask
         metrics = dict(metrics)
@@ -287,7 +306,7 @@ def gdso_loss(
         metrics["loss/policy"] = policy.detach()
         metrics["loss/ce"] = ce.detach()
         metrics["loss/pairwise"] = pw.detach()
-    return GDSOLoss(total, policy, ce, pw, metrics)
+    return GDSOLoss(total, policy, ce, pw, metrics, terms)
 
 
 def risd_loss(student_log_probs: torch.Tensor, teacher_probs: torch.Tensor,

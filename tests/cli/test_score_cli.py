@@ -65,3 +65,10 @@ def test_missing_model_folder_is_a_one_line_error(folder, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--model" in err and "is not a local checkpoint directory" in err and "Traceback" not in err
+
+
+def test_no_image_scored_exits_non_zero(tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"prompt": "x", "image": "nowhere.png"}) + "\n" + json.dumps({"prompt": "y"}) + "\n")
+    assert main([str(items), "--dimension", "realism", "-o", str(tmp_path / "o.jsonl"), "--no-progress"]) == 1
+    assert "no image scored (2 bad rows of 2)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from zrcore.data.captions import (
 from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
 from zrcore.models.templates import RubricTemplates
 from zrcore.training.config import TrainConfig
-from zrcore.training.data import EVAL_OFFSET, build_data
+from zrcore.training.datasets import EVAL_OFFSET, build_data
 
 
 def _rubric_clauses() -> list[str]:

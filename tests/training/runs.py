@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--train_prompts", "4", "--eval_prompts", "2", "--prompts_per_step", "2", "--candidates", "3",
+TINY = ["--train_prompts", "4", "--eval_prompts", "2", "--batch_size", "2", "--candidates", "3",
         "--dimensions", "realism", "--image_size", "56", "--progress", "false", "--save_every", "1", "--lr", "1e-3",
         "--init_from", ""]
-GDSO_TINY = TINY + ["--num_samples", "2", "--max_reasoning_tokens", "3", "--eval_samples", "1", "--steps", "4"]
-GENERATOR_TINY = ["--steps", "3", "--batch", "2", "--latent_size", "8", "--num_steps", "2", "--val_prompts", "2",
-                  "--val_every", "2", "--dimensions", "realism", "--lr", "0.05", "--progress", "false"]
+GDSO_TINY = TINY + ["--sampling.num_samples", "2", "--sampling.max_reasoning_tokens", "3", "--eval_samples", "1", "--steps", "4"]
+GENERATOR_TINY = ["--steps", "3", "--batch_size", "2", "--latent_size", "8", "--num_steps", "2", "--val_prompts", "2",
+                  "--eval_every", "2", "--dimensions", "realism", "--lr", "0.05", "--progress", "false"]
 
 
 def torchrun(recipe: str, args: list[str], nproc: int, out: Path, env: dict | None = None,

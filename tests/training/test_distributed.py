@@ -63,7 +63,7 @@ def test_gdso_two_processes_match_one(tmp_path, one_process, mode):
 @pytest.mark.slow
 def test_three_processes_with_an_uneven_batch_match_one(tmp_path, one_process):
     """4 prompts over 3 ranks (2, 1, 1): each rank weighs its loss by its share of the batch."""
-    args = GDSO_TINY + ["--steps", "2", "--prompts_per_step", "4", "--train_prompts", "8", "--beta", "0.05",
+    args = GDSO_TINY + ["--steps", "2", "--batch_size", "4", "--train_prompts", "8", "--beta", "0.05",
                         "--loss_type", "bnpo"]
     one = one_process("train_gdso", args)
     three = tmp_path / "three"
@@ -75,7 +75,7 @@ def test_three_processes_with_an_uneven_batch_match_one(tmp_path, one_process):
 @pytest.mark.parametrize("recipe,mode,extra", [("train_sft", "ddp", []), ("train_risd", "fsdp", ["teacher"]),
                                                ("train_opd", "ddp", ["teacher"])])
 def test_student_recipes_two_processes_match_one(tmp_path, one_process, teacher, recipe, mode, extra):
-    args = STUDENT + (["--teacher", teacher, "--max_reasoning_tokens", "3"] if extra else [])
+    args = STUDENT + (["--teacher", teacher, "--sampling.max_reasoning_tokens", "3"] if extra else [])
     one = one_process(recipe, args)
     two = tmp_path / recipe
     torchrun(recipe, args + ["--distributed", mode], 2, two)

@@ -113,9 +113,9 @@ def test_gradient_balance_is_logged(tmp_path):
 def test_the_default_cap_is_the_longest_description(tmp_path):
     from zrcore.data.captions import description_token_limit
 
-    at = GDSO_TINY.index("--max_reasoning_tokens")
+    at = GDSO_TINY.index("--sampling.max_reasoning_tokens")
     args = GDSO_TINY[:at] + GDSO_TINY[at + 2:]
     trainer = GDSOTrainer(parse_config(GDSOConfig, args + ["--output_dir", str(tmp_path)]))
-    assert trainer.cfg.max_reasoning_tokens == description_token_limit(trainer.rm.tokenizer)
-    assert trainer.rm.sampling["max_reasoning_tokens"] == trainer.cfg.max_reasoning_tokens
+    assert trainer.cfg.sampling.max_reasoning_tokens == description_token_limit(trainer.rm.tokenizer)
+    assert trainer.rm.sampling["max_reasoning_tokens"] == trainer.cfg.sampling.max_reasoning_tokens
     assert copy.deepcopy(trainer.cfg).beta > 0  # Algorithm 1's KL anchor is on by default

@@ -9,8 +9,8 @@ from zrcore.training.generator import GeneratorTrainer
 
 @pytest.mark.slow
 def test_generator_recipe_runs_and_writes_its_outputs(tmp_path):
-    args = ["--steps", "2", "--batch", "1", "--latent_size", "14", "--num_steps", "2", "--val_prompts", "2",
-            "--val_every", "1", "--dimensions", "realism,aesthetics", "--progress", "false", "--output_dir",
+    args = ["--steps", "2", "--batch_size", "1", "--latent_size", "14", "--num_steps", "2", "--val_prompts", "2",
+            "--eval_every", "1", "--dimensions", "realism,aesthetics", "--progress", "false", "--output_dir",
             str(tmp_path / "gen"), "--held_out_reward_model", "tiny"]
     res = GeneratorTrainer(parse_config(GeneratorConfig, args)).fit()
     assert set(res) == {"before", "after"} and "val/realism" in res["after"]
@@ -32,8 +32,8 @@ def test_generator_rejects_unknown_dimensions(tmp_path):
 
 @pytest.mark.parametrize("arch", ["sd3", "flux"])
 def test_lora_generator_moves_only_the_adapter(tmp_path, arch):
-    args = ["--arch", arch, "--lora_rank", "2", "--steps", "2", "--batch", "1", "--latent_size", "8", "--num_steps",
-            "2", "--val_prompts", "1", "--val_every", "2", "--dimensions", "realism", "--lr", "0.05", "--progress",
+    args = ["--arch", arch, "--lora_rank", "2", "--steps", "2", "--batch_size", "1", "--latent_size", "8", "--num_steps",
+            "2", "--val_prompts", "1", "--eval_every", "2", "--dimensions", "realism", "--lr", "0.05", "--progress",
             "false", "--output_dir", str(tmp_path / "gen")]
     trainer = GeneratorTrainer(parse_config(GeneratorConfig, args))
     before = {n: p.detach().clone() for n, p in trainer.transformer.named_parameters()}
@@ -53,8 +53,8 @@ def test_generator_rejects_bad_arch_and_rank(tmp_path):
 def test_killed_generator_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     """A LoRA generator run stopped after its step-2 checkpoint and started again logs the same rewards and ends
     with the same validation metrics as an uninterrupted run."""
-    args = ["--arch", "flux", "--lora_rank", "2", "--steps", "4", "--save_every", "2", "--batch", "1",
-            "--latent_size", "8", "--num_steps", "2", "--val_prompts", "1", "--val_every", "2", "--dimensions",
+    args = ["--arch", "flux", "--lora_rank", "2", "--steps", "4", "--save_every", "2", "--batch_size", "1",
+            "--latent_size", "8", "--num_steps", "2", "--val_prompts", "1", "--eval_every", "2", "--dimensions",
             "realism", "--lr", "0.05", "--progress", "false"]
 
     def run(name):

@@ -39,7 +39,7 @@ def test_students_and_evaluate_reproduce_logged_numbers(tmp_path):
     risd = RISDTrainer(parse_config(RISDConfig, TINY + ["--steps", "2", "--teacher", str(teacher_out / "model"),
                                                          "--output_dir", str(tmp_path / "risd")])).fit()
     opd = OPDTrainer(parse_config(OPDConfig, TINY + ["--steps", "2", "--teacher", str(teacher_out / "model"),
-                                                      "--max_reasoning_tokens", "3",
+                                                      "--sampling.max_reasoning_tokens", "3",
                                                       "--output_dir", str(tmp_path / "opd")])).fit()
     for res in (sft, risd, opd):
         assert res["final"]["all"]["n"] == res["start"]["all"]["n"] > 0

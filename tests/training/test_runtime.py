@@ -20,7 +20,7 @@ from zrcore.training.student import SFTTrainer
 @pytest.mark.parametrize("args,match", [
     (["--distributed", "zero3"], "distributed must be one of"),
     (["--dtype", "fp8"], "dtype must be one of"),
-    (["--rollout_batch_size", "0"], "rollout_batch_size must be >= 1"),
+    (["--sampling.rollout_batch_size", "0"], "sampling.rollout_batch_size must be >= 1"),
     (["--device", "tpu"], "device: 'tpu'"),
     (["--attn_implementation", "flash"], "attn_implementation must be one of"),
     (["--dtype", "fp16", "--distributed", "fsdp"], "dtype='fp16' with distributed='fsdp'"),
@@ -145,7 +145,7 @@ def test_rollout_path_gives_the_full_logits_losses():
 
 def test_records_decode_their_images_when_first_used():
     from zrcore.models import load_images
-    from zrcore.training.data import ResizedImage, build_data
+    from zrcore.training.datasets import ResizedImage, build_data
 
     groups, evals = build_data(parse_config(TrainConfig, TINY))
     assert all(isinstance(r.image, ResizedImage) and r.image._image is None for r in evals)

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(msg, file=sys.stderr)
                 return 2
             print(msg + " (skipped)", file=sys.stderr)
+    if not good:
+        print(f"zr-score: {args.input}: no image scored ({errors} bad rows of {len(items)})", file=sys.stderr)
+        return 1
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     values = model.bins.values.tolist()
     try:

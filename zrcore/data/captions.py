@@ -20,7 +20,7 @@ user turn says. The rubric prompt of a reward model is such a text: the pretrain
 writes a description of the image as its reasoning (docs/RESULTS.md).
 
 The images come from ``SyntheticRubric`` at indices from ``PRETRAIN_OFFSET`` on, a range disjoint from the
-training prompts (from 0) and the held-out ones (from ``zrcore.training.data.EVAL_OFFSET``).
+training prompts (from 0) and the held-out ones (from ``zrcore.training.datasets.EVAL_OFFSET``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ def aggregate_reward(dists: dict[str, ScoreDistribution], mode: str = "mean", we
         raise ValueError(f"mode must be one of {list(AGGREGATIONS)}, got {mode!r}")
     if kappa < 0:
         raise ValueError(f"kappa must be non-negative, got {kappa}")
+    if kappa != 0 and mode != "pessimistic":
+        raise ValueError(f"kappa={kappa} applies to mode='pessimistic' only, got mode={mode!r}: ask for it by name")
     means = torch.stack([d.mean for d in dists.values()])  # [D, B]
     if mode == "mean":
         return means.mean(0)

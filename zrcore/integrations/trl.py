@@ -6,8 +6,9 @@ returns the expectation E_q[s] = sum_k s_k q_k averaged over the dimensions ("me
 sigma_d) ("pessimistic"). The text is the completion (e.g. a caption or a prompt written by the policy; default) or
 the prompt; the image comes from the dataset column ``image`` (or the first of ``images``). It needs no TRL itself.
 
-``GDSOConfig`` / ``GDSOTrainer`` (GDSO on TRL's GRPO loop) import TRL when first used and raise an ImportError
-naming the extra when it is missing.
+``GDSOGRPOConfig`` / ``GDSOGRPOTrainer`` (GDSO on TRL's GRPO loop; named apart from zrcore's own
+``zrcore.training.GDSOConfig`` / ``GDSOTrainer``) import TRL when first used and raise an ImportError naming the extra
+when it is missing. The old names ``GDSOConfig`` / ``GDSOTrainer`` still work for one release, with a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from zrcore.diffusion.reward import AGGREGATIONS, aggregate_reward
 
 
 def _text(item) -> str:
@@ -33,9 +36,12 @@ class ZRewardFunction:
     """See the module docstring."""
 
     def __init__(self, reward_model, dimensions: Sequence[str] = ("alignment",), aggregation: str = "mean",
-                 kappa: float = 1.0, text: str = "completion", batch_size: int = 16):
-        if aggregation not in ("mean", "pessimistic"):
-            raise ValueError(f"aggregation must be 'mean' or 'pessimistic', got {aggregation!r}")
+                 kappa: float | None = None, text: str = "completion", batch_size: int = 16,
+                 weights: dict[str, float] | None = None):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+        if kappa is None:  # the pessimistic default; other aggregations take no kappa
+            kappa = 1.0 if aggregation == "pessimistic" else 0.0
         if text not in ("completion", "prompt"):
             raise ValueError(f"text must be 'completion' or 'prompt', got {text!r}")
         unknown = [d for d in dimensions if d not in reward_model.dimensions]
@@ -45,7 +51,7 @@ class ZRewardFunction:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.rm, self.dimensions, self.aggregation = reward_model, tuple(dimensions), aggregation
-        self.kappa, self.text, self.batch_size = kappa, text, batch_size
+        self.kappa, self.text, self.batch_size, self.weights = kappa, text, batch_size, weights
         self.__name__ = f"zrcore_{'_'.join(self.dimensions)}_{aggregation}"
 
     @staticmethod
@@ -68,16 +74,23 @@ class ZRewardFunction:
         out = []
         for s in range(0, len(texts), self.batch_size):
             part = slice(s, s + self.batch_size)
-            per_dim = []
-            for d in self.dimensions:
-                q = self.rm.score(texts[part], images[part], d)
-                per_dim.append(q.mean - self.kappa * q.std if self.aggregation == "pessimistic" else q.mean)
-            out.extend(torch.stack(per_dim).mean(0).float().cpu().tolist())
+            dists = {d: self.rm.score(texts[part], images[part], d) for d in self.dimensions}
+            reward = aggregate_reward(dists, self.aggregation, weights=self.weights, kappa=self.kappa)
+            out.extend(reward.float().cpu().tolist())
         return out
 
 
+RENAMED = {"GDSOConfig": "GDSOGRPOConfig", "GDSOTrainer": "GDSOGRPOTrainer"}
+
+
 def __getattr__(name: str):
-    if name in ("GDSOConfig", "GDSOTrainer"):
+    if name in RENAMED:
+        import warnings
+
+        warnings.warn(f"zrcore.integrations.trl.{name} is renamed {RENAMED[name]}; the old name will be removed in "
+                      "the next release", FutureWarning, stacklevel=2)
+        name = RENAMED[name]
+    if name in ("GDSOGRPOConfig", "GDSOGRPOTrainer"):
         try:
             import trl  # noqa: F401
         except ImportError as err:

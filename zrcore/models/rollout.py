@@ -144,18 +144,20 @@ def rollouts_of(judgement) -> Rollouts:
                     dist, lengths, judgement.truncated, judgement.behaviour_logprobs)
 
 
-def judge_groups(rm, groups: list, first: int, step: int, cfg, num_samples: int):
+def judge_groups(rm, groups: list, first: int, step: int, seed: int, sampling):
     """One ``judge`` call for all (group, candidate) rows of ``groups``, rows ordered (group, candidate, sample) and
-    seeded by their global position (``first``: the global index of groups[0]; ``step``: the training step).
-    ``cfg`` gives ``seed``, ``max_reasoning_tokens``, ``temperature`` and ``rollout_batch_size``."""
+    seeded by the run's ``seed``, the training ``step`` and their global position (``first``: the global index of
+    groups[0]). ``sampling`` gives ``num_samples``, ``max_reasoning_tokens``, ``temperature`` and
+    ``rollout_batch_size`` (a ``zrcore.training.config.SamplingConfig``)."""
+    num_samples = sampling.num_samples
     m = len(groups[0].records)
     prompts = [g.prompt for g in groups for _ in g.records]
     images = [img for g in groups for img in g.images]
     dims = [g.dimension for g in groups for _ in g.records]
-    seeds = [seeding.step_seed(cfg.seed, step, ((first + gi) * m + mi) * num_samples + s)
+    seeds = [seeding.step_seed(seed, step, ((first + gi) * m + mi) * num_samples + s)
              for gi in range(len(groups)) for mi in range(m) for s in range(num_samples)]
-    return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=cfg.max_reasoning_tokens,
-                    temperature=cfg.temperature, seeds=seeds, rollout_batch_size=cfg.rollout_batch_size)
+    return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=sampling.max_reasoning_tokens,
+                    temperature=sampling.temperature, seeds=seeds, rollout_batch_size=sampling.rollout_batch_size)
 
 
 def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -135,7 +135,7 @@ class Runtime:
         return module
 
     # ---- data ---------------------------------------------------------------------------------------------------
-    def shard(self, items: list, what: str = "prompts_per_step") -> tuple[list, int]:
+    def shard(self, items: list, what: str = "batch_size") -> tuple[list, int]:
         """(this rank's contiguous part of ``items``, the global index of its first item)."""
         return shard(items, self.rank, self.world, what), shard_bounds(len(items), self.rank, self.world)[0]
 

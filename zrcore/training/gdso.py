@@ -23,8 +23,6 @@ class GDSOTrainer(Trainer):
     eval_mode = "teacher"
 
     def __init__(self, cfg, model=None, data=None):
-        if cfg.reward_from not in ("distribution", "text"):
-            raise ValueError(f"reward_from must be 'distribution' or 'text', got {cfg.reward_from!r}")
         super().__init__(cfg, model, data)
         self.ref = self.frozen.get("ref")
 
@@ -35,16 +33,16 @@ class GDSOTrainer(Trainer):
         return self.frozen
 
     def eval_kwargs(self) -> dict:
-        c = self.cfg
-        return {"samples": c.eval_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature,
-                "rollout_batch_size": c.rollout_batch_size}
+        s = self.cfg.sampling
+        return {"samples": self.cfg.eval_samples, "max_reasoning_tokens": s.max_reasoning_tokens,
+                "temperature": s.temperature, "rollout_batch_size": s.rollout_batch_size}
 
     def train_step(self, step: int) -> dict:
         c, rt = self.cfg, self.rt
         local, first = self.local_batch(step)
-        p, m, g = len(local), len(local[0].records), c.num_samples
+        p, m, g = len(local), len(local[0].records), c.sampling.num_samples
         with torch.no_grad(), rt.autocast():
-            batch = rollouts_of(judge_groups(self.rm, local, first, step, c, g))
+            batch = rollouts_of(judge_groups(self.rm, local, first, step, c.seed, c.sampling))
         reward_mean = None
         if c.reward_from == "text":  # the score token sampled from q, appended, parsed and reinforced
             seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
@@ -52,24 +50,19 @@ class GDSOTrainer(Trainer):
             batch = batch.with_score_tokens(self.rm.score_tokens(picked))
             reward_mean = self.rm.bins.values[picked].view(p, m, g)
         with torch.no_grad(), rt.autocast():
-            old_logps = self.rm.policy_forward(batch, c.temperature, with_distribution=False).logps
-            ref_logps = (self.ref.policy_forward(batch, c.temperature, with_distribution=False).logps
+            old_logps = self.rm.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
+            ref_logps = (self.ref.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
                          if self.ref is not None else None)
         device = old_logps.device
         scores = torch.stack([grp.scores for grp in local]).to(device)
         target = self.rm.bins.index(scores)
         if reward_mean is not None:
             reward_mean = reward_mean.to(device)
-        # each term's share of the global batch (uneven shards over ranks)
-        tokens = batch.completion_mask.sum().item()
-        paired = sum(len(set(grp.scores.tolist())) > 1 or (c.include_ties and m > 1) for grp in local)
-        w_policy = rt.share(tokens if c.loss_type in ("bnpo", "dapo") else p * m * g)
-        w_ce, w_pw = rt.share(p * m * g), rt.share(paired)
         metrics, balance = {}, {}
         for update in range(c.updates_per_rollout):
             with rt.autocast():
                 out_policy = self.net(batch.sequences, batch.attention_mask, batch.image_inputs,
-                                      batch.completion_mask, c.temperature, score_position=batch.score_position)
+                                      batch.completion_mask, c.sampling.temperature, score_position=batch.score_position)
             dist = out_policy.distribution
             out = losses.gdso_loss(
                 out_policy.logps.float(), old_logps.float(), batch.completion_mask, dist.mean.view(p, m, g),
@@ -77,17 +70,14 @@ class GDSOTrainer(Trainer):
                 ref_logps=None if ref_logps is None else ref_logps.float(), reward_mean=reward_mean, beta=c.beta,
                 eps_low=c.eps_low, eps_high=c.eps_high, loss_type=c.loss_type, lambda_pt=c.lambda_pt,
                 lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt, alpha_pw=c.alpha_pw, adv_scale=c.adv_scale,
-                include_ties=c.include_ties, max_completion_length=c.max_reasoning_tokens)
-            terms = {"policy": w_policy * out.policy, "ce": c.alpha_pt * w_ce * out.ce,
-                     "pairwise": c.alpha_pw * w_pw * out.pairwise}
-            total = sum(terms.values())
-            metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(total.detach())}
+                include_ties=c.include_ties, max_completion_length=c.sampling.max_reasoning_tokens,
+                share=rt.share)  # each term scaled by this rank's share of its units (uneven shards over ranks)
+            metrics = {k: float(v) for k, v in out.metrics.items()} | {"loss/total": float(out.total.detach())}
             if update == 0 and c.grad_balance_every and step % c.grad_balance_every == 0 and rt.world == 1 \
                     and c.distributed == "none":  # (FSDP2's sharded parameters get their gradients in its hooks)
-                balance = term_gradient_norms(terms, self.params)
-            metrics |= self.optimizer_step(total)
+                balance = term_gradient_norms(out.terms, self.params)
+            metrics |= self.optimizer_step(out.total)
         metrics |= balance
-        self.sched.step()
         if self.ref is not None and (step + 1) % c.ref_reset_every == 0:
             self.ref.load_state_dict(self.rm.state_dict())
         metrics["rollout/tokens"] = float(batch.lengths.mean())

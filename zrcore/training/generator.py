@@ -1,7 +1,7 @@
 """Generator optimisation through the student reward (paper section 5): sample with gradients through the last K
 denoising steps, decode, score on the rubric dimensions, aggregate, ascend the reward.
 
-Validation every ``val_every`` steps samples fixed prompts from fixed noise without gradients and logs the mean
+Validation every ``eval_every`` steps samples fixed prompts from fixed noise without gradients and logs the mean
 predicted score and spread per dimension (the curves of the paper's figure 5), and, with ``held_out_reward_model``,
 the reward the same images get from an independently trained reward model (``val/held_out/*``): a rise under the
 trained-on reward alone is reward hacking; at the end a grid of the validation
@@ -20,12 +20,12 @@ from torch.utils import _pytree as pytree
 
 from zrcore import seeding
 from zrcore.data.synthetic import SyntheticRubric
-from zrcore.diffusion import FlowMatchSampler, SamplerConfig, build_tiny_generator, reward_of_images, velocity_for
+from zrcore.diffusion import FlowMatchSampler, build_tiny_generator, reward_of_images, velocity_for
 from zrcore.diffusion.lora import add_lora
 from zrcore.models.loading import load_reward_model
-from zrcore.training.distributed import block_units, padded_shard
-from zrcore.training.logging import plot_curves
+from zrcore.sharding import block_units
 from zrcore.training.loop import TrainLoop
+from zrcore.training.metrics_log import plot_curves
 from zrcore.training.model_setup import configure_reward_model
 
 VAL_SEED = 12345
@@ -71,14 +71,11 @@ class GeneratorTrainer(TrainLoop):
             self.held_out = self.rt.prepare(other, other.shard_units(), trainable=False, methods=other.fsdp_methods)
         net = self.rt.prepare(transformer, block_units(transformer))
         self.transformer = transformer
-        self.mode = "pessimistic" if cfg.kappa > 0 else cfg.aggregation
-        self.sampler_cfg = SamplerConfig(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
-                                         backprop=cfg.backprop, k=cfg.k, checkpoint=cfg.checkpoint)
-        self.sampler_cfg.validate()
+        self.sampler_cfg = cfg.sampler_config()
         self.sampler = FlowMatchSampler(velocity_for(transformer, net=net), scheduler, vae)
         gen = SyntheticRubric(seed=cfg.seed)
         self.train_prompts = [gen.scene(i).prompt for i in range(cfg.train_prompts)]
-        self.val_prompts = [gen.scene(10_000 + i).prompt for i in range(cfg.val_prompts)]
+        self.eval_set = [gen.scene(10_000 + i).prompt for i in range(cfg.val_prompts)]  # the validation prompts
         self.setup_optimizer(transformer, net)
 
     def _latents(self, seeds: list[int]) -> torch.Tensor:
@@ -97,66 +94,56 @@ class GeneratorTrainer(TrainLoop):
 
     def reward(self, prompts: list[str], images: torch.Tensor, rm=None):
         with self.rt.autocast():
-            return reward_of_images(rm or self.rm, prompts, images.float(), self.cfg.dimensions, mode=self.mode,
+            return reward_of_images(rm or self.rm, prompts, images.float(), self.cfg.dimensions, mode=self.cfg.aggregation,
                                     kappa=self.cfg.kappa)
 
-    @torch.no_grad()
-    def validate(self) -> tuple[dict, torch.Tensor]:
-        """Validation prompts split over ranks (padded so that every rank makes the same calls), gathered."""
-        n = len(self.val_prompts)
-        idx, kept = padded_shard(n, self.rt.rank, self.rt.world)
-        prompts = [self.val_prompts[i] for i in idx]
-        imgs = self.generate(prompts, [VAL_SEED + i for i in idx], grad=False)
+    # ---- loop hooks --------------------------------------------------------------------------------------------
+    def evaluate_shard(self, prompts: list[str], indices: list[int]) -> dict:
+        """Each validation prompt's image from its fixed noise, its reward and per-dimension mean and std (and the
+        held-out reward model's scores)."""
+        imgs = self.generate(prompts, [VAL_SEED + i for i in indices], grad=False)
         reward, dists = self.reward(prompts, imgs)
-        local = {"images": imgs[:kept].float().cpu(), "reward": reward[:kept].float().cpu(),
-                 **{d: (q.mean[:kept].float().cpu(), q.std[:kept].float().cpu()) for d, q in dists.items()}}
+        cols = {"images": imgs.float().cpu(), "reward": reward.float().cpu()}
+        cols |= {f"mean/{d}": q.mean.float().cpu() for d, q in dists.items()}
+        cols |= {f"std/{d}": q.std.float().cpu() for d, q in dists.items()}
         if self.held_out is not None:
             other, other_dists = self.reward(prompts, imgs, self.held_out)
-            local["held_out"] = other[:kept].float().cpu()
-            local |= {f"held_out/{d}": q.mean[:kept].float().cpu() for d, q in other_dists.items()}
-        parts = self.rt.gather(local)
-        images = torch.cat([p["images"] for p in parts])
-        means = {d: torch.cat([p[d][0] for p in parts]) for d in dists}
-        stds = {d: torch.cat([p[d][1] for p in parts]) for d in dists}
-        row = {"val/reward": float(torch.cat([p["reward"] for p in parts]).mean())}
-        for d in dists:
-            row[f"val/{d}"] = float(means[d].mean())
-            row[f"val/std/{d}"] = float(stds[d].mean())
-        row["val/mean_score"] = sum(float(means[d].mean()) for d in dists) / len(dists)
-        row["val/mean_std"] = sum(float(stds[d].mean()) for d in dists) / len(dists)
-        if self.held_out is not None:  # the same images under the independent reward model
-            row["val/held_out/reward"] = float(torch.cat([p["held_out"] for p in parts]).mean())
-            for d in dists:
-                row[f"val/held_out/{d}"] = float(torch.cat([p[f"held_out/{d}"] for p in parts]).mean())
-        return row, images
+            cols["held_out"] = other.float().cpu()
+            cols |= {f"held_out/{d}": q.mean.float().cpu() for d, q in other_dists.items()}
+        return cols
 
-    # ---- loop hooks --------------------------------------------------------------------------------------------
-    def evaluate(self, name: str) -> dict:
-        row, imgs = self.validate()
-        if name == "start":
-            self.extra_tensors["before_images"] = imgs
-        if name == "final":
-            self.extra_tensors["after_images"] = imgs
+    def eval_metrics(self, name: str, columns: dict) -> dict:
+        """Mean reward, per-dimension mean score and spread (and the held-out model's); the images of the start and
+        the end are kept for the before / after grid."""
+        dims = self.cfg.dimensions
+        row = {"val/reward": float(columns["reward"].mean())}
+        for d in dims:
+            row[f"val/{d}"] = float(columns[f"mean/{d}"].mean())
+            row[f"val/std/{d}"] = float(columns[f"std/{d}"].mean())
+        row["val/mean_score"] = sum(float(columns[f"mean/{d}"].mean()) for d in dims) / len(dims)
+        row["val/mean_std"] = sum(float(columns[f"std/{d}"].mean()) for d in dims) / len(dims)
+        if self.held_out is not None:  # the same images under the independent reward model
+            row["val/held_out/reward"] = float(columns["held_out"].mean())
+            for d in dims:
+                row[f"val/held_out/{d}"] = float(columns[f"held_out/{d}"].mean())
+        if name in ("start", "final"):
+            self.extra_tensors[f"{'before' if name == 'start' else 'after'}_images"] = columns["images"]
         return row
 
     def log_row(self, result: dict) -> dict:
         return result
 
-    def eval_due(self, step: int) -> bool:
-        return step % self.cfg.val_every == 0 and step < self.cfg.steps
-
     def train_step(self, step: int) -> dict:
         cfg = self.cfg
         g = seeding.generator(seeding.counter_seed(cfg.seed, step))
-        items = list(range(cfg.batch))
-        picks = torch.randint(len(self.train_prompts), (cfg.batch,), generator=g).tolist()
-        local, _ = self.rt.shard(items, "batch")
+        items = list(range(cfg.batch_size))
+        picks = torch.randint(len(self.train_prompts), (cfg.batch_size,), generator=g).tolist()
+        local, _ = self.rt.shard(items, "batch_size")
         prompts = [self.train_prompts[picks[i]] for i in local]
         imgs = self.generate(prompts, [seeding.noise_seed(cfg.seed, step, i) for i in local], grad=True)
         reward, _ = self.reward(prompts, imgs)
         loss = -reward.float().mean() * self.rt.share(len(local))
         metrics = self.optimizer_step(loss)
-        self.sched.step()
         return metrics | {"reward": float(reward.detach().float().mean()), "loss": float(loss.detach())}
 
     def report(self) -> None:

@@ -1,10 +1,16 @@
 """The one training loop every recipe runs (reward models and the generator alike).
 
 ``TrainLoop.fit``: resume from the newest complete checkpoint, evaluate at the start, then per step
-``train_step`` -> metrics averaged over ranks -> optional evaluation -> log / progress bar -> atomic DCP checkpoint
-every ``save_every`` steps -> the stop helper (simulated kills in tests); at the end evaluate, export and report.
-Subclasses build their modules in ``__init__`` (``self.rt.prepare``), call ``setup_optimizer`` and implement
-``train_step``, ``evaluate``, ``export`` and ``report``.
+``train_step`` -> learning-rate scheduler step -> metrics averaged over ranks -> evaluation every ``eval_every``
+steps -> log / progress bar -> atomic DCP checkpoint every ``save_every`` steps -> the stop helper (simulated kills
+in tests); at the end evaluate, export (a trained reward model as a Hugging Face folder) and report.
+
+Evaluation is sharded here too: each rank runs ``evaluate_shard`` on its contiguous part of ``self.eval_set``
+(padded to equal length, so that sharded models make the same calls on every rank), the parts are gathered in order
+and every rank computes ``eval_metrics`` from the whole.
+
+Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self.eval_set``, call
+``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from pathlib import Path
 import torch
 
 from zrcore.seeding import seed_everything
+from zrcore.sharding import padded_shard
 from zrcore.training.checkpoint import load_checkpoint, save_checkpoint, stop_if_requested
 from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
-from zrcore.training.logging import MetricsLog, Progress
+from zrcore.training.metrics_log import MetricsLog, Progress
 
 
 def lr_lambda(cfg):
@@ -64,17 +71,30 @@ class TrainLoop:
         return {}
 
     def train_step(self, step: int) -> dict:
+        """One optimisation step (``optimizer_step``); returns the step's metrics. The loop steps the scheduler."""
         raise NotImplementedError
 
-    def evaluate(self, name: str) -> dict:
-        """Evaluation results (collective); ``self.log_row`` flattens them into the metrics log."""
+    def evaluate_shard(self, items: list, indices: list[int]) -> dict:
+        """Results for this rank's evaluation items (``indices``: their places in ``self.eval_set``), run without
+        gradients with the trained module in eval mode: a dict of columns, each a CPU tensor or a list with one
+        entry per item."""
+        raise NotImplementedError
+
+    def eval_metrics(self, name: str, columns: dict) -> dict:
+        """The evaluation's results from the gathered columns of the whole ``eval_set`` (every rank)."""
         raise NotImplementedError
 
     def log_row(self, result: dict) -> dict:
-        return {}
+        """An evaluation result flattened into the metrics log."""
+        return {f"eval/{k}": v for k, v in result.items()}
 
     def export(self) -> None:
-        pass
+        """A trained reward model as a Hugging Face folder in output_dir/model (collective under FSDP2)."""
+        from zrcore.models import RewardModel
+        from zrcore.training.checkpoint import export_reward_model
+
+        if isinstance(self.module, RewardModel):
+            export_reward_model(self.module, self.out / "model", self.rt)
 
     def report(self) -> None:
         pass
@@ -120,6 +140,26 @@ class TrainLoop:
                   f"now {self.rt.world})", flush=True)
         return True
 
+    def evaluate(self, name: str) -> dict:
+        """``evaluate_shard`` on this rank's padded part of ``eval_set``, gathered; ``eval_metrics`` of the whole
+        (collective: every rank calls it)."""
+        items = self.eval_set
+        idx, kept = padded_shard(len(items), self.rt.rank, self.rt.world)
+        was = self.module.training
+        self.module.eval()
+        with torch.no_grad():
+            local = self.evaluate_shard([items[i] for i in idx], idx)
+        self.module.train(was)
+        parts = self.rt.gather({k: v[:kept] for k, v in local.items()})
+        columns = {k: torch.cat([p[k] for p in parts]) if isinstance(local[k], torch.Tensor)
+                   else [x for p in parts for x in p[k]] for k in local}
+        return self.eval_metrics(name, columns)
+
+    def eval_due(self, step: int) -> bool:
+        """Evaluate after ``step`` steps: every ``eval_every`` (0 = only at the start and the end)."""
+        every = self.cfg.eval_every
+        return bool(every) and step % every == 0 and step < self.cfg.steps
+
     def _evaluate_logged(self, name: str) -> None:
         if name not in self.results:
             self.results[name] = self.evaluate(name)
@@ -138,6 +178,7 @@ class TrainLoop:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.rt.device)
             metrics = self.train_step(self.step)
+            self.sched.step()
             if cuda:
                 torch.cuda.synchronize(self.rt.device)
                 metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
@@ -161,6 +202,3 @@ class TrainLoop:
             self.report()
         self.rt.teardown()
         return self.results
-
-    def eval_due(self, step: int) -> bool:
-        return False

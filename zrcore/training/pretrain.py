@@ -25,7 +25,6 @@ from zrcore import seeding
 from zrcore.data.captions import FORMAT_VERSION, PRETRAIN_OFFSET, captions
 from zrcore.data.synthetic import SyntheticRubric
 from zrcore.models.tiny import build_tiny_reward_model
-from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import PretrainConfig
 from zrcore.training.loop import TrainLoop
 from zrcore.training.model_setup import configure_reward_model
@@ -95,46 +94,36 @@ class PretrainTrainer(TrainLoop):
             if k.startswith("acc/")), flush=True)
         return result
 
-    def _nll(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed negative log-likelihood of the description tokens, their count) of ``rows``."""
+    def _token_logps(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probabilities [B, L] of the description tokens, their mask [B, L]) of ``rows``."""
         px = [self.pixels[(r.index, r.candidate)] for r in rows]
         img = stack_images(px)
         ids, mask, comp, img = self.rm.text_inputs([r.instruction for r in rows], img, [r.text for r in rows],
                                                     [r.system for r in rows])
         with self.rt.autocast():
             out = self.net(ids, mask, img, comp, 1.0, with_distribution=False)
-        return -out.logps.float().sum(), comp.sum()
+        return out.logps.float(), comp
 
     def train_step(self, step: int) -> dict:
         local, _ = self.rt.shard(self.batch_for(step), "batch_size")
-        nll, tokens = self._nll(local)
+        logps, comp = self._token_logps(local)
+        nll, tokens = -logps.sum(), comp.sum()
         loss = nll / tokens.clamp_min(1) * self.rt.share(float(tokens))
         metrics = {"loss/caption_nll": float(nll.detach() / tokens.clamp_min(1))}
-        metrics |= self.optimizer_step(loss)
-        self.sched.step()
-        return metrics
+        return metrics | self.optimizer_step(loss)
 
-    def evaluate(self, name: str) -> dict:
-        """Per-token NLL of the held-out descriptions (each rank its contiguous part, summed over ranks)."""
-        rows, _ = self.rt.shard(self.eval_set, "eval_scenes")
-        was = self.rm.training
-        self.rm.eval()
-        total = count = 0.0
-        with torch.no_grad():
-            for i in range(0, len(rows), self.cfg.batch_size):
-                nll, tokens = self._nll(rows[i:i + self.cfg.batch_size])
-                total, count = total + float(nll), count + float(tokens)
-        self.rm.train(was)
-        return {"caption_nll": self.rt.global_sum(total) / max(self.rt.global_sum(count), 1.0)}
+    def evaluate_shard(self, rows: list, indices: list[int]) -> dict:
+        """Each held-out row's summed description NLL and its number of tokens."""
+        nll, tokens = [], []
+        for i in range(0, len(rows), self.cfg.batch_size):
+            logps, comp = self._token_logps(rows[i:i + self.cfg.batch_size])
+            nll.append(-logps.double().sum(-1).cpu())
+            tokens.append(comp.sum(-1).double().cpu())
+        return {"nll": torch.cat(nll), "tokens": torch.cat(tokens)}
 
-    def log_row(self, result: dict) -> dict:
-        return {f"eval/{k}": v for k, v in result.items()}
-
-    def eval_due(self, step: int) -> bool:
-        return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0 and step < self.cfg.steps
-
-    def export(self) -> None:
-        export_reward_model(self.rm, self.out / "model", self.rt)
+    def eval_metrics(self, name: str, columns: dict) -> dict:
+        """Per-token NLL of the held-out descriptions."""
+        return {"caption_nll": float(columns["nll"].sum() / columns["tokens"].sum().clamp_min(1))}
 
     def report(self) -> None:
         (self.out / "results.json").write_text(json.dumps(self.results | {"vision_warmup": self.vision_warmup},

@@ -30,9 +30,7 @@ class _StudentTrainer(Trainer):
 
     def update(self, loss: torch.Tensor, units: float) -> dict:
         scaled = self.rt.share(units) * loss
-        metrics = {"loss": float(scaled.detach())} | self.optimizer_step(scaled)
-        self.sched.step()
-        return metrics
+        return {"loss": float(scaled.detach())} | self.optimizer_step(scaled)
 
 
 class SFTTrainer(_StudentTrainer):
@@ -66,7 +64,7 @@ class RISDTrainer(_StudentTrainer):
         """q_T averaged over teacher_samples sampled reasonings (Monte-Carlo reasoning-marginal), [records, K]."""
         c = self.cfg
         with self.rt.autocast():
-            j = judge_groups(self.frozen["teacher"], groups, first, step, c, c.teacher_samples)
+            j = judge_groups(self.frozen["teacher"], groups, first, step, c.seed, c.sampling)
         return j.distribution.probs.float().mean(1)
 
     def train_step(self, step: int) -> dict:
@@ -86,15 +84,15 @@ class OPDTrainer(_StudentTrainer):
                                               device=self.rt.device)}
 
     def eval_kwargs(self) -> dict:
-        c = self.cfg
-        return {"samples": c.num_samples, "max_reasoning_tokens": c.max_reasoning_tokens, "temperature": c.temperature,
-                "rollout_batch_size": c.rollout_batch_size}
+        s = self.cfg.sampling
+        return {"samples": s.num_samples, "max_reasoning_tokens": s.max_reasoning_tokens,
+                "temperature": s.temperature, "rollout_batch_size": s.rollout_batch_size}
 
     @torch.no_grad()
     def sample(self, groups: list, first: int, step: int):
         c = self.cfg
         with self.rt.autocast():
-            batch = rollouts_of(judge_groups(self.rm, groups, first, step, c, c.num_samples))
+            batch = rollouts_of(judge_groups(self.rm, groups, first, step, c.seed, c.sampling))
         # append the sampled score token: the last completion token the student emits
         rows = batch.sequences.shape[0]
         seeds = [step_seed(c.seed, step, 10**9 + first * rows // len(groups) + r) for r in range(rows)]
@@ -105,12 +103,12 @@ class OPDTrainer(_StudentTrainer):
         groups, first = self.local_batch(step)
         batch = self.sample(groups, first, step)
         with torch.no_grad(), self.rt.autocast():
-            t_lp = self.frozen["teacher"].policy_forward(batch, c.temperature, with_distribution=False).logps
-            old_lp = self.rm.policy_forward(batch, c.temperature, with_distribution=False).logps
+            t_lp = self.frozen["teacher"].policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
+            old_lp = self.rm.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
         adv = losses.opd_advantages(t_lp.float(), old_lp.float())
         with self.rt.autocast():
             logps = self.net(batch.sequences, batch.attention_mask, batch.image_inputs, batch.completion_mask,
-                             c.temperature, with_distribution=False).logps
+                             c.sampling.temperature, with_distribution=False).logps
         mask = batch.completion_mask.clone()
         mask[:, 0] = False
         # a rank's share: its trajectories with a valid token (eq. 19), or its valid tokens (token mean)

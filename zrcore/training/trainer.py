@@ -11,12 +11,10 @@ import torch
 from zrcore.data.records import batch_groups
 from zrcore.models.loading import load_reward_model
 from zrcore.seeding import seed_everything
-from zrcore.training.checkpoint import export_reward_model
 from zrcore.training.config import save_config
-from zrcore.training.distributed import padded_shard
 from zrcore.training.evaluate import ceiling_metrics, format_table, predict, score_metrics
-from zrcore.training.logging import plot_curves
 from zrcore.training.loop import TrainLoop
+from zrcore.training.metrics_log import plot_curves
 from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.pretrain import pretrained_model
 
@@ -42,19 +40,19 @@ class Trainer(TrainLoop):
         super().__init__(cfg)
         self.name = type(self).__name__
         rm = model if model is not None else build_reward_model(cfg, device=self.rt.device)
-        if getattr(cfg, "max_reasoning_tokens", None) == 0:
+        if cfg.sampling.max_reasoning_tokens == 0:
             from zrcore.data.captions import description_token_limit
 
-            cfg.max_reasoning_tokens = description_token_limit(rm.tokenizer)
+            cfg.sampling.max_reasoning_tokens = description_token_limit(rm.tokenizer)
             if self.main:
                 save_config(cfg, self.out / "config.yaml")
         if self.eval_mode == "teacher":
             rm.sampling = {k: v for k, v in self.eval_kwargs().items() if k != "rollout_batch_size"}
         if data is None:
-            from zrcore.training.data import build_data
+            from zrcore.training.datasets import build_data
 
             data = build_data(cfg)
-        self.train_groups, self.eval_records = data
+        self.train_groups, self.eval_set = data
         self.traces: dict = {}  # evaluation name -> two sampled reasoning traces (teacher mode, main rank)
         if not self.train_groups:
             raise ValueError(f"no training groups with at least 2 candidates in data {cfg.data!r}")
@@ -80,37 +78,34 @@ class Trainer(TrainLoop):
         """The global batch of groups for a step: a pure function of (seed, step), so resume is exact."""
         cfg = self.cfg
         eligible = sum(len(g.records) >= cfg.candidates for g in self.train_groups)
-        per_epoch = eligible // cfg.prompts_per_step  # the number of batches batch_groups yields per epoch
+        per_epoch = eligible // cfg.batch_size  # the number of batches batch_groups yields per epoch
         if per_epoch == 0:
             raise ValueError(f"{eligible} training groups have {cfg.candidates} candidates: not enough for "
-                             f"{cfg.prompts_per_step} prompts per step")
+                             f"batch_size {cfg.batch_size} (prompts per step)")
         epoch, pos = divmod(step, per_epoch)
-        return list(batch_groups(self.train_groups, cfg.prompts_per_step, cfg.candidates, cfg.seed, epoch))[pos]
+        return list(batch_groups(self.train_groups, cfg.batch_size, cfg.candidates, cfg.seed, epoch))[pos]
 
     def local_batch(self, step: int) -> tuple[list, int]:
         """(this rank's groups, the global index of its first group)."""
         return self.rt.shard(self.batch_for(step))
 
     # ---- evaluation --------------------------------------------------------------------------------------------
-    def evaluate(self, name: str) -> dict:
-        """Each rank predicts its contiguous part of the evaluation records (padded to equal length so that sharded
-        models make the same calls on every rank); the parts are gathered and every rank computes the metrics."""
-        records = self.eval_records
-        idx, kept = padded_shard(len(records), self.rt.rank, self.rt.world)
-        was = self.rm.training
-        self.rm.eval()
+    def evaluate_shard(self, records: list, indices: list[int]) -> dict:
+        """q (probs [n, K]), output tokens [n] and the first sampled reasoning of each record (teacher mode)."""
         with self.rt.autocast():
-            pred = predict(self.rm, [records[i] for i in idx], mode=self.eval_mode, seed=self.eval_seed,
-                           indices=idx, batch_size=self.cfg.eval_batch_size, **self.eval_kwargs())
-        self.rm.train(was)
-        parts = self.rt.gather((pred["probs"][:kept], pred["tokens"][:kept]))
-        probs = torch.cat([p for p, _ in parts])
-        tokens = torch.cat([t for _, t in parts])
+            pred = predict(self.rm, records, mode=self.eval_mode, seed=self.eval_seed, indices=indices,
+                           batch_size=self.cfg.eval_batch_size, **self.eval_kwargs())
+        return {"probs": pred["probs"], "tokens": pred["tokens"], "traces": pred["traces"]}
+
+    def eval_metrics(self, name: str, columns: dict) -> dict:
+        """PLCC, SRCC, HPA, calibration and output tokens per dimension; the main rank keeps two sampled traces and
+        writes eval_<name>.json (metrics and per-record predictions)."""
+        records, probs, tokens = self.eval_set, columns["probs"], columns["tokens"]
         res = score_metrics(records, probs, tokens, self.rm.bins)
         if self.main:
-            self.traces[name] = [{"prompt": records[i].prompt, "dimension": records[i].dimension,
-                                  "score": records[i].score, "expected": float(p @ self.rm.bins.values.float()),
-                                  "reasoning": t} for i, t, p in zip(idx, pred["traces"], pred["probs"]) if t][:2]
+            self.traces[name] = [{"prompt": r.prompt, "dimension": r.dimension, "score": r.score,
+                                  "expected": float(p @ self.rm.bins.values.float()), "reasoning": t}
+                                 for r, t, p in zip(records, columns["traces"], probs) if t][:2]
             rows = [{"prompt": r.prompt, "dimension": r.dimension, "score": r.score, "prompt_id": r.prompt_id,
                      "probs": p, "tokens": t} for r, p, t in zip(records, probs.tolist(), tokens.tolist())]
             (self.out / f"eval_{name}.json").write_text(json.dumps({"metrics": res, "predictions": rows}))
@@ -124,15 +119,9 @@ class Trainer(TrainLoop):
     def log_row(self, result: dict) -> dict:
         return {f"eval/{k}": v for k, v in result["all"].items()}
 
-    def eval_due(self, step: int) -> bool:
-        return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0 and step < self.cfg.steps
-
     # ---- end of the run ----------------------------------------------------------------------------------------
-    def export(self) -> None:
-        export_reward_model(self.rm, self.out / "model", self.rt)
-
     def report(self) -> None:
-        ceiling = ceiling_metrics(self.eval_records)
+        ceiling = ceiling_metrics(self.eval_set)
         table = format_table({"start (zero-shot)": self.results.get("start"), "trained": self.results["final"],
                               "ceiling (true score)": ceiling})
         if ceiling is not None:
