@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tests.reference import kl_materialised, score_distribution_naive
+from tests.reference import kl_materialised, pairwise_gap_materialised, score_distribution_naive
 from zrcore import ScoreBins
 from zrcore.ops import fused_linear_kl, pairwise_gap, score_distribution
-from zrcore.ops.pairwise_gap import pairwise_gap_torch
 
 
 @dataclass
@@ -76,7 +75,7 @@ def pairwise_gap_cases(device: str, p: int, m: int, g_: int) -> list[Case]:
     shape = f"P={p} M={m} G={g_} fp32 masked"
 
     def naive(x):
-        return pairwise_gap_torch(x, scores, 4.0, mask, False)
+        return pairwise_gap_materialised(x, scores, 4.0, mask, False)
 
     def fused(x):
         return pairwise_gap(x, scores, score_range=4.0, mask=mask)
@@ -131,7 +130,7 @@ def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int
     """Selected-token log-probs log softmax(W h)[y] of N rows (the policy loss's input): the full-vocabulary
     log-softmax (naive), its compile, zrcore's own path (``impl="torch"``: the chunked recompute, which ``auto``
     falls back to where liger-kernel is missing) and liger-kernel (``impl="triton"``, what ``auto`` runs on CUDA)."""
-    from zrcore.models.logprobs import selected_token_logprobs
+    from zrcore.ops.token_logprobs import token_logprobs
 
     g = torch.Generator(device=device).manual_seed(0)
     hidden = torch.randn(n, h, generator=g, device=device).to(dtype)
@@ -142,9 +141,9 @@ def token_logprobs_cases(device: str, dtype: torch.dtype, n: int, h: int, v: int
         return torch.log_softmax((hh @ ww.t()).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
 
     paths = {"naive": naive, "compile": _compiled(naive),
-             "zrcore": lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="torch")}
+             "zrcore": lambda hh, ww: token_logprobs(hh, ww, targets, impl="torch")}
     if liger:
-        paths["liger"] = lambda hh, ww: selected_token_logprobs(hh, ww, targets, impl="triton")
+        paths["liger"] = lambda hh, ww: token_logprobs(hh, ww, targets, impl="triton")
 
     def make(fn):
         def run():

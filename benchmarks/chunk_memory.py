@@ -31,9 +31,9 @@ if op == "fused_linear_kl":
     fn = (lambda a, b: fused_linear_kl(a, b, ht, teacher_weight=wt, impl="torch")) if path == "zrcore" else \
          (lambda a, b: kl_materialised(a, b, ht, wt, direction="forward"))
 else:
-    from zrcore.models.logprobs import selected_token_logprobs
+    from zrcore.ops.token_logprobs import token_logprobs
     y = torch.randint(0, V, (N,))
-    fn = (lambda a, b: selected_token_logprobs(a, b, y, impl="torch").sum()) if path == "zrcore" else \
+    fn = (lambda a, b: token_logprobs(a, b, y, impl="torch").sum()) if path == "zrcore" else \
          (lambda a, b: torch.log_softmax(a @ b.t(), -1).gather(-1, y[:, None]).sum())
 def run():
     a, b = hs.detach().requires_grad_(), ws.detach().requires_grad_()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from zrcore.ops.pairwise_gap import PairwiseGap, pair_structure
+
 
 def score_distribution_naive(hidden, weight, token_ids, values, bias=None, temperature=1.0):
     """Full logits h W^T (+ b), gather the K score columns, softmax: the [N, V] path the op replaces."""
@@ -86,3 +88,31 @@ def kl_materialised(h_s, w_s, teacher, w_t=None, b_s=None, b_t=None, direction="
     if reduction == "none":
         return kl
     return kl.sum() / kl.shape[0] if reduction == "batchmean" else kl.sum()
+
+
+def pairwise_gap_materialised(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
+    """The naive path: materialises the [P, M, G, M, G] gap tensor (vectorised; ``pairwise_gap_loops`` is the
+    float64 ground truth)."""
+    compute = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    mu = mean.to(compute)
+    s = scores.to(compute)
+    valid = torch.ones_like(mean, dtype=torch.bool) if mask is None else mask
+    counts, pair = pair_structure(s, valid, include_ties)
+    vf = valid.to(compute)
+    gap = (mu[:, :, :, None, None] - mu[:, None, None, :, :]) - (s[:, :, None, None, None] - s[:, None, None, :, None])
+    absd = gap.abs() * vf[:, :, :, None, None] * vf[:, None, None, :, :]  # [P,M,G,M,G]
+    row = absd.sum(-1)  # [P,M,G,M']  sum over partner samples k
+    cnt = counts.to(compute).clamp_min(1)
+    pf = pair.to(compute)
+    n_partners = pf.sum(-1)  # [P,M]
+    has_pair = n_partners > 0
+    per_partner = row / (cnt[:, None, None, :] * score_range)  # [P,M,G,M']
+    mean_gap = (per_partner * pf[:, :, None, :]).sum(-1) / n_partners.clamp_min(1)[:, :, None]
+    reward = torch.where(has_pair[:, :, None] & valid, 1.0 - mean_gap, torch.zeros_like(mean_gap))
+    pair_term = row.sum(2) / (cnt[:, :, None] * cnt[:, None, :] * score_range)  # [P,M,M']
+    n_pairs = pf.sum((1, 2))
+    per_prompt = (pair_term * pf).sum((1, 2)) / n_pairs.clamp_min(1)
+    has_prompt = n_pairs > 0
+    n_prompts = has_prompt.sum()
+    loss = (per_prompt * has_prompt.to(compute)).sum() / n_prompts.clamp_min(1).to(compute)
+    return PairwiseGap(loss, reward.detach().to(torch.float64 if compute == torch.float64 else torch.float32), has_pair)

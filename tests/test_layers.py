@@ -1,4 +1,4 @@
-"""The package's imports run downward only and never in a circle.
+"""The package's imports run downward only, never in a circle, and never into another package's private modules.
 
 Every import in zrcore counts, those inside functions included (they run, only later). The layers, lowest first; a
 module may import its own layer and the layers below it:
@@ -138,12 +138,29 @@ def test_imports_run_downward_only():
     assert upward(import_graph()) == []
 
 
+def private_reaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a private module (``pkg._x``) from outside its package ``pkg``."""
+    out = []
+    for a, targets in sorted(graph.items()):
+        for b in sorted(targets):
+            package, _, last = b.rpartition(".")
+            if last.startswith("_") and not last.startswith("__") and not (a == package or a.startswith(package + ".")):
+                out.append(f"{a} imports {b}, private to {package}")
+    return out
+
+
+def test_private_modules_stay_in_their_package():
+    assert private_reaches(import_graph()) == []
+
+
 def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
     """The two checks on a made-up graph: they are not vacuous."""
     graph = {"zrcore.training.a": {"zrcore.training.b"}, "zrcore.training.b": {"zrcore.training.a"},
              "zrcore.models.m": {"zrcore.training.a"}, "zrcore.bins": set()}
     assert cycles(graph) == [["zrcore.training.a", "zrcore.training.b"]]
     assert upward(graph) == ["zrcore.models.m (layer 4) imports zrcore.training.a (layer 7)"]
+    assert private_reaches({"zrcore.models.m": {"zrcore.ops._dispatch", "zrcore._checks"}}) == [
+        "zrcore.models.m imports zrcore.ops._dispatch, private to zrcore.ops"]
 
 
 def test_function_level_and_relative_imports_count(tmp_path):
@@ -155,7 +172,8 @@ def test_function_level_and_relative_imports_count(tmp_path):
                                                           "zrcore.ops.pairwise_gap"}
 
 
-@pytest.mark.parametrize("name", ["zrcore.models.reward_model", "zrcore.data.synthetic", "zrcore.training.pretrain"])
+@pytest.mark.parametrize("name", ["zrcore.models.reward_model", "zrcore.data.synthetic", "zrcore.training.pretrain",
+                                  "zrcore.diffusion.fused"])
 def test_the_known_offenders_are_clean(name):
     """The modules that once imported upward or in a circle."""
     graph = import_graph()

@@ -57,7 +57,7 @@ def test_compile_fullgraph_matches_eager(impl, which):
 def test_token_logprobs_compiles_fullgraph():
     """The selected-token log-probs' registered op (impl="torch") traces without graph breaks and gives the eager
     values and gradients, with a bias and a temperature, on the test device."""
-    from zrcore.models.logprobs import selected_token_logprobs
+    from zrcore.ops.token_logprobs import token_logprobs
 
     dev = device()
     g = torch.Generator().manual_seed(1)
@@ -67,7 +67,7 @@ def test_token_logprobs_compiles_fullgraph():
     targets = torch.randint(0, 40, (10,), generator=g).to(dev)
 
     def loss(h, w, b):
-        lp = selected_token_logprobs(h, w, targets, temperature=0.8, bias=b, chunk=4, impl="torch")
+        lp = token_logprobs(h, w, targets, temperature=0.8, bias=b, chunk=4, impl="torch")
         return (lp * torch.linspace(0.5, 1.5, 10, device=h.device)).sum()
 
     def run(fn):

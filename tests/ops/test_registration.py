@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from tests.ops.conftest import device, impls
-from zrcore.diffusion import fused
-from zrcore.models import logprobs
 from zrcore.ops import _dispatch
 
 # the modules (zrcore.ops exports functions of the same names)
 score_distribution = importlib.import_module("zrcore.ops.score_distribution")
 pairwise_gap = importlib.import_module("zrcore.ops.pairwise_gap")
 fused_linear_kl = importlib.import_module("zrcore.ops.fused_linear_kl")
+token_logprobs = importlib.import_module("zrcore.ops.token_logprobs")
+group_norm_silu = importlib.import_module("zrcore.ops.group_norm_silu")
 
 # torch.library.opcheck's own tests, without the slow dynamic-shape AOT check on the interpreter
 CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -119,16 +119,17 @@ def test_opcheck_extension_ops():
 
 def test_eager_fast_paths_share_the_registered_backward():
     """The eager twins run the op's own forward, setup_context and backward (one backward per op)."""
-    for twin, forward, setup, backward in (
-        (score_distribution._ScoreEager, score_distribution.score_forward_launch,
+    for defined, forward, setup, backward in (
+        (score_distribution._score, score_distribution.score_forward_launch,
          score_distribution._score_setup_context, score_distribution._score_backward),
-        (pairwise_gap._PairwiseEager, pairwise_gap.pairwise_forward, pairwise_gap._pairwise_setup_context,
+        (pairwise_gap._pairwise, pairwise_gap.pairwise_forward, pairwise_gap._pairwise_setup_context,
          pairwise_gap._pairwise_backward),
-        (fused_linear_kl._KLEager, fused_linear_kl.kl_forward, fused_linear_kl._kl_setup_context,
+        (fused_linear_kl._kl, fused_linear_kl.kl_forward, fused_linear_kl._kl_setup_context,
          fused_linear_kl._kl_backward),
-        (logprobs._TokenEager, logprobs.token_logprobs_forward, logprobs._token_setup_context,
-         logprobs._token_backward),
+        (token_logprobs._token, token_logprobs.token_logprobs_forward, token_logprobs._token_setup_context,
+         token_logprobs._token_backward),
     ):
+        twin = defined.eager
         assert twin.op_forward is forward and twin.op_setup_context is setup and twin.backward is backward
 
 
@@ -169,10 +170,10 @@ def test_public_functions_name_the_op_in_dtype_errors(monkeypatch, interpreter):
 
 def test_other_impl_errors_name_the_op():
     with pytest.raises(ValueError, match="group_norm_silu: impl must be one of"):
-        fused.group_norm_silu(torch.zeros(1, 4, 2), 2, torch.ones(4), torch.zeros(4), impl="liger")
+        group_norm_silu.group_norm_silu(torch.zeros(1, 4, 2), 2, torch.ones(4), torch.zeros(4), impl="liger")
     with pytest.raises(ValueError, match="token_logprobs: impl='ext' is not a backend"):
-        logprobs.selected_token_logprobs(torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long),
-                                         impl="ext")
+        token_logprobs.token_logprobs(torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long),
+                                      impl="ext")
 
 
 def test_auto_falls_back_when_a_backend_package_does_not_import(monkeypatch):

@@ -109,7 +109,7 @@ class _EulerRun:
         self.n = len(ts)
 
     def step(self, i: int, x: torch.Tensor, features) -> torch.Tensor:
-        from zrcore.diffusion.fused import cfg_euler_step
+        from zrcore.ops.cfg_euler_step import cfg_euler_step
 
         cond, uncond = pytree.tree_unflatten(list(features), self.spec)
         model_in = x.detach() if self.detach_input else x

@@ -27,10 +27,9 @@ from PIL import Image
 
 from zrcore.bins import ScoreBins, ScoreDistribution
 from zrcore.models.decoder import ScoreDecoder
-from zrcore.models.logprobs import completion_logprobs
 from zrcore.models.pixels import VisionGeometry, preprocess_pixels
 from zrcore.models.templates import RubricTemplates, image_chat
-from zrcore.ops import score_distribution
+from zrcore.ops import score_distribution, token_logprobs
 
 
 class PolicyOutput(NamedTuple):
@@ -451,6 +450,17 @@ class RewardModel(torch.nn.Module):
         texts = self.tokenizer.batch_decode([r.tolist() for r in reasoning], skip_special_tokens=True)
         return Judgement(ids, mask, comp, reasoning, texts, torch.tensor(truncated), dist, rep, beh.to(ids.device))
 
+
+
+def completion_logprobs(hidden: torch.Tensor, sequences: torch.Tensor, completion_mask: torch.Tensor, head,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """[B, L] log-probs of the completion tokens (0 elsewhere) from the hidden states [B, L, H]: token t is
+    predicted from position t - 1, and only those positions are projected onto the vocabulary by ``head``."""
+    target = completion_mask.clone()
+    target[:, 0] = False
+    rows, cols = target.nonzero(as_tuple=True)
+    lp = token_logprobs(hidden[rows, cols - 1], head.weight, sequences[rows, cols], temperature, head.bias)
+    return torch.zeros(sequences.shape, dtype=lp.dtype, device=sequences.device).index_put((rows, cols), lp)
 
 def _repeat_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, g: int) -> torch.Tensor:
     """Repeat each image's patch rows g times (images are stored back to back in pixel_values)."""

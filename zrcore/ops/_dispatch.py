@@ -186,6 +186,71 @@ def _auto(spec: OpBackends, dtype: torch.dtype, device_type: str, unsupported: s
     return "torch"
 
 
+class DefinedOp:
+    """One zrcore op (``define_op``): calling it runs the registered custom op ``torch.ops.zrcore.<name>`` while it
+    is traced (torch.compile, fake tensors) and its eager twin (the same forward, setup_context and backward
+    without the dispatcher) otherwise. ``op`` is the registered op (for ``opcheck`` and re-entrant calls), ``eager``
+    the twin."""
+
+    __slots__ = ("name", "op", "eager", "_apply")
+
+    def __init__(self, name: str, op, eager):
+        self.name, self.op, self.eager = name, op, eager
+        self._apply = op if eager is None else eager.apply
+
+    def __call__(self, *args):
+        return self.op(*args) if is_tracing() else self._apply(*args)
+
+    def __repr__(self) -> str:
+        return f"DefinedOp(zrcore::{self.name})"
+
+
+def define_op(name: str, forward, fake, *, setup_context=None, backward=None) -> DefinedOp:
+    """Registers ``zrcore::<name>``: ``forward`` (type-annotated; it takes and returns tensors and plain values and
+    mutates nothing) as a torch.library custom op, ``fake`` (same arguments, empty outputs of the right shapes and
+    dtypes) for tracing, and, with ``backward``, its autograd: ``setup_context(ctx, inputs, output)`` saves what
+    ``backward(ctx, *grad_outputs)`` needs; backward returns one gradient (or None) per input. Returns the one
+    callable the op's public function calls."""
+    if (setup_context is None) != (backward is None):
+        raise ValueError(f"define_op({name!r}): setup_context and backward go together")
+    op = torch.library.custom_op(f"zrcore::{name}", forward, mutates_args=())
+    op.register_fake(fake)
+    eager = None
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+        eager = eager_twin(f"_{name}_eager", forward, setup_context, backward)
+    return DefinedOp(name, op, eager)
+
+
+def define_backward_op(name: str, backward_fn, fake):
+    """A backward computation with tensors of its own (kernels a backward launches) as the op
+    ``zrcore::<name>``, so that a compiled graph's backward traces it. Returns ``run(*args, traced)``: the op when
+    ``traced`` (``is_tracing`` of the saved tensors), ``backward_fn`` itself otherwise."""
+    op = torch.library.custom_op(f"zrcore::{name}", backward_fn, mutates_args=())
+    op.register_fake(fake)
+
+    def run(*args, traced: bool):
+        return op(*args) if traced else backward_fn(*args)
+
+    run.op = op
+    return run
+
+
+def register_extension_op(name: str, fake, *, setup_context=None, backward=None, backward_name: str = "",
+                          backward_fake=None) -> bool:
+    """For an op that ``zrcore._C`` defines in C++ (csrc/bindings.cpp): its fake kernel, its backward op's fake
+    kernel and its autograd, registered from Python. Returns False (registering nothing) when zrcore was installed
+    without the extension."""
+    if extension() is None:
+        return False
+    torch.library.register_fake(f"zrcore::{name}", fake)
+    if backward_name:
+        torch.library.register_fake(f"zrcore::{backward_name}", backward_fake)
+    if backward is not None:
+        torch.library.register_autograd(f"zrcore::{name}", backward, setup_context=setup_context)
+    return True
+
+
 def eager_twin(name: str, forward, setup_context, backward) -> type[torch.autograd.Function]:
     """An autograd.Function running a registered op's own forward, setup_context and backward without the
     dispatcher: the eager fast path. Under torch.compile the registered op is called instead. (Written in the

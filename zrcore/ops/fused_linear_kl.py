@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from zrcore import _checks
-from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, tl, triton
+from zrcore.ops._dispatch import HAS_TRITON, define_op, is_tracing, resolve_impl, tl, triton
 
 DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -299,11 +299,7 @@ def kl_forward(h_s: torch.Tensor, w_s: torch.Tensor, teacher: torch.Tensor, w_t:
                               scale, chunk, need_h, need_w, need_b)
 
 
-_kl_op = torch.library.custom_op("zrcore::fused_linear_kl", kl_forward, mutates_args=())
-
-
-@_kl_op.register_fake
-def _(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk, need_h,
+def _kl_fake(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, row_weight, forward_kl, temperature, scale, chunk, need_h,
       need_w, need_b, backend):
     f = torch.float64 if h_s.dtype == torch.float64 else torch.float32
     return (h_s.new_empty((), dtype=f), h_s.new_empty(h_s.shape[0], dtype=f),
@@ -346,16 +342,14 @@ def _kl_backward(ctx, grad_loss, grad_rows, *_):
     elif grad_rows is not None:
         h_s, w_s, teacher, w_t, b_s, b_t, token_ids = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_s is not None and ctx.needs_input_grad[4])
-        run = _kl_op if is_tracing(h_s, grad_rows) else kl_forward
+        run = _kl.op if is_tracing(h_s, grad_rows) else kl_forward
         _, _, *out = run(h_s, w_s, teacher, w_t, b_s, b_t, token_ids, grad_rows.contiguous(), forward_kl,
                          temperature, 1.0, chunk, *needs, backend)
         grads = [g if need else None for g, need in zip(out, needs)]
     return grads[0], grads[1], None, None, grads[2], *([None] * 11)
 
 
-_kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
-# Eager fast path (benchmarks/host_time.py): the same forward, setup_context and backward without the dispatcher.
-_KLEager = eager_twin("_KLEager", kl_forward, _kl_setup_context, _kl_backward)
+_kl = define_op("fused_linear_kl", kl_forward, _kl_fake, setup_context=_kl_setup_context, backward=_kl_backward)
 
 
 def fused_linear_kl_op(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature, token_ids, reduction, chunk,
@@ -373,7 +367,7 @@ def fused_linear_kl_op(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature,
         scale = 1.0 / max(n, 1) if reduction == "batchmean" else 1.0
     args = (h_s, w_s, teacher, w_t, b_s, b_t, token_ids, None, forward_kl, float(temperature), scale, chunk, *needs,
             backend)
-    loss, rows, *_ = _kl_op(*args) if is_tracing() else _KLEager.apply(*args)
+    loss, rows, *_ = _kl(*args)
     return rows if reduction == "none" else loss
 
 

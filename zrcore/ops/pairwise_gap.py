@@ -19,8 +19,7 @@ import torch
 from zrcore import _checks
 from zrcore.ops._dispatch import (
     HAS_TRITON,
-    eager_twin,
-    is_tracing,
+    define_op,
     resolve_impl,
     ticket_counters,
     tl,
@@ -63,33 +62,6 @@ def pair_structure(scores: torch.Tensor, valid: torch.Tensor, include_ties: bool
     if not include_ties:
         pair &= scores.unsqueeze(2) != scores.unsqueeze(1)
     return counts, pair
-
-
-def pairwise_gap_torch(mean, scores, score_range, mask=None, include_ties=False) -> PairwiseGap:
-    """Reference path: materialises the [P, M, G, M, G] gap tensor."""
-    compute = torch.float64 if mean.dtype == torch.float64 else torch.float32
-    mu = mean.to(compute)
-    s = scores.to(compute)
-    valid = torch.ones_like(mean, dtype=torch.bool) if mask is None else mask
-    counts, pair = pair_structure(s, valid, include_ties)
-    vf = valid.to(compute)
-    gap = (mu[:, :, :, None, None] - mu[:, None, None, :, :]) - (s[:, :, None, None, None] - s[:, None, None, :, None])
-    absd = gap.abs() * vf[:, :, :, None, None] * vf[:, None, None, :, :]  # [P,M,G,M,G]
-    row = absd.sum(-1)  # [P,M,G,M']  sum over partner samples k
-    cnt = counts.to(compute).clamp_min(1)
-    pf = pair.to(compute)
-    n_partners = pf.sum(-1)  # [P,M]
-    has_pair = n_partners > 0
-    per_partner = row / (cnt[:, None, None, :] * score_range)  # [P,M,G,M']
-    mean_gap = (per_partner * pf[:, :, None, :]).sum(-1) / n_partners.clamp_min(1)[:, :, None]
-    reward = torch.where(has_pair[:, :, None] & valid, 1.0 - mean_gap, torch.zeros_like(mean_gap))
-    pair_term = row.sum(2) / (cnt[:, :, None] * cnt[:, None, :] * score_range)  # [P,M,M']
-    n_pairs = pf.sum((1, 2))
-    per_prompt = (pair_term * pf).sum((1, 2)) / n_pairs.clamp_min(1)
-    has_prompt = n_pairs > 0
-    n_prompts = has_prompt.sum()
-    loss = (per_prompt * has_prompt.to(compute)).sum() / n_prompts.clamp_min(1).to(compute)
-    return PairwiseGap(loss, reward.detach().to(torch.float64 if compute == torch.float64 else torch.float32), has_pair)
 
 
 def _partner_sums(a: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor):
@@ -276,11 +248,7 @@ def pairwise_forward(mean: torch.Tensor, scores: torch.Tensor, mask: torch.Tenso
     return out, reward, has, gw
 
 
-_pairwise_op = torch.library.custom_op("zrcore::pairwise_gap", pairwise_forward, mutates_args=())
-
-
-@_pairwise_op.register_fake
-def _(mean, scores, mask, score_range, include_ties, backend):
+def _pairwise_fake(mean, scores, mask, score_range, include_ties, backend):
     p, m, g = mean.shape
     f = torch.float64 if backend == "torch" and mean.dtype == torch.float64 else torch.float32
     return (mean.new_empty(2, dtype=f), mean.new_empty(p, m, g, dtype=f), mean.new_empty(p, m, dtype=torch.bool),
@@ -303,9 +271,8 @@ def _pairwise_backward(ctx, grad_out, *_):
     return (gw * (grad_out[0] * out[1])).to(ctx.mean_dtype), None, None, None, None, None
 
 
-_pairwise_op.register_autograd(_pairwise_backward, setup_context=_pairwise_setup_context)
-# Eager fast path (benchmarks/host_time.py): the same forward, setup_context and backward without the dispatcher.
-_PairwiseEager = eager_twin("_PairwiseEager", pairwise_forward, _pairwise_setup_context, _pairwise_backward)
+_pairwise = define_op("pairwise_gap", pairwise_forward, _pairwise_fake, setup_context=_pairwise_setup_context,
+                      backward=_pairwise_backward)
 
 
 def pairwise_gap(
@@ -324,11 +291,11 @@ def pairwise_gap(
 
     ``impl="auto"``: the Triton kernel on CUDA, the torch path elsewhere; ``"triton"`` forces the kernel;
     ``"torch"``: ``pairwise_forward_sorted`` (torch ops: partners sorted once, prefix sums, no gap tensor). Both
-    are one registered op with one backward. ``pairwise_gap_torch`` is the materialising reference.
+    are one registered op with one backward.
     """
     backend = _SIGNATURES.get(_checks.signature(mean, scores, mask, score_range, impl),
                               lambda: _validate(mean, scores, score_range, mask, impl))
     _checks.finite_on_host("scores", scores)  # a NaN score would give a NaN loss (a value check: per tensor version)
     args = (mean, scores, mask, float(score_range), bool(include_ties), backend)
-    out, reward, has_pair, _ = _pairwise_op(*args) if is_tracing() else _PairwiseEager.apply(*args)
+    out, reward, has_pair, _ = _pairwise(*args)
     return PairwiseGap(out[0], reward, has_pair)

@@ -18,7 +18,17 @@ import torch
 
 from zrcore import _checks
 from zrcore.bins import ScoreBins, ScoreDistribution
-from zrcore.ops._dispatch import HAS_TRITON, eager_twin, is_tracing, resolve_impl, ticket_counters, tl, triton, workspace
+from zrcore.ops._dispatch import (
+    HAS_TRITON,
+    define_backward_op,
+    define_op,
+    is_tracing,
+    resolve_impl,
+    ticket_counters,
+    tl,
+    triton,
+    workspace,
+)
 
 
 def _as_values(values, device) -> torch.Tensor:
@@ -349,7 +359,9 @@ def launch_plan(n: int, h: int, k: int, device: torch.device, dtype: torch.dtype
     return _plan(n, h, k, device, dtype, tuple(LAUNCH.items()))
 
 
-def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
+def score_forward_launch(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None,
+                         values: torch.Tensor, bias: torch.Tensor | None,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the forward kernel: (log_q [N, K], mean [N], var [N]) fp32 for hidden [N, H]."""
     n, h = hidden.shape
     k = values.shape[0]
@@ -374,8 +386,11 @@ def score_forward_launch(hidden, weight, token_ids, values, bias, temperature):
     return logq, mean, var
 
 
-def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
-                          temperature, need_h, need_w, need_b, bias_dtype):
+def score_backward_launch(grad_logq: torch.Tensor | None, grad_mean: torch.Tensor | None,
+                          grad_var: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor,
+                          token_ids: torch.Tensor | None, values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor,
+                          temperature: float, need_h: bool, need_w: bool, need_b: bool,
+                          bias_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the two backward kernels; returns (dh, dW (dense, only the K rows non-zero), db), empty when unneeded.
     Output gradients may be None (zero) or strided (read in place)."""
     n, h = hidden.shape
@@ -408,36 +423,21 @@ def score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_
     return dh, dw, db
 
 
-@torch.library.custom_op("zrcore::score_distribution", mutates_args=())
-def _score_op(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor | None, values: torch.Tensor,
-              bias: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return score_forward_launch(hidden, weight, token_ids, values, bias, temperature)
-
-
-@_score_op.register_fake
-def _(hidden, weight, token_ids, values, bias, temperature):
+def _score_fake(hidden, weight, token_ids, values, bias, temperature):
     n, k = hidden.shape[0], values.shape[0]
     new = hidden.new_empty
     return new(n, k, dtype=torch.float32), new(n, dtype=torch.float32), new(n, dtype=torch.float32)
 
 
-@torch.library.custom_op("zrcore::score_distribution_backward", mutates_args=())
-def _score_backward_op(grad_logq: torch.Tensor | None, grad_mean: torch.Tensor | None,
-                       grad_var: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor,
-                       token_ids: torch.Tensor | None, values: torch.Tensor, logq: torch.Tensor, mean: torch.Tensor,
-                       temperature: float, need_h: bool, need_w: bool, need_b: bool,
-                       bias_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return score_backward_launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
-                                 temperature, need_h, need_w, need_b, bias_dtype)
-
-
-@_score_backward_op.register_fake
-def _(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean, temperature, need_h,
-      need_w, need_b, bias_dtype):
+def _score_backward_fake(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean, temperature,
+                         need_h, need_w, need_b, bias_dtype):
     dh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
     dw = torch.empty_like(weight) if need_w else weight.new_empty(0)
     db = weight.new_empty(weight.shape[0], dtype=bias_dtype) if need_b else weight.new_empty(0)
     return dh, dw, db
+
+
+_score_backward_run = define_backward_op("score_distribution_backward", score_backward_launch, _score_backward_fake)
 
 
 def _score_setup_context(ctx, inputs, output):
@@ -454,16 +454,14 @@ def _score_backward(ctx, grad_logq, grad_mean, grad_var):
     hidden, weight, token_ids, values, logq, mean = ctx.saved_tensors
     need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[4]
-    launch = _score_backward_op if is_tracing(hidden, logq) else score_backward_launch
-    dh, dw, db = launch(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
-                        ctx.temperature, need_h, need_w, need_b, ctx.bias_dtype or weight.dtype)
+    dh, dw, db = _score_backward_run(grad_logq, grad_mean, grad_var, hidden, weight, token_ids, values, logq, mean,
+                                     ctx.temperature, need_h, need_w, need_b, ctx.bias_dtype or weight.dtype,
+                                     traced=is_tracing(hidden, logq))
     return (dh if need_h else None, dw if need_w else None, None, None, db if need_b else None, None)
 
 
-_score_op.register_autograd(_score_backward, setup_context=_score_setup_context)
-# Eager fast path (benchmarks/host_time.py: the dispatcher round trip of a custom op costs more than the kernels
-# at small N): the same forward, setup_context and backward without the dispatcher.
-_ScoreEager = eager_twin("_ScoreEager", score_forward_launch, _score_setup_context, _score_backward)
+_score = define_op("score_distribution", score_forward_launch, _score_fake, setup_context=_score_setup_context,
+                   backward=_score_backward)
 
 
 def score_distribution_triton(hidden, weight, token_ids, values, bias=None, temperature=1.0) -> ScoreDistribution:
@@ -473,7 +471,7 @@ def score_distribution_triton(hidden, weight, token_ids, values, bias=None, temp
     h2 = hidden.reshape(-1, hidden.shape[-1])
     v = values if values.dtype == torch.float32 else values.float()
     args = (h2, weight, token_ids, v.contiguous(), bias, float(temperature))
-    logq, mean, var = _score_op(*args) if is_tracing() else _ScoreEager.apply(*args)
+    logq, mean, var = _score(*args)
     k = v.shape[0]
     return ScoreDistribution(logq.reshape(*lead, k), mean.reshape(lead), var.reshape(lead))
 

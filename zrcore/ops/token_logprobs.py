@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from zrcore.ops._dispatch import eager_twin, is_tracing, resolve_impl
+from zrcore.ops._dispatch import define_backward_op, define_op, is_tracing, resolve_impl
 
 
 def token_logprobs_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -65,23 +65,19 @@ def token_logprobs_backward(grad: torch.Tensor, hidden: torch.Tensor, weight: to
             empty(0) if grad_w is None else grad_w.to(weight.dtype), empty(0) if grad_b is None else grad_b.to(bias.dtype))
 
 
-_token_op = torch.library.custom_op("zrcore::token_logprobs", token_logprobs_forward, mutates_args=())
-_token_backward_op = torch.library.custom_op("zrcore::token_logprobs_backward", token_logprobs_backward,
-                                             mutates_args=())
-
-
-@_token_op.register_fake
-def _(hidden, weight, bias, targets, temperature, chunk):
+def _token_fake(hidden, weight, bias, targets, temperature, chunk):
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     out = hidden.new_empty(hidden.shape[0], dtype=compute)
     return out, torch.empty_like(out)
 
 
-@_token_backward_op.register_fake
-def _(grad, hidden, weight, bias, targets, lse, temperature, chunk, need_h, need_w, need_b):
+def _token_backward_fake(grad, hidden, weight, bias, targets, lse, temperature, chunk, need_h, need_w, need_b):
     empty = hidden.new_empty
     return (torch.empty_like(hidden) if need_h else empty(0), torch.empty_like(weight) if need_w else empty(0),
             torch.empty_like(bias) if need_b else empty(0))
+
+
+_token_backward_run = define_backward_op("token_logprobs_backward", token_logprobs_backward, _token_backward_fake)
 
 
 def _token_setup_context(ctx, inputs, output):
@@ -97,16 +93,14 @@ def _token_backward(ctx, grad, _):
         return None, None, None, None, None, None
     hidden, weight, bias, targets, lse = ctx.saved_tensors
     needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-    run = _token_backward_op if is_tracing(hidden, lse) else token_logprobs_backward
-    out = run(grad, hidden, weight, bias, targets, lse, *ctx.meta, *needs)
+    out = _token_backward_run(grad, hidden, weight, bias, targets, lse, *ctx.meta, *needs,
+                              traced=is_tracing(hidden, lse))
     gh, gw, gb = (g if need else None for g, need in zip(out, needs))
     return gh, gw, gb, None, None, None
 
 
-_token_op.register_autograd(_token_backward, setup_context=_token_setup_context)
-# Eager fast path (benchmarks/chunk_memory.py: the registered op called eagerly peaks about two [V, H] buffers
-# higher): the same forward, setup_context and backward without the dispatcher.
-_TokenEager = eager_twin("_TokenEager", token_logprobs_forward, _token_setup_context, _token_backward)
+_token = define_op("token_logprobs", token_logprobs_forward, _token_fake, setup_context=_token_setup_context,
+                   backward=_token_backward)
 
 
 def _logits_into(z: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float,
@@ -119,7 +113,7 @@ def _logits_into(z: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Ten
     return z
 
 
-def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                             temperature: float = 1.0, bias: torch.Tensor | None = None, chunk: int | None = None,
                             impl: str = "auto") -> torch.Tensor:
     """log softmax(W h / T)[target] for rows of hidden [N, H] and targets [N]; differentiable w.r.t. hidden/weight.
@@ -146,15 +140,4 @@ def selected_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
         loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
         return -loss(weight, hidden / temperature, targets).float()
     args = (hidden, weight, bias, targets, float(temperature), int(chunk))
-    return (_token_op(*args) if is_tracing() else _TokenEager.apply(*args))[0]
-
-
-def completion_logprobs(hidden: torch.Tensor, sequences: torch.Tensor, completion_mask: torch.Tensor, head,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """[B, L] log-probs of the completion tokens (0 elsewhere) from the hidden states [B, L, H]: token t is
-    predicted from position t - 1, and only those positions are projected onto the vocabulary by ``head``."""
-    target = completion_mask.clone()
-    target[:, 0] = False
-    rows, cols = target.nonzero(as_tuple=True)
-    lp = selected_token_logprobs(hidden[rows, cols - 1], head.weight, sequences[rows, cols], temperature, head.bias)
-    return torch.zeros(sequences.shape, dtype=lp.dtype, device=sequences.device).index_put((rows, cols), lp)
+    return _token(*args)[0]

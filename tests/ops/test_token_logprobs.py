@@ -4,7 +4,7 @@ gradients), and autograd keeps no [chunk, V] tensor (each chunk is recomputed in
 import pytest
 import torch
 
-from zrcore.models.logprobs import selected_token_logprobs
+from zrcore.ops.token_logprobs import token_logprobs
 
 
 def _reference(h, w, b, t, temperature):
@@ -19,7 +19,7 @@ def test_matches_float64_reference(gen, n, chunk, with_bias):
     w = (torch.randn(v, hdim, generator=gen) / 5).requires_grad_()
     b = torch.randn(v, generator=gen, requires_grad=True) if with_bias else None
     t = torch.randint(0, v, (n,), generator=gen)
-    out = selected_token_logprobs(h, w, t, temperature=0.7, bias=b, chunk=chunk, impl="torch")
+    out = token_logprobs(h, w, t, temperature=0.7, bias=b, chunk=chunk, impl="torch")
     ref = _reference(h, w, b, t, 0.7)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     g = torch.randn(n, generator=gen, dtype=torch.float64)
@@ -37,7 +37,7 @@ def test_no_vocabulary_sized_tensor_is_saved_for_backward(gen):
     t = torch.randint(0, v, (n,), generator=gen)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(tuple(x.shape)) or x, lambda x: x):
-        out = selected_token_logprobs(h, w, t, chunk=16, impl="torch")
+        out = token_logprobs(h, w, t, chunk=16, impl="torch")
     assert saved and not any(v in shape and shape != (v, hdim) for shape in saved), saved
     out.sum().backward()
     assert h.grad is not None and w.grad is not None
@@ -46,10 +46,10 @@ def test_no_vocabulary_sized_tensor_is_saved_for_backward(gen):
 def test_bad_arguments():
     h, w, t = torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError, match="token_logprobs: impl must be one of"):
-        selected_token_logprobs(h, w, t, impl="liger")
+        token_logprobs(h, w, t, impl="liger")
     with pytest.raises(RuntimeError, match="token_logprobs: impl='triton' \\(triton is liger-kernel's\\) runs on cuda"):
-        selected_token_logprobs(h, w, t, impl="triton")
+        token_logprobs(h, w, t, impl="triton")
     with pytest.raises(ValueError, match="token_logprobs: impl='ext' is not a backend of this op"):
-        selected_token_logprobs(h, w, t, impl="ext")
+        token_logprobs(h, w, t, impl="ext")
     with pytest.raises(ValueError, match="chunk must be >= 1"):
-        selected_token_logprobs(h, w, t, chunk=0)
+        token_logprobs(h, w, t, chunk=0)
