@@ -83,6 +83,28 @@ def test_bad_arguments_are_named():
     assert sorted(MODEL_TYPE_TO_APPLY_ZRCORE_FN) == sorted(ARCHS)
 
 
+def test_an_exported_model_needs_no_other_argument(tmp_path):
+    """RewardModel.save_pretrained writes the bins and the score token ids into config.json: apply_zrcore on the
+    folder loaded with AutoModelForImageTextToText reads them; the patched forward equals RewardModel.score."""
+    from transformers import AutoModelForImageTextToText
+
+    from zrcore.bins import ScoreBins
+
+    rm = build_tiny_reward_model("qwen2_vl", "student", seed=0, bins=ScoreBins([1, 2, 3, 4, 5]))
+    rm.save_pretrained(tmp_path / "model")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
+    apply_zrcore(model)
+    prompts, images, inputs, _ = _batch(rm)
+    with torch.no_grad():
+        q = model(**inputs, score_positions=-1)
+        ref = rm.score(prompts, images, "realism")
+    assert q.log_probs.shape[-1] == 5
+    torch.testing.assert_close(q.mean, ref.mean, atol=1e-6, rtol=1e-6)
+    fresh = build_tiny_reward_model("qwen2_vl", "student", seed=0)  # never exported: no score head in its config
+    with pytest.raises(ValueError, match="score_token_ids is required.*zrcore_score_head"):
+        apply_zrcore(fresh.model)
+
+
 @pytest.mark.slow
 def test_transformers_trainer_learns_a_score_cross_entropy(tmp_path):
     """Two steps of transformers.Trainer with the patch and a compute_loss over q lower the loss on a fixed batch."""

@@ -3,6 +3,8 @@ score distribution there through the fused op:
 
     from zrcore.integrations.transformers import apply_zrcore
     apply_zrcore(model, bins=ScoreBins.half_points(), score_token_ids=ids)      # one instance
+    apply_zrcore(AutoModelForImageTextToText.from_pretrained("runs/gdso/model"))  # an export: bins and ids read
+                                                                                  # from its config
     q = model(**inputs, score_positions=-1)                                       # ScoreDistribution [B]
 
 q = softmax(W_S h_p / T) over the K score-token rows W_S of the LM head at position p of each row, with its mean
@@ -36,11 +38,21 @@ class ScoreHeadSpec:
     temperature: float = 1.0
 
 
-def _spec(bins: ScoreBins | None, score_token_ids, temperature: float) -> ScoreHeadSpec:
+CONFIG_KEY = "zrcore_score_head"  # what RewardModel.save_pretrained writes into the model's config.json
+
+
+def _spec(bins: ScoreBins | None, score_token_ids, temperature: float, config=None) -> ScoreHeadSpec:
+    """The score head from the arguments, else from ``config.zrcore_score_head`` (a model exported by zrcore)."""
+    saved = getattr(config, CONFIG_KEY, None) if config is not None else None
+    if score_token_ids is None and saved:
+        score_token_ids = saved["score_token_ids"]
+        bins = bins or ScoreBins(saved["bin_values"], saved.get("bin_labels"))
     bins = bins or ScoreBins.half_points()
     if score_token_ids is None:
         raise ValueError("score_token_ids is required: the tokenizer ids of the bin labels "
-                         "(zrcore.models.ScoreDecoder(tokenizer, bins).token_ids)")
+                         "(zrcore.models.ScoreDecoder(tokenizer, bins).token_ids), since the model's config has no "
+                         f"{CONFIG_KEY} (a model exported by zrcore has it); pass bins too unless they are the "
+                         "default half points 1, 1.5, ..., 5")
     ids = torch.as_tensor(score_token_ids, dtype=torch.long).flatten()
     if ids.numel() != len(bins):
         raise ValueError(f"score_token_ids has {ids.numel()} ids but bins has {len(bins)} bins")
@@ -88,7 +100,7 @@ def _apply(model_type: str, class_name: str, model=None, bins: ScoreBins | None 
     import transformers
 
     cls = getattr(transformers, class_name)
-    spec = _spec(bins, score_token_ids, temperature)
+    spec = _spec(bins, score_token_ids, temperature, getattr(model, "config", None))
     if model is None:  # the class: every instance
         if _ORIGINAL not in cls.__dict__:
             original = cls.forward
@@ -141,7 +153,8 @@ MODEL_TYPE_TO_APPLY_ZRCORE_FN = {
 
 
 def apply_zrcore(model, bins: ScoreBins | None = None, score_token_ids=None, temperature: float = 1.0):
-    """Patch one model instance by its ``config.model_type`` (see MODEL_TYPE_TO_APPLY_ZRCORE_FN)."""
+    """Patch one model instance by its ``config.model_type`` (see MODEL_TYPE_TO_APPLY_ZRCORE_FN). ``bins`` and
+    ``score_token_ids`` default to those a zrcore export wrote into the model's config (``zrcore_score_head``)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in MODEL_TYPE_TO_APPLY_ZRCORE_FN:
         raise ValueError(f"model_type {model_type!r} is not supported; supported: "

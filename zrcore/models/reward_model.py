@@ -203,6 +203,10 @@ class RewardModel(torch.nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        # in config.json too, so that apply_zrcore(model) needs no other argument on a model loaded by transformers
+        self.model.config.zrcore_score_head = {"bin_values": [float(v) for v in self.bins.values],
+                                               "bin_labels": list(self.bins.labels),
+                                               "score_token_ids": [int(i) for i in self.decoder.token_ids]}
         if state_dict is None:
             self.model.save_pretrained(path)
         else:  # transformers may empty the dict it is given: pass a copy

@@ -15,6 +15,7 @@ Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ class TrainLoop:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-        self.log = MetricsLog(self.out, enabled=self.main)
+        self.log = MetricsLog(self.out, enabled=self.main, report_to=cfg.report_to,
+                              config=dataclasses.asdict(cfg))
         self.step = 0
         self.results: dict = {}
         self.extra_tensors: dict = {}
@@ -197,6 +199,7 @@ class TrainLoop:
         if "final" not in self.results:
             self._evaluate_logged("final")
             self.save()
+        self.log.close()
         self.export()
         if self.main:
             self.report()

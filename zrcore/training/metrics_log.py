@@ -1,4 +1,5 @@
-"""Metrics log (JSONL), PNG plots of the curves, and the progress bar."""
+"""Metrics log (JSONL, and with ``report_to`` TensorBoard event files or an offline wandb run), PNG plots of the
+curves, and the progress bar."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ from tqdm import tqdm
 
 
 class MetricsLog:
-    """Appends one JSON object per line to output_dir/metrics.jsonl; on resume, lines past ``step`` are dropped."""
+    """Appends one JSON object per line to output_dir/metrics.jsonl; on resume, lines past ``step`` are dropped.
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True):
-        self.path = Path(output_dir) / "metrics.jsonl"
+    ``report_to``: "tensorboard" also writes each numeric value as a scalar (its key as the tag, at its row's step)
+    to event files in output_dir/tensorboard (a resumed run purges the events past its step); "wandb" logs the rows
+    to an offline wandb run in output_dir/wandb (``wandb sync`` uploads it later); "none" writes the JSONL only."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, report_to: str = "none", config: dict | None = None):
+        if report_to not in ("none", "tensorboard", "wandb"):
+            raise ValueError(f"report_to must be one of ['none', 'tensorboard', 'wandb'], got {report_to!r}")
+        self.dir = Path(output_dir)
+        self.path = self.dir / "metrics.jsonl"
         self.enabled = enabled
+        self.report_to = report_to
+        self.config = config or {}
+        self._writer = None
+        self._purge_step: int | None = None
 
     def truncate_after(self, step: int) -> None:
+        self._purge_step = step + 1
         if not self.enabled or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
@@ -30,6 +43,39 @@ class MetricsLog:
         clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
         with self.path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
+        if self.report_to != "none":
+            self._report(clean)
+
+    def _report(self, row: dict) -> None:
+        step = int(row.get("step", 0))
+        scalars = {k: float(v) for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.report_to == "tensorboard":
+            if self._writer is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as err:
+                    raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install "
+                                      "'zrcore[tensorboard]'") from err
+                self._writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self._purge_step)
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+        else:
+            if self._writer is None:
+                try:
+                    import wandb
+                except ImportError as err:
+                    raise ImportError("report_to='wandb' needs the wandb package: pip install 'zrcore[wandb]'") from err
+                self._writer = wandb.init(project="zrcore", name=self.dir.name, dir=str(self.dir), mode="offline",
+                                          config=self.config, resume="allow", id=f"zrcore-{self.dir.name}")
+            self._writer.log(scalars, step=step)
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer or ends the wandb run (the JSONL needs nothing)."""
+        if self._writer is not None:
+            (self._writer.close if self.report_to == "tensorboard" else self._writer.finish)()
+            self._writer = None
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
