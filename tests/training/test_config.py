@@ -93,6 +93,12 @@ def test_a_silent_kappa_override_is_refused():
     (["--loss_type", "ppo"], "loss_type must be one of"),
     (["--sampling.temperature", "0"], "sampling.temperature must be > 0"),
     (["--report_to", "mlflow"], "report_to must be one of"),
+    (["--distributed", "zero3"], "distributed must be one of"),
+    (["--dtype", "fp8"], "dtype must be one of"),
+    (["--sampling.rollout_batch_size", "0"], "sampling.rollout_batch_size must be >= 1"),
+    (["--device", "tpu"], "device: 'tpu'"),
+    (["--attn_implementation", "flash"], "attn_implementation must be one of"),
+    (["--dtype", "fp16", "--distributed", "fsdp"], "dtype='fp16' with distributed='fsdp'"),
 ])
 def test_bad_values_end_in_one_line_naming_the_field(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -406,14 +406,11 @@ def validate_kl_inputs(h_s, w_s, teacher, w_t, b_s, b_t, direction, temperature,
             )
         if b_t is not None:
             raise ValueError("teacher_bias needs teacher_weight (teacher given as hidden states)")
-    if b_s is not None:
-        _checks.tensor("student_bias", b_s, ndim=1, floating=True)
-        if b_s.shape[0] != v:
-            raise ValueError(f"student_bias must have {v} entries, got {b_s.shape[0]}")
-    if b_t is not None:
-        _checks.tensor("teacher_bias", b_t, ndim=1, floating=True)
-        if b_t.shape[0] != v:
-            raise ValueError(f"teacher_bias must have {v} entries, got {b_t.shape[0]}")
+    for name, bias in (("student_bias", b_s), ("teacher_bias", b_t)):
+        if bias is not None:
+            _checks.tensor(name, bias, ndim=1, floating=True)
+            if bias.shape[0] != v:
+                raise ValueError(f"{name} must have {v} entries, got {bias.shape[0]}")
     _checks.same_device(
         student_hidden=h_s, student_weight=w_s, teacher=teacher, teacher_weight=w_t, student_bias=b_s,
         teacher_bias=b_t, token_ids=token_ids,
