@@ -31,7 +31,7 @@ from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.vision_warmup import stack_images, warm_up_vision
 
 # what the cache key leaves out: bookkeeping that does not change the weights
-NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "eval_every", "device", "distributed",
+NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "report_to", "eval_every", "device", "distributed",
               "fsdp_cpu_offload", "attn_implementation")
 
 
