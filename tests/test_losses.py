@@ -206,6 +206,33 @@ def test_gdso_loss_total_is_sum_of_parts(gen):
         losses.gdso_loss(logps, None, cmask, mean, lp, scores, score_range=4.0)
 
 
+def test_gdso_loss_launches_pairwise_gap_once_and_weighs_terms_by_share(gen, monkeypatch):
+    """One pairwise_gap per loss (its rewards feed eq. 13, its loss the pairwise term); with ``share`` each term is
+    scaled by share(its units) and the total is the sum of the scaled terms."""
+    p, m, g, t, k = 2, 3, 4, 5, 9
+    lp = torch.log_softmax(torch.randn(p, m, g, k, generator=gen, dtype=D), -1).requires_grad_()
+    mean = (lp.exp() * torch.arange(1.0, 5.01, 0.5, dtype=D)).sum(-1)
+    scores = torch.tensor([[4.0, 2.5, 3.0], [3.0, 3.0, 3.0]], dtype=D)  # the second prompt has no pair
+    target = ((scores - 1) / 0.5).round().long()
+    logps = (-torch.rand(p * m * g, t, generator=gen, dtype=D)).requires_grad_()
+    cmask = torch.rand(p * m * g, t, generator=gen) > 0.2
+    calls, real = [], losses.pairwise_gap
+    monkeypatch.setattr(losses, "pairwise_gap", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    plain = losses.gdso_loss(logps, None, cmask, mean, lp, scores, score_range=4.0, target=target, alpha_pt=0.3,
+                             alpha_pw=0.6)
+    assert len(calls) == 1
+    units = []
+    share = lambda n: units.append(n) or 0.5 * n  # noqa: E731
+    out = losses.gdso_loss(logps, None, cmask, mean, lp, scores, score_range=4.0, target=target, alpha_pt=0.3,
+                           alpha_pw=0.6, share=share)
+    assert units == [p * m * g, p * m * g, 1]  # rollouts, samples, prompts with a pair
+    torch.testing.assert_close(out.terms["policy"], 0.5 * p * m * g * plain.policy)
+    torch.testing.assert_close(out.terms["ce"], 0.3 * 0.5 * p * m * g * plain.ce)
+    torch.testing.assert_close(out.terms["pairwise"], 0.6 * 0.5 * plain.pairwise)
+    torch.testing.assert_close(out.total, sum(out.terms.values()))
+    torch.testing.assert_close(plain.total, plain.policy + 0.3 * plain.ce + 0.6 * plain.pairwise)
+
+
 def test_risd_loss_eq15(gen):
     s = torch.log_softmax(torch.randn(7, 9, generator=gen, dtype=D), -1).requires_grad_()
     t = torch.softmax(torch.randn(7, 9, generator=gen, dtype=D), -1)
