@@ -1,4 +1,4 @@
-"""RISD: a student distilled from a GDSO teacher, KL(q_T || q_S), q_T averaged over teacher_samples reasonings.
+"""RISD: a student distilled from a GDSO teacher, KL(q_T || q_S), q_T averaged over --sampling.num_samples of the teacher's reasonings.
 
     python recipes/train_risd.py --teacher runs/gdso/model --output_dir runs/risd
 """

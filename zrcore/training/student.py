@@ -61,7 +61,7 @@ class RISDTrainer(_StudentTrainer):
 
     @torch.no_grad()
     def teacher_probs(self, groups: list, first: int, step: int) -> torch.Tensor:
-        """q_T averaged over teacher_samples sampled reasonings (Monte-Carlo reasoning-marginal), [records, K]."""
+        """q_T averaged over sampling.num_samples sampled reasonings (Monte-Carlo reasoning-marginal), [records, K]."""
         c = self.cfg
         with self.rt.autocast():
             j = judge_groups(self.frozen["teacher"], groups, first, step, c.seed, c.sampling)
