@@ -38,13 +38,13 @@ def optimizer_tensors(opt):
 
 def measure(distributed: str, arch: str, preset: str) -> dict:
     from zrcore.models import build_tiny_reward_model
-    from zrcore.training.config import GDSOConfig, RISDConfig, parse_config
-    from zrcore.training.gdso import GDSOTrainer
+    from zrcore.training.config import GDSOTeacherConfig, RISDConfig, parse_config
+    from zrcore.training.gdso import GDSOTeacherTrainer
     from zrcore.training.student import RISDTrainer
 
     common = ARGS + ["--distributed", distributed, "--arch", arch, "--preset", preset]
     with tempfile.TemporaryDirectory() as tmp:
-        gdso = GDSOTrainer(parse_config(GDSOConfig, common + GDSO_ARGS + ["--output_dir", f"{tmp}/gdso"]))
+        gdso = GDSOTeacherTrainer(parse_config(GDSOTeacherConfig, common + GDSO_ARGS + ["--output_dir", f"{tmp}/gdso"]))
         gdso.train_step(0)
         rt = gdso.rt
         teacher = Path(rt.broadcast(tmp)) / "teacher"  # rank 0's folder, read by every rank

@@ -55,16 +55,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", choices=["tiny", "3b"], default="tiny")
     parser.add_argument("--out", default="")
     args, rest = parser.parse_known_args(argv)
-    from zrcore.training.config import GDSOConfig, parse_config
-    from zrcore.training.gdso import GDSOTrainer
+    from zrcore.training.config import GDSOTeacherConfig, parse_config
+    from zrcore.training.gdso import GDSOTeacherTrainer
 
     extra = (["--image_size", "448", "--sampling.max_reasoning_tokens", "64", "--batch_size", "1", "--candidates", "2"]
              if args.size == "3b" else [])
-    cfg = parse_config(GDSOConfig, TINY_RUN + extra + rest + ["--output_dir", "/tmp/zrcore-train-gpu"])
+    cfg = parse_config(GDSOTeacherConfig, TINY_RUN + extra + rest + ["--output_dir", "/tmp/zrcore-train-gpu"])
     from zrcore.training.distributed import resolve_device
 
     model = qwen2_5_vl_3b(resolve_device(cfg.device)) if args.size == "3b" else None
-    trainer = GDSOTrainer(cfg, model=model)
+    trainer = GDSOTeacherTrainer(cfg, model=model)
     if trainer.rt.device.type == "cuda" and trainer.main:
         print(f"allocated after building the trainer: {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
     rm = trainer.rm

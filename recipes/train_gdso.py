@@ -6,8 +6,8 @@
     torchrun --nproc_per_node 2 recipes/train_gdso.py --distributed fsdp     # sharded over 2 processes
 """
 
-from zrcore.training.config import GDSOConfig, run_recipe
-from zrcore.training.gdso import GDSOTrainer
+from zrcore.training.config import GDSOTeacherConfig, run_recipe
+from zrcore.training.gdso import GDSOTeacherTrainer
 
 if __name__ == "__main__":
-    run_recipe(GDSOConfig, GDSOTrainer, __doc__)
+    run_recipe(GDSOTeacherConfig, GDSOTeacherTrainer, __doc__)

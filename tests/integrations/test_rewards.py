@@ -92,7 +92,7 @@ def test_trl_reward_function_equals_score(rm):
 def test_gdso_trainer_import_names_the_extra_without_trl():
     code = ("import sys; sys.modules['trl'] = None\n"
             "from zrcore.integrations import trl as z\n"
-            "try:\n    z.GDSOGRPOTrainer\nexcept ImportError as e:\n    print(e)\n")
+            "try:\n    z.GDSOTrainer\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'zrcore[trl]'" in out
 

@@ -1,4 +1,4 @@
-"""GDSOGRPOTrainer on TRL's GRPO loop with the tiny Qwen2-VL judge: two steps run on CPU, its loss on a fixed batch of
+"""GDSOTrainer on TRL's GRPO loop with the tiny Qwen2-VL judge: two steps run on CPU, its loss on a fixed batch of
 rollouts equals zrcore.losses.gdso_loss, and without the distribution terms it is TRL's GRPO loss."""
 
 import pytest
@@ -11,7 +11,7 @@ from trl import GRPOTrainer  # noqa: E402
 
 from zrcore import losses  # noqa: E402
 from zrcore.data import SyntheticRubric  # noqa: E402
-from zrcore.integrations.trl import GDSOGRPOConfig, GDSOGRPOTrainer  # noqa: E402
+from zrcore.integrations.trl import GDSOConfig, GDSOTrainer  # noqa: E402
 from zrcore.models import build_tiny_reward_model  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def _trainer(tmp_path, **overrides):
               max_completion_length=4, max_steps=2, learning_rate=1e-3, use_cpu=True, report_to=[], logging_steps=1,
               loss_type="grpo", save_strategy="no", disable_tqdm=True, bf16=False, beta=0.0)
     rm = build_tiny_reward_model("qwen2_vl", "teacher", seed=0)
-    return GDSOGRPOTrainer(rm, args=GDSOGRPOConfig(**(kw | overrides)), train_dataset=_dataset()), rm
+    return GDSOTrainer(rm, args=GDSOConfig(**(kw | overrides)), train_dataset=_dataset()), rm
 
 
 @pytest.mark.slow
@@ -84,13 +84,13 @@ def test_without_distribution_terms_it_is_grpo(tmp_path):
 
 def test_config_and_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="must be a multiple of num_candidates \\* num_generations"):
-        GDSOGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=2, num_candidates=2,
+        GDSOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=2, num_candidates=2,
                    use_cpu=True)
     rm = build_tiny_reward_model("qwen2_vl", "teacher", seed=0)
-    args = GDSOGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, use_cpu=True,
+    args = GDSOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, use_cpu=True,
                       report_to=[])
     with pytest.raises(ValueError, match=r"train_dataset lacks the columns \['image'\]"):
-        GDSOGRPOTrainer(rm, args=args, train_dataset=_dataset().remove_columns("image"))
+        GDSOTrainer(rm, args=args, train_dataset=_dataset().remove_columns("image"))
 
 
 def test_sampler_keeps_the_candidates_of_a_prompt_together():

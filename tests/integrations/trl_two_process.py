@@ -6,17 +6,17 @@ import sys
 from datasets import Dataset
 
 from zrcore.data import SyntheticRubric
-from zrcore.integrations.trl import GDSOGRPOConfig, GDSOGRPOTrainer
+from zrcore.integrations.trl import GDSOConfig, GDSOTrainer
 from zrcore.models import build_tiny_reward_model
 
 rm = build_tiny_reward_model("qwen2_vl", "teacher", seed=0)
 recs = SyntheticRubric(seed=0, image_size=56).records(4, 2, ("realism",))
 ds = Dataset.from_dict({"prompt": [r.prompt for r in recs], "image": [r.image for r in recs], "score": [r.score for r in recs],
                         "dimension": [r.dimension for r in recs], "prompt_id": [r.prompt_id for r in recs]})
-args = GDSOGRPOConfig(output_dir=sys.argv[1], per_device_train_batch_size=4, num_generations=2, num_candidates=2,
+args = GDSOConfig(output_dir=sys.argv[1], per_device_train_batch_size=4, num_generations=2, num_candidates=2,
                   max_completion_length=4, max_steps=2, learning_rate=1e-3, use_cpu=True, report_to=[], logging_steps=1,
                   loss_type="grpo", save_strategy="no", disable_tqdm=True, bf16=False)
-tr = GDSOGRPOTrainer(rm, args=args, train_dataset=ds)
+tr = GDSOTrainer(rm, args=args, train_dataset=ds)
 seen = []
 orig = tr._generate_and_score_completions
 def spy(inputs):

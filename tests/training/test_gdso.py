@@ -8,12 +8,12 @@ import torch
 from tests.training.runs import GDSO_TINY
 from zrcore import losses
 from zrcore.training import gdso as gdso_module
-from zrcore.training.config import GDSOConfig, parse_config
-from zrcore.training.gdso import GDSOTrainer
+from zrcore.training.config import GDSOTeacherConfig, parse_config
+from zrcore.training.gdso import GDSOTeacherTrainer
 
 
-def _trainer(tmp_path, *extra: str) -> GDSOTrainer:
-    return GDSOTrainer(parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path), *extra]))
+def _trainer(tmp_path, *extra: str) -> GDSOTeacherTrainer:
+    return GDSOTeacherTrainer(parse_config(GDSOTeacherConfig, GDSO_TINY + ["--output_dir", str(tmp_path), *extra]))
 
 
 def _state(module) -> dict:
@@ -115,7 +115,7 @@ def test_the_default_cap_is_the_longest_description(tmp_path):
 
     at = GDSO_TINY.index("--sampling.max_reasoning_tokens")
     args = GDSO_TINY[:at] + GDSO_TINY[at + 2:]
-    trainer = GDSOTrainer(parse_config(GDSOConfig, args + ["--output_dir", str(tmp_path)]))
+    trainer = GDSOTeacherTrainer(parse_config(GDSOTeacherConfig, args + ["--output_dir", str(tmp_path)]))
     assert trainer.cfg.sampling.max_reasoning_tokens == description_token_limit(trainer.rm.tokenizer)
     assert trainer.rm.sampling["max_reasoning_tokens"] == trainer.cfg.sampling.max_reasoning_tokens
     assert copy.deepcopy(trainer.cfg).beta > 0  # Algorithm 1's KL anchor is on by default

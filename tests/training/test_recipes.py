@@ -10,23 +10,23 @@ import torch
 from tests.training.runs import GDSO_TINY, ROOT, TINY
 from tests.training.runs import logged as _losses
 from zrcore import metrics
-from zrcore.training.config import GDSOConfig, OPDConfig, RISDConfig, SFTConfig, parse_config
-from zrcore.training.gdso import GDSOTrainer
+from zrcore.training.config import GDSOTeacherConfig, OPDConfig, RISDConfig, SFTConfig, parse_config
+from zrcore.training.gdso import GDSOTeacherTrainer
 from zrcore.training.student import OPDTrainer, RISDTrainer, SFTTrainer
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    full = parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "full")])
-    res_full = GDSOTrainer(full).fit()
+    full = parse_config(GDSOTeacherConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "full")])
+    res_full = GDSOTeacherTrainer(full).fit()
     report = (tmp_path / "full" / "results.md").read_text()  # sampled traces of both evaluations
     assert "reasoning of the zero-shot model" in report and "reasoning of the trained model" in report
-    cut = parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])
+    cut = parse_config(GDSOTeacherConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])
     monkeypatch.setenv("ZRCORE_STOP_AFTER_STEP", "2")
     with pytest.raises(SystemExit, match="stopped after step 2"):
-        GDSOTrainer(cut).fit()
+        GDSOTeacherTrainer(cut).fit()
     monkeypatch.delenv("ZRCORE_STOP_AFTER_STEP")
-    res_cut = GDSOTrainer(parse_config(GDSOConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])).fit()
+    res_cut = GDSOTeacherTrainer(parse_config(GDSOTeacherConfig, GDSO_TINY + ["--output_dir", str(tmp_path / "cut")])).fit()
     assert _losses(tmp_path / "full", "loss/total") == _losses(tmp_path / "cut", "loss/total")
     assert res_full["final"]["all"] == res_cut["final"]["all"]
 
@@ -34,7 +34,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_students_and_evaluate_reproduce_logged_numbers(tmp_path):
     teacher_out = tmp_path / "teacher"
-    GDSOTrainer(parse_config(GDSOConfig, GDSO_TINY + ["--steps", "2", "--output_dir", str(teacher_out)])).fit()
+    GDSOTeacherTrainer(parse_config(GDSOTeacherConfig, GDSO_TINY + ["--steps", "2", "--output_dir", str(teacher_out)])).fit()
     sft = SFTTrainer(parse_config(SFTConfig, TINY + ["--steps", "3", "--output_dir", str(tmp_path / "sft")])).fit()
     risd = RISDTrainer(parse_config(RISDConfig, TINY + ["--steps", "2", "--teacher", str(teacher_out / "model"),
                                                          "--output_dir", str(tmp_path / "risd")])).fit()

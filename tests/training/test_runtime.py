@@ -12,7 +12,7 @@ import torch
 from tests.training.runs import TINY, logged
 from zrcore import losses
 from zrcore.training.checkpoint import complete_checkpoint
-from zrcore.training.config import GDSOConfig, GeneratorConfig, SFTConfig, TrainConfig, parse_config, run_recipe
+from zrcore.training.config import GDSOTeacherConfig, GeneratorConfig, SFTConfig, TrainConfig, parse_config, run_recipe
 from zrcore.training.distributed import Runtime, padded_shard, shard
 from zrcore.training.student import SFTTrainer
 
@@ -39,7 +39,7 @@ def test_several_processes_need_a_mode(monkeypatch):
 
 def test_recipe_prints_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_recipe(GDSOConfig, object, argv=["--dtype", "int4"])
+        run_recipe(GDSOTeacherConfig, object, argv=["--dtype", "int4"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: dtype must be one of ['fp32', 'bf16', 'fp16'], got 'int4'"
 

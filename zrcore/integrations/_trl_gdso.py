@@ -1,5 +1,5 @@
-"""GDSO (paper eq. 13-14, Algorithm 1) on TRL's GRPO loop: ``GDSOGRPOConfig(GRPOConfig)`` and
-``GDSOGRPOTrainer(GRPOTrainer)``. Imported through ``zrcore.integrations.trl``, which checks that TRL is installed.
+"""GDSO (paper eq. 13-14, Algorithm 1) on TRL's GRPO loop: ``GDSOConfig(GRPOConfig)`` and
+``GDSOTrainer(GRPOTrainer)``. Imported through ``zrcore.integrations.trl``, which checks that TRL is installed.
 
 Data: one row per candidate image, with the columns ``prompt`` (the text-to-image prompt), ``image``, ``score``
 (human score on the rubric scale), ``dimension`` (rubric key) and ``prompt_id`` (candidates of one prompt share it).
@@ -32,7 +32,7 @@ REQUIRED_COLUMNS = ("prompt", "image", "score", "dimension", "prompt_id")
 
 
 @dataclass
-class GDSOGRPOConfig(GRPOConfig):
+class GDSOConfig(GRPOConfig):
     """GRPOConfig plus GDSO's weights. ``num_generations`` is G (samples per candidate); ``per_device_train_batch_size``
     counts completions and must be a multiple of num_candidates * num_generations."""
 
@@ -87,17 +87,17 @@ class PromptGroupSampler(Sampler):
 
 
 def _gdso_reward_placeholder(prompts, completions, **kwargs):
-    """Never called: GDSOGRPOTrainer computes the distribution reward itself."""
-    raise RuntimeError("GDSOGRPOTrainer computes its rewards from the score distributions")
+    """Never called: GDSOTrainer computes the distribution reward itself."""
+    raise RuntimeError("GDSOTrainer computes its rewards from the score distributions")
 
 
-class GDSOGRPOTrainer(GRPOTrainer):
-    """``GDSOGRPOTrainer(reward_model, args=GDSOGRPOConfig(...), train_dataset=...)``: see the module docstring.
+class GDSOTrainer(GRPOTrainer):
+    """``GDSOTrainer(reward_model, args=GDSOConfig(...), train_dataset=...)``: see the module docstring.
     ``reward_model`` is a ``zrcore.models.RewardModel`` (the judge being trained)."""
 
-    def __init__(self, reward_model, args: GDSOGRPOConfig, train_dataset, **kwargs):
-        if not isinstance(args, GDSOGRPOConfig):
-            raise TypeError(f"args must be a GDSOGRPOConfig, got {type(args).__name__}")
+    def __init__(self, reward_model, args: GDSOConfig, train_dataset, **kwargs):
+        if not isinstance(args, GDSOConfig):
+            raise TypeError(f"args must be a GDSOConfig, got {type(args).__name__}")
         missing = [c for c in REQUIRED_COLUMNS if c not in train_dataset.column_names]
         if missing:
             raise ValueError(f"train_dataset lacks the columns {missing} (needs {list(REQUIRED_COLUMNS)})")
@@ -202,7 +202,7 @@ class GDSOGRPOTrainer(GRPOTrainer):
     # ---- loss ----------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
-            raise ValueError("GDSOGRPOTrainer does not return outputs")
+            raise ValueError("GDSOTrainer does not return outputs")
         policy = self._compute_loss(model, inputs)  # TRL's GRPO loss, already scaled for accumulation
         a = self.args
         if a.alpha_pt == 0 and a.alpha_pw == 0:

@@ -6,9 +6,9 @@ returns the expectation E_q[s] = sum_k s_k q_k averaged over the dimensions ("me
 sigma_d) ("pessimistic"). The text is the completion (e.g. a caption or a prompt written by the policy; default) or
 the prompt; the image comes from the dataset column ``image`` (or the first of ``images``). It needs no TRL itself.
 
-``GDSOGRPOConfig`` / ``GDSOGRPOTrainer`` (GDSO on TRL's GRPO loop; named apart from zrcore's own
-``zrcore.training.GDSOConfig`` / ``GDSOTrainer``) import TRL when first used and raise an ImportError naming the extra
-when it is missing. The old names ``GDSOConfig`` / ``GDSOTrainer`` still work for one release, with a warning.
+``GDSOConfig`` / ``GDSOTrainer`` (GDSO on TRL's GRPO loop; zrcore's own recipe classes are named apart:
+``zrcore.training.config.GDSOTeacherConfig`` / ``zrcore.training.gdso.GDSOTeacherTrainer``) import TRL when first
+used and raise an ImportError naming the extra when it is missing.
 """
 
 from __future__ import annotations
@@ -80,17 +80,8 @@ class ZRewardFunction:
         return out
 
 
-RENAMED = {"GDSOConfig": "GDSOGRPOConfig", "GDSOTrainer": "GDSOGRPOTrainer"}
-
-
 def __getattr__(name: str):
-    if name in RENAMED:
-        import warnings
-
-        warnings.warn(f"zrcore.integrations.trl.{name} is renamed {RENAMED[name]}; the old name will be removed in "
-                      "the next release", FutureWarning, stacklevel=2)
-        name = RENAMED[name]
-    if name in ("GDSOGRPOConfig", "GDSOGRPOTrainer"):
+    if name in ("GDSOConfig", "GDSOTrainer"):
         try:
             import trl  # noqa: F401
         except ImportError as err:

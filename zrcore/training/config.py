@@ -196,7 +196,7 @@ class SFTConfig(TrainConfig):
 
 
 @dataclass
-class GDSOConfig(TrainConfig):
+class GDSOTeacherConfig(TrainConfig):
     """Reasoning teacher (Algorithm 1). GRPO baseline: lambda_pw = alpha_pt = alpha_pw = 0."""
 
     RENAMED: ClassVar[dict[str, str]] = TrainConfig.RENAMED | {
@@ -250,7 +250,7 @@ class RISDConfig(TrainConfig):
 class OPDConfig(TrainConfig):
     """On-policy distillation baseline: the student samples reasoning + score; A_t = log pi_T - log pi_S_old."""
 
-    RENAMED: ClassVar[dict[str, str]] = GDSOConfig.RENAMED
+    RENAMED: ClassVar[dict[str, str]] = GDSOTeacherConfig.RENAMED
 
     output_dir: str = arg("runs/opd", "folder of the run")
     teacher: str = arg("", "teacher checkpoint folder (required)")
@@ -449,3 +449,13 @@ def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] |
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return trainer.fit()
+
+
+def __getattr__(name: str):
+    """``GDSOConfig``, the old name of ``GDSOTeacherConfig`` (renamed apart from TRL's ``zrcore.integrations.trl.
+    GDSOConfig``), for one release, with a warning."""
+    if name == "GDSOConfig":
+        warnings.warn("zrcore.training.config.GDSOConfig is renamed GDSOTeacherConfig; the old name will be removed in "
+                      "the next release", FutureWarning, stacklevel=2)
+        return GDSOTeacherConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ from zrcore.seeding import step_seed
 from zrcore.training.trainer import Trainer
 
 
-class GDSOTrainer(Trainer):
+class GDSOTeacherTrainer(Trainer):
     eval_mode = "teacher"
 
     def __init__(self, cfg, model=None, data=None):
@@ -97,3 +97,15 @@ def term_gradient_norms(terms: dict[str, torch.Tensor], params: list) -> dict[st
         squares = [(gr.float() ** 2).sum() for gr in grads if gr is not None]
         out[f"grad_norm/{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
     return out
+
+
+def __getattr__(name: str):
+    """``GDSOTrainer``, the old name of ``GDSOTeacherTrainer`` (renamed apart from TRL's ``zrcore.integrations.trl.
+    GDSOTrainer``), for one release, with a warning."""
+    if name == "GDSOTrainer":
+        import warnings
+
+        warnings.warn("zrcore.training.gdso.GDSOTrainer is renamed GDSOTeacherTrainer; the old name will be removed in "
+                      "the next release", FutureWarning, stacklevel=2)
+        return GDSOTeacherTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
