@@ -9,13 +9,13 @@ import argparse
 import dataclasses
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import yaml
 
+from zrcore._renamed import module_getattr, warn_renamed
 from zrcore.diffusion.reward import AGGREGATIONS
 from zrcore.diffusion.tiny import GENERATOR_ARCHS
 from zrcore.losses import ADVANTAGE_SCALES, LOSS_TYPES
@@ -363,8 +363,7 @@ def _default(cls, name: str):
 
 def _renamed(cls, name: str, where: str) -> str:
     new = cls.RENAMED[name]
-    warnings.warn(f"{where}{name} is renamed {where}{new}; the old name will be removed in the next release",
-                  FutureWarning, stacklevel=3)
+    warn_renamed(f"{where}{name}", f"{where}{new}", stacklevel=4)
     return new
 
 
@@ -451,11 +450,4 @@ def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] |
     return trainer.fit()
 
 
-def __getattr__(name: str):
-    """``GDSOConfig``, the old name of ``GDSOTeacherConfig`` (renamed apart from TRL's ``zrcore.integrations.trl.
-    GDSOConfig``), for one release, with a warning."""
-    if name == "GDSOConfig":
-        warnings.warn("zrcore.training.config.GDSOConfig is renamed GDSOTeacherConfig; the old name will be removed in "
-                      "the next release", FutureWarning, stacklevel=2)
-        return GDSOTeacherConfig
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = module_getattr(__name__, {"GDSOConfig": "GDSOTeacherConfig"}, globals())  # renamed apart from TRL's

@@ -14,6 +14,7 @@ import copy
 import torch
 
 from zrcore import losses
+from zrcore._renamed import module_getattr
 from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
 from zrcore.seeding import step_seed
 from zrcore.training.trainer import Trainer
@@ -99,13 +100,4 @@ def term_gradient_norms(terms: dict[str, torch.Tensor], params: list) -> dict[st
     return out
 
 
-def __getattr__(name: str):
-    """``GDSOTrainer``, the old name of ``GDSOTeacherTrainer`` (renamed apart from TRL's ``zrcore.integrations.trl.
-    GDSOTrainer``), for one release, with a warning."""
-    if name == "GDSOTrainer":
-        import warnings
-
-        warnings.warn("zrcore.training.gdso.GDSOTrainer is renamed GDSOTeacherTrainer; the old name will be removed in "
-                      "the next release", FutureWarning, stacklevel=2)
-        return GDSOTeacherTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = module_getattr(__name__, {"GDSOTrainer": "GDSOTeacherTrainer"}, globals())  # renamed apart from TRL's
