@@ -1,8 +1,10 @@
 """Run by test_trl_gdso.py under torchrun: two GDSO steps on 2 processes; each rank writes the prompt ids it sampled."""
 
 import json
+import os
 import sys
 
+import torch.distributed
 from datasets import Dataset
 
 from zrcore.data import SyntheticRubric
@@ -27,3 +29,11 @@ tr.train()
 out = {"seen": seen, "losses": [h.get("loss") for h in tr.state.log_history if "loss" in h]}
 with open(f"{sys.argv[1]}/rank{tr.accelerator.process_index}.json", "w") as fh:  # one file per rank: no interleaving
     json.dump(out, fh)
+# Leave without interpreter finalization. Torch's gloo worker threads can still hold the last collective's tensors when
+# the script ends (DDP keeps the process group alive past destroy_process_group), and freeing them during finalization
+# aborts the process ("terminate called without an active exception") after everything above has run and been written.
+tr.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
