@@ -222,10 +222,10 @@ def test_gdso_loss_launches_pairwise_gap_once_and_weighs_terms_by_share(gen, mon
                              alpha_pw=0.6)
     assert len(calls) == 1
     units = []
-    share = lambda n: units.append(n) or 0.5 * n  # noqa: E731
+    share = lambda n, term: units.append((term, n)) or 0.5 * n  # noqa: E731
     out = losses.gdso_loss(logps, None, cmask, mean, lp, scores, score_range=4.0, target=target, alpha_pt=0.3,
                            alpha_pw=0.6, share=share)
-    assert units == [p * m * g, p * m * g, 1]  # rollouts, samples, prompts with a pair
+    assert units == [("policy", p * m * g), ("ce", p * m * g), ("pairwise", 1)]  # rollouts, samples, prompts w. pair
     torch.testing.assert_close(out.terms["policy"], 0.5 * p * m * g * plain.policy)
     torch.testing.assert_close(out.terms["ce"], 0.3 * 0.5 * p * m * g * plain.ce)
     torch.testing.assert_close(out.terms["pairwise"], 0.6 * 0.5 * plain.pairwise)

@@ -242,7 +242,7 @@ def gdso_loss(
     adv_scale: str = "group",
     include_ties: bool = False,
     max_completion_length: int | None = None,
-    share: Callable[[float], float] | None = None,
+    share: Callable[[float, str], float] | None = None,
 ) -> GDSOLoss:
     """Eq. 14: L_GDSO = L_GRPO + alpha_pt L_ce + alpha_pw L_pw for one batch of rollouts.
 
@@ -253,10 +253,11 @@ def gdso_loss(
     "reward from text" ablation) and ``mean`` otherwise; advantages are eq. 3 per (prompt, candidate).
     GRPO baseline: lambda_pw = alpha_pt = alpha_pw = 0.
 
-    ``share`` (a batch split over processes): each term is multiplied by ``share(units)`` of its units on this
-    process, so that the average of the processes' gradients is the global batch's gradient. The units: rollouts
-    for the policy term (completion tokens for bnpo / dapo), samples for the CE term, prompts with a pair for the
-    pairwise term. ``pairwise_gap`` runs once: its rewards feed eq. 13 and its loss the pairwise term.
+    ``share`` (a batch split over processes or micro-batches): each term is multiplied by ``share(units, term)``
+    of its units in this part of the batch (``term``: "policy", "ce" or "pairwise"), so that the sum or average of
+    the parts' gradients is the whole batch's gradient. The units: rollouts for the policy term (completion tokens
+    for bnpo / dapo), samples for the CE term, prompts with a pair for the pairwise term. ``pairwise_gap`` runs
+    once: its rewards feed eq. 13 and its loss the pairwise term.
     """
     _checks.tensor("mean", mean, ndim=3, floating=True)
     p, m, g = mean.shape
@@ -294,9 +295,9 @@ def gdso_loss(
         w_policy = w_ce = w_pw = 1.0
     else:
         policy_units = int(comp_mask.sum()) if loss_type in ("bnpo", "dapo") else p * m * g
-        w_policy = share(policy_units)
-        w_ce = share(p * m * g if sample_mask is None else int(sample_mask.sum()))
-        w_pw = share(int(pw_out.has_pair.any(-1).sum())) if pw_out is not None else 1.0
+        w_policy = share(policy_units, "policy")
+        w_ce = share(p * m * g if sample_mask is None else int(sample_mask.sum()), "ce")
+        w_pw = share(int(pw_out.has_pair.any(-1).sum()), "pairwise") if pw_out is not None else 1.0
     terms = {"policy": w_policy * policy, "ce": alpha_pt * w_ce * ce, "pairwise": alpha_pw * w_pw * pw}
     total = terms["policy"] + terms["ce"] + terms["pairwise"]
     with torch.no_grad():

@@ -53,3 +53,38 @@ def test_bad_arguments():
         token_logprobs(h, w, t, impl="ext")
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         token_logprobs(h, w, t, chunk=0)
+
+
+def _liger_devices() -> list:
+    import os
+
+    devices = ["cuda"] if torch.cuda.is_available() else []
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        devices.append("cpu")
+    return devices or [pytest.param("cpu", marks=pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1"))]
+
+
+@pytest.mark.parametrize("device", _liger_devices())
+def test_liger_gradient_under_a_non_uniform_upstream_gradient(gen, device):
+    """liger-kernel's fused linear cross-entropy (the CUDA path of token_logprobs) with reduction 'none': each
+    token's gradient scaled by its own upstream gradient, hidden and weight, against float64 (releases before 0.8.5
+    scaled every token by grad_output[0]; pyproject's floor). On CPU tensors liger's kernels run under the Triton
+    interpreter, called directly since zrcore's resolver keeps impl='triton' to CUDA."""
+    pytest.importorskip("liger_kernel")
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    n, hdim, v = 7, 16, 50
+    h = torch.randn(n, hdim, generator=gen).to(device).requires_grad_()
+    w = (torch.randn(v, hdim, generator=gen) / 3).to(device).requires_grad_()
+    t = torch.randint(0, v, (n,), generator=gen).to(device)
+    g = (torch.rand(n, generator=gen, dtype=torch.float64) * 4 - 2).to(device)  # signs and sizes differ per token
+    if device == "cuda":
+        out = token_logprobs(h, w, t, impl="triton")
+    else:
+        out = -LigerFusedLinearCrossEntropyLoss(reduction="none")(w, h, t)
+    got = torch.autograd.grad((out.double() * g).sum(), [h, w])
+    ref = _reference(h, w, None, t, 1.0)
+    want = torch.autograd.grad((ref * g).sum(), [h, w])
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e.double(), atol=1e-5, rtol=1e-4)

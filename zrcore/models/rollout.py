@@ -120,6 +120,20 @@ class Rollouts(NamedTuple):
     behaviour_logprobs: torch.Tensor  # [B, L] log-probs the sampler drew the completion with
     score_position: int = -1  # where q is read: the last position, or -2 after an appended score token
 
+    def rows(self, start: int, stop: int) -> Rollouts:
+        """Rows start..stop-1 of the batch (e.g. a micro-batch of whole prompt groups), their images with them."""
+        keep = list(range(start, stop))
+        k = self.distribution.log_probs.shape[-1]
+        d = self.distribution
+        return self._replace(sequences=self.sequences[start:stop], attention_mask=self.attention_mask[start:stop],
+                             completion_mask=self.completion_mask[start:stop],
+                             image_inputs=_image_rows(self.image_inputs, keep),
+                             distribution=ScoreDistribution(d.log_probs.reshape(-1, k)[start:stop],
+                                                            d.mean.reshape(-1)[start:stop],
+                                                            d.var.reshape(-1)[start:stop]),
+                             lengths=self.lengths[start:stop], truncated=self.truncated[start:stop],
+                             behaviour_logprobs=self.behaviour_logprobs[start:stop])
+
     def with_score_tokens(self, score_ids: torch.Tensor) -> Rollouts:
         """The batch with one sampled score token per row ([B] ids) appended after the scoring suffix: it joins the
         completion (the policy emits it and is trained on it, as a parsed-score policy is) and q stays read at the

@@ -19,6 +19,7 @@ from zrcore._renamed import module_getattr, warn_renamed
 from zrcore.diffusion.reward import AGGREGATIONS
 from zrcore.diffusion.tiny import GENERATOR_ARCHS
 from zrcore.losses import ADVANTAGE_SCALES, LOSS_TYPES
+from zrcore.training.optim import MASTER_DTYPES, OPTIMIZERS
 
 
 def arg(default=dataclasses.MISSING, help: str = "", *, factory=None):  # noqa: A002
@@ -92,6 +93,13 @@ class RunConfig:
     distributed: str = arg("none", "none | ddp | fsdp (FSDP2 fully_shard); ddp and fsdp need torchrun")
     fsdp_cpu_offload: bool = arg(False, "fsdp: parameters, gradients and optimizer state kept on the CPU")
     gradient_checkpointing: bool = arg(False, "the model's own activation checkpointing")
+    master_dtype: str = arg("fp32", "fp32 | bf16: the trained weights and their gradients (bf16 needs torchao: "
+                                    "its AdamW with bf16 stochastic rounding)")
+    optimizer: str = arg("adamw", "adamw (torch, foreach) | adamw_fused (torch, fused: no full-size temporary) | "
+                                  "adamw_8bit (torchao AdamW8bit: 8-bit states)")
+    ref_dtype: str = arg("auto", "frozen models (GDSO's reference, RISD / OPD's teacher): auto (the compute dtype) "
+                                 "| bf16 | fp32")
+    ref_offload: bool = arg(False, "fsdp: the frozen models' shards kept on the CPU (CPUOffloadPolicy)")
     attn_implementation: str = arg("auto", "auto (flash_attention_2 on CUDA when flash-attn is installed, else "
                                            "sdpa) | sdpa | eager | flash_attention_2")
 
@@ -103,6 +111,14 @@ class RunConfig:
         _require_choice(self, "lr_schedule", ("cosine", "constant"))
         _require_choice(self, "attn_implementation", ATTN_IMPLEMENTATIONS)
         _require_choice(self, "report_to", REPORT_TO)
+        _require_choice(self, "master_dtype", MASTER_DTYPES)
+        _require_choice(self, "optimizer", OPTIMIZERS)
+        _require_choice(self, "ref_dtype", ("auto", *MASTER_DTYPES))
+        if self.master_dtype == "bf16" and self.optimizer == "adamw_fused":
+            raise ValueError("master_dtype='bf16' needs stochastic rounding (torchao): use optimizer 'adamw' or "
+                             "'adamw_8bit', not 'adamw_fused'")
+        if self.ref_offload and self.distributed != "fsdp":
+            raise ValueError("ref_offload keeps FSDP2 shards on the CPU: it needs distributed='fsdp'")
         self.require_positive("steps", "save_every", "log_every")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: only at the start and the end), got {self.eval_every}")
@@ -206,6 +222,8 @@ class GDSOTeacherConfig(TrainConfig):
     output_dir: str = arg("runs/gdso", "folder of the run")
     preset: str = arg("teacher", "tiny model size: student | teacher")
     updates_per_rollout: int = arg(2, "K_gdso: optimisation steps per rollout batch")
+    micro_batch_tokens: int = arg(0, "each update in micro-batches of whole prompts (M x G sequences) of at most "
+                                     "this many padded tokens, gradients accumulated (0: one pass)")
     ref_reset_every: int = arg(10, "N_ref: the reference policy is reset to the current one every N steps")
     beta: float = arg(1.0, "the k3 KL to the reference policy (eq. 4); 0 builds no reference. 1.0 keeps the tiny "
                            "teacher's descriptions readable; at 0.04 and 0.2 they garble (docs/RESULTS.md)")
@@ -229,6 +247,11 @@ class GDSOTeacherConfig(TrainConfig):
         _require_choice(self, "loss_type", LOSS_TYPES)
         _require_choice(self, "adv_scale", ADVANTAGE_SCALES)
         self.require_positive("updates_per_rollout", "ref_reset_every", "eval_samples")
+        if self.micro_batch_tokens < 0:
+            raise ValueError(f"micro_batch_tokens must be >= 0 (0: one pass), got {self.micro_batch_tokens}")
+        if self.micro_batch_tokens and self.adv_scale == "batch":
+            raise ValueError("micro_batch_tokens with adv_scale='batch' would scale advantages per micro-batch: use "
+                             "adv_scale 'group' or 'none', or micro_batch_tokens 0")
 
 
 @dataclass

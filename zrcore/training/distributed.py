@@ -50,6 +50,12 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def frozen_dtype(cfg) -> torch.dtype | None:
+    """The dtype of a run's frozen models (``ref_dtype``): None for "auto" (the compute dtype ``dtype``)."""
+    choice = getattr(cfg, "ref_dtype", "auto")
+    return None if choice == "auto" else DTYPES[choice]
+
+
 def check_fields(distributed: str, dtype: str) -> None:
     if distributed not in DISTRIBUTED_MODES:
         raise ValueError(f"distributed must be one of {list(DISTRIBUTED_MODES)}, got {distributed!r}")
@@ -68,6 +74,8 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
     cpu_offload: bool = False
+    frozen_dtype: torch.dtype | None = None  # frozen models' weights (None: the compute dtype)
+    frozen_offload: bool = False  # fsdp: frozen models' shards on the CPU
 
     @property
     def main(self) -> bool:
@@ -81,7 +89,7 @@ class Runtime:
             if world_env > 1:
                 raise ValueError(f"distributed='none' but torchrun started {world_env} processes: "
                                  "pass --distributed ddp or --distributed fsdp")
-            return cls("none", 0, 1, resolve_device(cfg.device), DTYPES[cfg.dtype])
+            return cls("none", 0, 1, resolve_device(cfg.device), DTYPES[cfg.dtype], False, frozen_dtype(cfg))
         missing = [v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
             raise ValueError(f"distributed={cfg.distributed!r} needs torchrun's environment (missing {missing}): "
@@ -92,7 +100,7 @@ class Runtime:
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(cfg.distributed, dist.get_rank(), dist.get_world_size(), device, DTYPES[cfg.dtype],
-                   getattr(cfg, "fsdp_cpu_offload", False))
+                   getattr(cfg, "fsdp_cpu_offload", False), frozen_dtype(cfg), getattr(cfg, "ref_offload", False))
 
     # ---- precision ----------------------------------------------------------------------------------------------
     def autocast(self):
@@ -107,17 +115,23 @@ class Runtime:
         """Place ``module`` on the device and wrap it for the mode. Returns the callable whose forward carries
         gradients between ranks: DDP(module) under ddp, ``module`` itself otherwise (fully_shard works in place).
         ``units``: the sub-modules FSDP2 shards one by one; ``methods``: entry points other than forward that
-        FSDP2 must gather parameters for. A frozen module (``trainable=False``) is put in eval mode without
-        gradients and, under ddp, left unwrapped (a replica per rank, no gradient sync)."""
-        module.to(self.device)
+        FSDP2 must gather parameters for. A frozen module (``trainable=False``) is cast to ``frozen_dtype`` (16-bit
+        by default in a 16-bit run: it is only ever read in the compute dtype), put in eval mode without gradients
+        and, under ddp, left unwrapped (a replica per rank, no gradient sync).
+
+        Under fsdp the module is not moved to the device first: ``fully_shard`` moves each unit's parameters there
+        as it shards them, so no rank ever holds more than one unsharded unit on the device."""
         if not trainable:
             module.requires_grad_(False)
             module.eval()
+            module.to(self.frozen_dtype or self.dtype)
+        if self.mode != "fsdp":
+            module.to(self.device)
         if self.mode == "fsdp":
             from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
             kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)}
-            if self.cpu_offload:
+            if self.cpu_offload if trainable else self.frozen_offload:
                 kw["offload_policy"] = CPUOffloadPolicy()
             for unit in units:
                 fully_shard(unit, **kw)
@@ -146,9 +160,9 @@ class Runtime:
         dist.all_reduce(t)
         return float(t.item())
 
-    def share(self, local_units: float) -> float:
+    def share(self, local_units: float, term: str = "") -> float:
         """world * local / global: the factor that makes the mean over ranks of per-rank mean losses equal the
-        global batch's mean loss when ranks hold different numbers of units."""
+        global batch's mean loss when ranks hold different numbers of units (``term``: which loss term, unused)."""
         total = self.global_sum(local_units)
         return self.world * float(local_units) / total if total else 0.0
 

@@ -54,7 +54,8 @@ class GeneratorTrainer(TrainLoop):
 
         if extension() is not None:  # fused GroupNorm + SiLU in the VAE decoder (less memory, see RESULTS)
             fuse_vae_decoder(vae)
-        rm = configure_reward_model(load_reward_model(cfg.reward_model, cfg.seed), cfg, self.rt.device)
+        rm = configure_reward_model(load_reward_model(cfg.reward_model, cfg.seed), cfg, self.rt.device,
+                                    trainable=False)
         unknown = [d for d in cfg.dimensions if d not in rm.dimensions]
         if unknown:
             raise ValueError(f"dimensions {unknown} are not known to the reward model ({list(rm.dimensions)})")
@@ -67,7 +68,7 @@ class GeneratorTrainer(TrainLoop):
         self.held_out = None  # a reward model the generator never trains on: it scores the validation images too
         if cfg.held_out_reward_model:
             other = configure_reward_model(load_reward_model(cfg.held_out_reward_model, cfg.seed), cfg,
-                                           self.rt.device)
+                                           self.rt.device, trainable=False)
             self.held_out = self.rt.prepare(other, other.shard_units(), trainable=False, methods=other.fsdp_methods)
         net = self.rt.prepare(transformer, block_units(transformer))
         self.transformer = transformer

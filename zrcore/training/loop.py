@@ -15,6 +15,7 @@ Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -28,6 +29,7 @@ from zrcore.training.checkpoint import load_checkpoint, save_checkpoint, stop_if
 from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
+from zrcore.training.optim import build_optimizer
 
 
 def lr_lambda(cfg):
@@ -62,7 +64,9 @@ class TrainLoop:
         self.params = [p for p in module.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.opt = build_optimizer(self.params, getattr(self.cfg, "optimizer", "adamw"),
+                                   getattr(self.cfg, "master_dtype", "fp32"), lr=self.cfg.lr,
+                                   weight_decay=self.cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg))
         # fp16 autocast needs loss scaling (bf16 and fp32 do not; fsdp with fp16 is refused by the Runtime)
         fp16 = self.rt.dtype == torch.float16 and self.rt.mode != "fsdp"
@@ -102,15 +106,30 @@ class TrainLoop:
         pass
 
     # ---- shared pieces -----------------------------------------------------------------------------------------
-    def optimizer_step(self, loss: torch.Tensor) -> dict:
-        """zero_grad, backward (DDP / FSDP average the gradients), clip, AdamW step; under fp16 autocast the loss
-        is scaled (``torch.amp.GradScaler``) and the gradients unscaled before clipping."""
-        self.opt.zero_grad(set_to_none=True)
+    def accumulating(self, last: bool):
+        """Context of a micro-batch's backward: under ddp the gradient all-reduce waits for the last micro-batch
+        (``no_sync``); FSDP2 reduce-scatters each micro-batch's gradient into the sharded gradient, which keeps
+        no unsharded gradient alive between micro-batches."""
+        if last or not hasattr(self.net, "no_sync"):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of ``loss`` (DDP / FSDP average it over ranks); under fp16 autocast the loss is
+        scaled (``torch.amp.GradScaler``)."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
         else:
             loss.backward()
+
+    def optimizer_step(self, loss: torch.Tensor | None = None) -> dict:
+        """backward of ``loss`` (None: the gradients already accumulated by ``backward``), unscale under fp16,
+        clip, optimizer step, then the gradients freed (``set_to_none``), so that none lives through the next
+        rollout or reference forward."""
+        if loss is not None:
+            self.backward(loss)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
@@ -119,6 +138,7 @@ class TrainLoop:
             self.scaler.update()
         else:
             self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm)}
 
     def save(self) -> None:

@@ -54,7 +54,8 @@ def check_teacher_path(path: str) -> str:
 
 class RISDTrainer(_StudentTrainer):
     def frozen_models(self, rm) -> dict:
-        teacher = build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher), device=self.rt.device)
+        teacher = build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher), device=self.rt.device,
+                                     trainable=False)
         if teacher.bins != rm.bins:
             raise ValueError("teacher and student must share the score bins")
         return {"teacher": teacher}
@@ -81,7 +82,7 @@ class OPDTrainer(_StudentTrainer):
 
     def frozen_models(self, rm) -> dict:
         return {"teacher": build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher),
-                                              device=self.rt.device)}
+                                              device=self.rt.device, trainable=False)}
 
     def eval_kwargs(self) -> dict:
         s = self.cfg.sampling

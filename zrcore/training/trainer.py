@@ -19,15 +19,15 @@ from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.pretrain import pretrained_model
 
 
-def build_reward_model(cfg, path: str = "", device: torch.device | None = None):
-    """The RewardModel of a reward config on the CPU in fp32: ``path`` (or cfg.init_from) when given ("pretrained":
-    the cached pretrained tiny model, built on first use), else a tiny random-init one of cfg.arch / cfg.preset,
-    configured (``configure_reward_model``)."""
+def build_reward_model(cfg, path: str = "", device: torch.device | None = None, trainable: bool = True):
+    """The RewardModel of a reward config on the CPU: ``path`` (or cfg.init_from) when given ("pretrained": the
+    cached pretrained tiny model, built on first use), else a tiny random-init one of cfg.arch / cfg.preset,
+    configured (``configure_reward_model``: a trained model in ``master_dtype``, a frozen one as loaded, fp32)."""
     path = path or cfg.init_from
     if path == "pretrained":
         path = pretrained_model(cfg)
     rm = load_reward_model(path, cfg.seed, cfg.arch, cfg.preset)
-    return configure_reward_model(rm, cfg, device or torch.device("cpu"))
+    return configure_reward_model(rm, cfg, device or torch.device("cpu"), trainable)
 
 
 class Trainer(TrainLoop):
@@ -39,7 +39,9 @@ class Trainer(TrainLoop):
     def __init__(self, cfg, model=None, data=None):
         super().__init__(cfg)
         self.name = type(self).__name__
-        rm = model if model is not None else build_reward_model(cfg, device=self.rt.device)
+        # a model passed in is configured like a built one (attention, master dtype, checkpointing)
+        rm = configure_reward_model(model, cfg, self.rt.device) if model is not None else \
+            build_reward_model(cfg, device=self.rt.device)
         if cfg.sampling.max_reasoning_tokens == 0:
             from zrcore.data.captions import description_token_limit
 
