@@ -132,3 +132,25 @@ def test_a_bf16_master_run_trains_with_torchao(tmp_path):
     metrics = trainer.train_step(0)
     assert metrics["grad_norm"] > 0
     assert any(not torch.equal(before[n], p) for n, p in trainer.rm.named_parameters())
+
+
+@pytest.mark.parametrize("extra", [("--optimizer", "adamw_8bit"), ("--master_dtype", "bf16")])
+def test_torchao_optimizer_state_resumes_exactly(tmp_path, monkeypatch, extra):
+    """A run killed after step 1 and restarted logs the same losses as one that ran through: torchao's 8-bit
+    states (and its tensor learning rate) go through the DCP checkpoint and the JSON trainer state."""
+    pytest.importorskip("torchao")
+    from tests.training.runs import TINY, logged
+    from zrcore.training.config import SFTConfig
+    from zrcore.training.student import SFTTrainer
+
+    def run(out):
+        return SFTTrainer(parse_config(SFTConfig, TINY + ["--steps", "3", "--output_dir", str(out), *extra])).fit()
+
+    run(tmp_path / "full")
+    monkeypatch.setenv("ZRCORE_STOP_AFTER_STEP", "1")
+    with pytest.raises(SystemExit, match="stopped after step 1"):
+        run(tmp_path / "cut")
+    monkeypatch.delenv("ZRCORE_STOP_AFTER_STEP")
+    run(tmp_path / "cut")
+    assert logged(tmp_path / "cut", "loss") == logged(tmp_path / "full", "loss")
+    assert len(logged(tmp_path / "full", "loss")) == 3

@@ -168,7 +168,7 @@ class RewardModel(torch.nn.Module):
     # ---- loading -------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, bins: ScoreBins | None = None, templates: str | Path | None = None,
-                        torch_dtype: torch.dtype = torch.float32, **kwargs) -> RewardModel:
+                        torch_dtype: torch.dtype | str = torch.float32, **kwargs) -> RewardModel:
         """A local checkpoint directory (model, tokenizer and image processor as saved by ``save_pretrained``).
         The weights are loaded in ``torch_dtype``, fp32 by default whatever dtype the checkpoint was saved in (fp32
         master weights: bf16 ones would round fine-tuning updates away); pass ``torch.bfloat16`` for inference in

@@ -57,6 +57,18 @@ def _state(model, optimizer, frozen: dict) -> dict:
     return state
 
 
+def jsonable(obj):
+    """``obj`` with tensors made plain numbers or lists (e.g. a scheduler's state when the optimizer keeps its
+    learning rate as a tensor, as torchao's do), so that it can be written as JSON."""
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 def complete_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder (``checkpoint/``, or ``checkpoint.old/`` when a rename was cut)."""
     out = Path(output_dir)
@@ -88,7 +100,7 @@ def save_checkpoint(output_dir: str | Path, rt, model, optimizer, meta: dict, fr
         if extra_tensors:
             torch.save(extra_tensors, tmp / "extra.pt")
         with open(tmp / STATE_FILE, "w") as fh:
-            json.dump(meta | {"world_size": rt.world}, fh)
+            json.dump(jsonable(meta) | {"world_size": rt.world}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         if os.environ.get("ZRCORE_STOP_BEFORE_RENAME"):  # tests: a kill between the write and the rename
