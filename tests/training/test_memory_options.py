@@ -154,3 +154,26 @@ def test_torchao_optimizer_state_resumes_exactly(tmp_path, monkeypatch, extra):
     run(tmp_path / "cut")
     assert logged(tmp_path / "cut", "loss") == logged(tmp_path / "full", "loss")
     assert len(logged(tmp_path / "full", "loss")) == 3
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_but_the_first_build_empty_and_receive_their_shards(tmp_path):
+    """Two processes under fsdp: rank 1 builds every parameter on the meta device (no weights in memory before
+    sharding), rank 0 builds the weights; after sharding and loading, the gathered policy and reference equal the
+    seeded build of one process, and the computed buffers (rotary frequencies) are kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.training.runs import ROOT
+
+    out = tmp_path / "res.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/training/sharded_start.py", str(out), str(tmp_path / "run")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["meta_params_at_build"][0] == [0] and res["meta_params_at_build"][1][0] > 10, res
+    assert res["policy_equal"] and res["reference_equal"] and res["buffers_finite"], res

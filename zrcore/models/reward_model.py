@@ -168,11 +168,12 @@ class RewardModel(torch.nn.Module):
     # ---- loading -------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, bins: ScoreBins | None = None, templates: str | Path | None = None,
-                        torch_dtype: torch.dtype | str = torch.float32, **kwargs) -> RewardModel:
+                        torch_dtype: torch.dtype | str = torch.float32, weights: bool = True, **kwargs) -> RewardModel:
         """A local checkpoint directory (model, tokenizer and image processor as saved by ``save_pretrained``).
         The weights are loaded in ``torch_dtype``, fp32 by default whatever dtype the checkpoint was saved in (fp32
         master weights: bf16 ones would round fine-tuning updates away); pass ``torch.bfloat16`` for inference in
-        16 bits, or ``"auto"`` for the checkpoint's own dtype."""
+        16 bits, or ``"auto"`` for the checkpoint's own dtype. ``weights=False``: the model built from its config
+        alone, nothing read from the weight files (e.g. inside an empty-weights context, to be filled later)."""
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
         path = Path(path)
@@ -180,7 +181,13 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"path {str(path)!r} is not a local checkpoint directory")
         if not (path / "config.json").exists():
             raise ValueError(f"path {str(path)!r} has no config.json: not a saved reward model")
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        if weights:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+            model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype if torch_dtype != "auto" else None)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         image_processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
         tmpl = RubricTemplates.load(templates if templates is not None else

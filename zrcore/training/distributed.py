@@ -148,6 +148,23 @@ class Runtime:
             return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
         return module
 
+    def load_full_state(self, module: torch.nn.Module, state: dict, offload: bool = False) -> None:
+        """Fill a module that ``prepare`` sharded with rank 0's full ``state`` (a ``state_dict`` of the unsharded
+        module on rank 0; empty elsewhere): ranks other than 0 built it empty (parameters on the meta device,
+        ``load_reward_model(..., empty=True)``), so no rank but 0 ever holds the whole model, and rank 0 only on
+        the CPU. torch's ``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`` sends each
+        rank its shards. ``offload``: the module's shards live on the CPU (``CPUOffloadPolicy``)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if not self.main:
+            buffers = {name: b.detach().clone() for name, b in module.named_buffers()}  # computed, not loaded
+            module.to_empty(device=torch.device("cpu") if offload else self.device)
+            with torch.no_grad():
+                for name, b in module.named_buffers():
+                    b.copy_(buffers[name])
+        # (a copy: torch replaces the values of the dict it is given with the loaded shards)
+        set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
     # ---- data ---------------------------------------------------------------------------------------------------
     def shard(self, items: list, what: str = "batch_size") -> tuple[list, int]:
         """(this rank's contiguous part of ``items``, the global index of its first item)."""

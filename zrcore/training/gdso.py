@@ -24,6 +24,7 @@ from zrcore.training.trainer import Trainer
 
 class GDSOTeacherTrainer(Trainer):
     eval_mode = "teacher"
+    copies_of_trained = ("ref",)
 
     def __init__(self, cfg, model=None, data=None):
         super().__init__(cfg, model, data)

@@ -19,14 +19,16 @@ from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.pretrain import pretrained_model
 
 
-def build_reward_model(cfg, path: str = "", device: torch.device | None = None, trainable: bool = True):
+def build_reward_model(cfg, path: str = "", device: torch.device | None = None, trainable: bool = True,
+                       empty: bool = False):
     """The RewardModel of a reward config on the CPU: ``path`` (or cfg.init_from) when given ("pretrained": the
     cached pretrained tiny model, built on first use), else a tiny random-init one of cfg.arch / cfg.preset,
-    configured (``configure_reward_model``: a trained model in ``master_dtype``, a frozen one as loaded, fp32)."""
+    configured (``configure_reward_model``: a trained model in ``master_dtype``, a frozen one as loaded, fp32).
+    ``empty``: parameters on the meta device (``load_reward_model``), to be filled from rank 0 after sharding."""
     path = path or cfg.init_from
     if path == "pretrained":
         path = pretrained_model(cfg)
-    rm = load_reward_model(path, cfg.seed, cfg.arch, cfg.preset)
+    rm = load_reward_model(path, cfg.seed, cfg.arch, cfg.preset, empty=empty)
     return configure_reward_model(rm, cfg, device or torch.device("cpu"), trainable)
 
 
@@ -35,13 +37,18 @@ class Trainer(TrainLoop):
     ``data`` (training groups, evaluation records) instead of ``build_data(cfg)``."""
 
     eval_mode = "student"  # or "teacher" (reasoning sampled at evaluation)
+    copies_of_trained: tuple[str, ...] = ()  # frozen models that ``frozen_models`` copies from the trained one
 
     def __init__(self, cfg, model=None, data=None):
         super().__init__(cfg)
         self.name = type(self).__name__
+        # under fsdp over several processes only rank 0 builds the weights (on the CPU); the others build empty and
+        # receive their shards after sharding, so no rank holds the whole model on its device
+        sharded_start = model is None and self.rt.mode == "fsdp" and self.rt.world > 1
         # a model passed in is configured like a built one (attention, master dtype, checkpointing)
         rm = configure_reward_model(model, cfg, self.rt.device) if model is not None else \
-            build_reward_model(cfg, device=self.rt.device)
+            build_reward_model(cfg, device=self.rt.device, empty=sharded_start and not self.main)
+        start_state = rm.state_dict() if sharded_start and self.main else {}
         if cfg.sampling.max_reasoning_tokens == 0:
             from zrcore.data.captions import description_token_limit
 
@@ -64,6 +71,12 @@ class Trainer(TrainLoop):
         self.rm = rm
         self.frozen = {name: self.rt.prepare(m, m.shard_units(), trainable=False, methods=m.fsdp_methods)
                        for name, m in frozen.items()}
+        if sharded_start:
+            self.rt.load_full_state(rm, start_state, offload=self.rt.cpu_offload)
+            for name in self.copies_of_trained:  # frozen copies of the start (the GDSO reference)
+                if name in self.frozen:
+                    self.rt.load_full_state(self.frozen[name], start_state, offload=self.rt.frozen_offload)
+            del start_state
         seed_everything(cfg.seed)
         self.setup_optimizer(rm, net)
 
