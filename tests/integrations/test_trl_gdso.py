@@ -301,3 +301,45 @@ def test_a_sampled_image_placeholder_is_refused(tmp_path):
     rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
     with pytest.raises(ValueError, match=r"completions of rows \[7\] contain the image placeholder"):
         trainer._generate_and_score_completions(rows)
+
+
+class _StandInVLLMGeneration(_StandInVLLM):
+    """Built by GRPOTrainer in place of TRL's ``VLLMGeneration``: keeps the settings it was given and answers every
+    row with a short trace (ended or cut by turns)."""
+
+    built: list = []
+
+    def __init__(self, **settings):
+        super().__init__([], [])
+        self.settings, self.processing_class = settings, settings["processing_class"]
+        self.vllm_client = type("Client", (), {"get_server_info": lambda _: {
+            "model_config": {"logprobs_mode": "processed_logprobs"}}})()
+        _StandInVLLMGeneration.built.append(self)
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        eot = self.processing_class.convert_tokens_to_ids("<|im_end|>")
+        self.completions = [[101 + r, eot] if r % 2 else [101 + r, 102, 103, 104] for r in range(len(prompts))]
+        self.logprobs = [-6.0] * len(prompts)
+        return super().generate(prompts, images, num_generations, profiler)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_use_vllm_trains_through_trls_generation(tmp_path, monkeypatch, mode):
+    import trl.trainer.grpo_trainer as grpo
+
+    monkeypatch.setattr(grpo, "VLLMGeneration", _StandInVLLMGeneration)
+    _StandInVLLMGeneration.built.clear()
+    trainer, rm = _trainer(tmp_path, use_vllm=True, vllm_mode=mode, vllm_enable_sleep_mode=True,
+                           vllm_gpu_memory_utilization=0.5)
+    engine = _StandInVLLMGeneration.built[0]
+    assert {k: engine.settings[k] for k in ("mode", "enable_sleep_mode", "gpu_memory_utilization")} == \
+        {"mode": mode, "enable_sleep_mode": True, "gpu_memory_utilization": 0.5}
+    assert engine.processing_class.image_token_id == rm.image_pad_id  # read by TRL's server path
+    out = trainer.train()
+    assert out.global_step == 2 and engine.synced == 2 and len(engine.calls) == 2
+    assert all(len(prompts) == 4 and g == 2 for prompts, _, g in engine.calls)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all("loss/ce" in h and "loss/pairwise" in h for h in logs)
+    assert all(h["sampling/importance_sampling_ratio/max"] >= h["sampling/importance_sampling_ratio/min"] >= 0
+               and h["sampling/sampling_logp_difference/mean"] > 0 for h in logs)  # TRL's vLLM mismatch metrics

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Sampler
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import pad
+from trl.trainer.utils import nanmax, nanmin, pad
 
 from zrcore import losses
 from zrcore.bins import ScoreDistribution
@@ -137,6 +137,17 @@ def scoring_sequences(rm: RewardModel, prompt_ids: Sequence[Sequence[int]], comp
     return rm.left_pad_marked([list(p) for p in prompt_ids], bodies, tails)
 
 
+class _TokenizerWithImageToken:
+    """The reward model's tokenizer plus ``image_token_id``, which TRL's vLLM server path reads from a processor to
+    place the server's image features on the prompt's runs of image placeholders."""
+
+    def __init__(self, tokenizer, image_token_id: int):
+        self.tokenizer, self.image_token_id = tokenizer, image_token_id
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
 class GDSOTrainer(GRPOTrainer):
     """``GDSOTrainer(reward_model, args=GDSOConfig(...), train_dataset=...)``: see the module docstring.
     ``reward_model`` is a ``zrcore.models.RewardModel`` (the judge being trained).
@@ -163,6 +174,8 @@ class GDSOTrainer(GRPOTrainer):
             gen.eos_token_id = [rm.end_of_turn_id, *eos]
         super().__init__(model=rm.model, reward_funcs=[_gdso_reward_placeholder], args=args,
                          train_dataset=train_dataset, processing_class=rm.tokenizer, **kwargs)
+        if self.use_vllm and getattr(self.vllm_generation.processing_class, "image_token_id", None) is None:
+            self.vllm_generation.processing_class = _TokenizerWithImageToken(rm.tokenizer, rm.image_pad_id)
         if not self.use_vllm:  # as judge: no vision placeholders or chat markers inside a trace
             suppress = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(rm.suppressed_ids))
             self.generation_kwargs["suppress_tokens"] = suppress
@@ -303,9 +316,31 @@ class GDSOTrainer(GRPOTrainer):
             if correct:
                 batch["importance_sampling_ratio"] = self._importance_sampling_ratio(
                     batch["old_per_token_logps"], batch["sampling_per_token_logps"], batch["completion_mask"])
+                self._log_sampling_mismatch(batch)
             if self.beta != 0.0:
                 ref = self.ref_model if self.ref_model is not None else self.model
                 batch["ref_per_token_logps"] = self._get_per_token_logps_and_entropies(ref, *args, **kwargs)[0]
+
+    def _log_sampling_mismatch(self, batch: dict) -> None:
+        """TRL's ``sampling/*`` metrics: |old - vLLM| log-prob gap (mean, max) and the ratio (min, mean, max)."""
+        mode = "train" if self.model.training else "eval"
+        gather, device = self.accelerator.gather, self.accelerator.device
+        mask = batch["completion_mask"].bool()
+        gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"]).abs()[mask]
+        gap = gap[~torch.isnan(gap)]
+        ratio = batch["importance_sampling_ratio"]
+        per_sequence = self.vllm_importance_sampling_mode in ("sequence_mask", "sequence_truncate")
+        ratio = ratio.flatten() if per_sequence else ratio[mask]
+
+        def stat(x: torch.Tensor, fn) -> torch.Tensor:
+            return gather(fn(x) if x.numel() else torch.zeros((), device=device))
+
+        metrics = self._metrics[mode]
+        metrics["sampling/sampling_logp_difference/mean"].append(stat(gap, torch.mean).mean().item())
+        metrics["sampling/sampling_logp_difference/max"].append(stat(gap, torch.max).max().item())
+        metrics["sampling/importance_sampling_ratio/min"].append(nanmin(stat(ratio, torch.min)).item())
+        metrics["sampling/importance_sampling_ratio/mean"].append(stat(ratio, torch.mean).nanmean().item())
+        metrics["sampling/importance_sampling_ratio/max"].append(nanmax(stat(ratio, torch.max)).item())
 
     def _importance_sampling_ratio(self, old: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor
                                    ) -> torch.Tensor:
