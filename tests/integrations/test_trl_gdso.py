@@ -94,6 +94,8 @@ def test_config_and_dataset_errors(tmp_path):
                       report_to=[])
     with pytest.raises(ValueError, match=r"train_dataset lacks the columns \['image'\]"):
         GDSOTrainer(rm, args=args, train_dataset=_dataset().remove_columns("image"))
+    with pytest.raises(ValueError, match="rollout_func is not supported by GDSOTrainer"):
+        GDSOTrainer(rm, args=args, train_dataset=_dataset(), rollout_func=lambda prompts, trainer: {})
     base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, use_cpu=True)
     with pytest.raises(ValueError, match="sampler must be one of"):
         GDSOConfig(**base, sampler="vllm")

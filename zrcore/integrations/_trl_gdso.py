@@ -163,6 +163,10 @@ class GDSOTrainer(GRPOTrainer):
         missing = [c for c in REQUIRED_COLUMNS if c not in train_dataset.column_names]
         if missing:
             raise ValueError(f"train_dataset lacks the columns {missing} (needs {list(REQUIRED_COLUMNS)})")
+        for name in ("tools", "rollout_func", "environment_factory"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name} is not supported by GDSOTrainer: a trace is the judge's reasoning on its "
+                                 "rubric prompt, followed by the forced scoring suffix")
         self.reward_model = rm = reward_model
         bins = rm.bins
         apply_zrcore(rm.model, bins=bins, score_token_ids=rm.score_tokens(torch.arange(len(bins))))
