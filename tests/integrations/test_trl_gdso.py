@@ -215,6 +215,18 @@ def _assert_same_batch_and_losses(trainer, judged, sampled, keys=(), policy=True
                                atol=1e-6, rtol=1e-6)
 
 
+def _spy(trainer, name: str) -> list:
+    """Record the row count of each call of trainer.<name>(prompt_ids, ...)."""
+    seen, method = [], getattr(trainer, name)
+
+    def wrapped(prompt_ids, *args, **kwargs):
+        seen.append(len(prompt_ids))
+        return method(prompt_ids, *args, **kwargs)
+
+    setattr(trainer, name, wrapped)
+    return seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("num_iterations", [1, 2])
 def test_trl_generation_gives_the_judges_rewards_and_losses(tmp_path, num_iterations):
@@ -228,18 +240,6 @@ def test_trl_generation_gives_the_judges_rewards_and_losses(tmp_path, num_iterat
     keys = ("old_per_token_logps",) if num_iterations > 1 else ()
     assert ("old_per_token_logps" in sampled) == (num_iterations > 1)
     _assert_same_batch_and_losses(trainer, judged, sampled, keys)
-
-
-def _spy(trainer, name: str) -> list:
-    """Record the row count of each call of trainer.<name>(prompt_ids, ...)."""
-    seen, method = [], getattr(trainer, name)
-
-    def wrapped(prompt_ids, *args, **kwargs):
-        seen.append(len(prompt_ids))
-        return method(prompt_ids, *args, **kwargs)
-
-    setattr(trainer, name, wrapped)
-    return seen
 
 
 class _StandInVLLM:
