@@ -1,5 +1,7 @@
-"""GDSOTrainer on TRL's GRPO loop with the tiny Qwen2-VL judge: two steps run on CPU, its loss on a fixed batch of
-rollouts equals zrcore.losses.gdso_loss, and without the distribution terms it is TRL's GRPO loss."""
+"""GDSOTrainer on TRL's GRPO loop with the tiny Qwen2-VL judge: two steps run on CPU with either sampler, its loss on a
+fixed batch of rollouts equals zrcore.losses.gdso_loss, without the distribution terms it is TRL's GRPO loss, TRL's
+generation path (transformers, and vLLM's branch with a stand-in engine) gives the same batch, rewards and losses as
+RewardModel.judge for the same samples."""
 
 import pytest
 import torch
@@ -31,8 +33,9 @@ def _trainer(tmp_path, **overrides):
 
 
 @pytest.mark.slow
-def test_two_gdso_steps_run(tmp_path):
-    trainer, _ = _trainer(tmp_path)
+@pytest.mark.parametrize("sampler", ["trl", "judge"])
+def test_two_gdso_steps_run(tmp_path, sampler):
+    trainer, _ = _trainer(tmp_path, sampler=sampler)
     out = trainer.train()
     assert out.global_step == 2
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -91,6 +94,15 @@ def test_config_and_dataset_errors(tmp_path):
                       report_to=[])
     with pytest.raises(ValueError, match=r"train_dataset lacks the columns \['image'\]"):
         GDSOTrainer(rm, args=args, train_dataset=_dataset().remove_columns("image"))
+    with pytest.raises(ValueError, match="rollout_func is not supported by GDSOTrainer"):
+        GDSOTrainer(rm, args=args, train_dataset=_dataset(), rollout_func=lambda prompts, trainer: {})
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, use_cpu=True)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        GDSOConfig(**base, sampler="vllm")
+    with pytest.raises(ValueError, match="use_vllm=True needs sampler='trl'"):
+        GDSOConfig(**base, sampler="judge", use_vllm=True)
+    with pytest.raises(ValueError, match="use_transformers_continuous_batching is not supported"):
+        GDSOConfig(**base, use_transformers_continuous_batching=True)
 
 
 def test_sampler_keeps_the_candidates_of_a_prompt_together():
@@ -132,3 +144,204 @@ def test_two_processes_keep_each_prompt_on_one_rank(tmp_path):
         assert all(len(set(batch)) == 1 and len(batch) == 4 for batch in per_rank)  # M x G rows of one prompt
         assert per_rank[0][0] != per_rank[1][0]  # the ranks hold different prompts
     assert ranks[0][1] == ranks[1][1]  # the logged (averaged) losses agree
+
+
+# ---- TRL's generation path against RewardModel.judge, on the same samples ------------------------------------------
+class _ForceTokens:
+    """A logits processor that makes ``generate`` emit given continuations (one token list per row)."""
+
+    def __init__(self, targets: list[list[int]]):
+        self.targets, self.start = targets, None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.start = input_ids.shape[1] if self.start is None else self.start
+        step = input_ids.shape[1] - self.start
+        out = scores.clone()
+        for r, target in enumerate(self.targets):
+            if step < len(target):
+                out[r] = float("-inf")
+                out[r, target[step]] = 0.0
+        return out
+
+
+def _targets(rm) -> list[list[int]]:
+    """Traces for the 8 rows (max_completion_length 4): ended ones (end-of-turn sampled, also as the 4th token) and
+    cut ones (the judge's tail forces the end-of-turn)."""
+    eot = rm.end_of_turn_id
+    return [[101, 102, eot], [103, 104, 105, 106], [eot], [107, 108, 109, 110], [111, eot], [112, 113, 114, eot],
+            [115, 116, 117, 118], [119, 120, 121, 122]]
+
+
+def _force_generate(rm, targets):
+    """Make ``rm.model.generate`` emit ``targets`` whatever else samples (the judge's seeded sampler, TRL's sampling)."""
+    from transformers import LogitsProcessorList
+
+    generate = rm.model.generate
+
+    def forced(*args, **kwargs):
+        processors = LogitsProcessorList([_ForceTokens(targets), *(kwargs.pop("logits_processor", None) or [])])
+        return generate(*args, logits_processor=processors, **kwargs)
+
+    rm.model.generate = forced
+
+
+def _judge_then_trl(tmp_path, generate_with, **overrides):
+    """(trainer, judge batch, TRL-path batch) on one generation batch, one model and the same traces."""
+    trainer, rm = _trainer(tmp_path, sampler="judge", **overrides)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
+    _force_generate(rm, _targets(rm))
+    judged = trainer._generate_and_score_completions(rows)
+    trainer.args.sampler = "trl"
+    generate_with(trainer, rm, _targets(rm))
+    return trainer, judged, trainer._generate_and_score_completions(rows)
+
+
+def _assert_same_batch_and_losses(trainer, judged, sampled, keys=(), policy=True):
+    for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "pixel_values", "image_grid_thw",
+                "mm_token_type_ids", "zr_sequences", "zr_attention", "zr_scores", *keys):
+        assert torch.equal(sampled[key], judged[key]), key
+    torch.testing.assert_close(sampled["zr_reward_mean"], judged["zr_reward_mean"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sampled["advantages"], judged["advantages"], atol=1e-5, rtol=1e-5)
+    model = trainer.model
+    for got, want in zip(trainer.distribution_losses(model, sampled), trainer.distribution_losses(model, judged)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    if not policy:
+        return
+    torch.testing.assert_close(GRPOTrainer._compute_loss(trainer, model, sampled),
+                               GRPOTrainer._compute_loss(trainer, model, judged), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(trainer.compute_loss(model, sampled), trainer.compute_loss(model, judged),
+                               atol=1e-6, rtol=1e-6)
+
+
+def _spy(trainer, name: str) -> list:
+    """Record the row count of each call of trainer.<name>(prompt_ids, ...)."""
+    seen, method = [], getattr(trainer, name)
+
+    def wrapped(prompt_ids, *args, **kwargs):
+        seen.append(len(prompt_ids))
+        return method(prompt_ids, *args, **kwargs)
+
+    setattr(trainer, name, wrapped)
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_trl_generation_gives_the_judges_rewards_and_losses(tmp_path, num_iterations):
+    calls = []
+    trainer, judged, sampled = _judge_then_trl(
+        tmp_path, lambda tr, rm, targets: calls.append(_spy(tr, "_generate_single_turn")),
+        lambda_pw=0.7, alpha_pt=0.5, alpha_pw=2.0, num_iterations=num_iterations)
+    assert calls[0] == [8]  # TRL's generation ran once, on the 8 rows
+    assert [[int(t) for t in c[m.bool()]] for c, m in zip(judged["completion_ids"], judged["completion_mask"])] \
+        == _targets(trainer.reward_model)
+    keys = ("old_per_token_logps",) if num_iterations > 1 else ()
+    assert ("old_per_token_logps" in sampled) == (num_iterations > 1)
+    _assert_same_batch_and_losses(trainer, judged, sampled, keys)
+
+
+class _StandInVLLM:
+    """Stands in for TRL's ``VLLMGeneration`` (vLLM is a CUDA wheel): returns given completions and sampling
+    log-probs, and records what TRL's generation path handed it."""
+
+    def __init__(self, completions: list[list[int]], logprobs: list[float]):
+        self.completions, self.logprobs, self.calls, self.synced = completions, logprobs, [], 0
+
+    def sync_weights(self):
+        self.synced += 1
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        self.calls.append((prompts, images, num_generations))
+        logprobs = [[[lp]] * len(c) for c, lp in zip(self.completions, self.logprobs)]
+        return prompts, self.completions, logprobs, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sequence_mask", "token_truncate"])
+def test_vllm_branch_of_trl_generation(tmp_path, mode):
+    engine = []
+
+    def use_vllm(trainer, rm, targets):
+        # about log(1/512) per token under the tiny model: -8 gives ratios above the clip, -6 below
+        engine.append(_StandInVLLM(targets, [-8.0, -6.0] * 4))
+        trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, engine[0], -1
+        trainer.vllm_importance_sampling_correction, trainer.vllm_importance_sampling_mode = True, mode
+
+    trainer, judged, sampled = _judge_then_trl(tmp_path, use_vllm, lambda_pw=0.7, alpha_pt=0.5, alpha_pw=2.0)
+    vllm = engine[0]
+    assert vllm.synced == 1 and len(vllm.calls) == 1
+    prompts, images, g = vllm.calls[0]
+    assert g == 2 and len(prompts) == 8 and all(len(im) == 1 for im in images)
+    for r, ids in enumerate(prompts):  # the judge's prompt, with the image placeholders expanded
+        assert ids == judged["prompt_ids"][r][judged["prompt_mask"][r].bool()].tolist()
+    # the behaviour log-probs are vLLM's; the old ones and the ratio follow TRL's importance-sampling correction
+    mask = sampled["completion_mask"]
+    want = torch.tensor([[-8.0], [-6.0]] * 4) * mask
+    torch.testing.assert_close(sampled["sampling_per_token_logps"], want)
+    diff = (sampled["old_per_token_logps"] - want) * mask
+    if mode == "sequence_mask":
+        ratio = diff.sum(-1, keepdim=True).exp()
+        ratio = ratio.masked_fill(ratio > trainer.vllm_importance_sampling_clip_max, 0.0)
+    else:
+        ratio = diff.exp().clamp(max=trainer.vllm_importance_sampling_clip_max)
+    torch.testing.assert_close(sampled["importance_sampling_ratio"], ratio)
+    clipped = (ratio == 0) if mode == "sequence_mask" else (ratio == trainer.vllm_importance_sampling_clip_max)
+    assert clipped[::2].any() and not clipped[1::2].any()
+    # the same batch, rewards and distribution losses as the judge's; the policy loss weighs tokens by the ratio
+    _assert_same_batch_and_losses(trainer, judged, sampled, policy=False)
+    assert torch.isfinite(trainer.compute_loss(trainer.model, sampled))
+
+
+@pytest.mark.slow
+def test_a_sampled_image_placeholder_is_refused(tmp_path):
+    trainer, rm = _trainer(tmp_path)
+    trainer.model.train()
+    completions = [[5, 6, rm.end_of_turn_id]] * 7 + [[5, rm.image_pad_id, 7]]
+    trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, _StandInVLLM(completions, [-6.0] * 8), -1
+    rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
+    with pytest.raises(ValueError, match=r"completions of rows \[7\] contain the image placeholder"):
+        trainer._generate_and_score_completions(rows)
+
+
+class _StandInVLLMGeneration(_StandInVLLM):
+    """Built by GRPOTrainer in place of TRL's ``VLLMGeneration``: keeps the settings it was given and answers every
+    row with a short trace (ended or cut by turns)."""
+
+    built: list = []
+
+    def __init__(self, **settings):
+        super().__init__([], [])
+        self.settings, self.processing_class = settings, settings["processing_class"]
+        self.vllm_client = type("Client", (), {"get_server_info": lambda _: {
+            "model_config": {"logprobs_mode": "processed_logprobs"}}})()
+        _StandInVLLMGeneration.built.append(self)
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        eot = self.processing_class.convert_tokens_to_ids("<|im_end|>")
+        self.completions = [[101 + r, eot] if r % 2 else [101 + r, 102, 103, 104] for r in range(len(prompts))]
+        self.logprobs = [-6.0] * len(prompts)
+        return super().generate(prompts, images, num_generations, profiler)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_use_vllm_trains_through_trls_generation(tmp_path, monkeypatch, mode):
+    import trl.trainer.grpo_trainer as grpo
+
+    monkeypatch.setattr(grpo, "VLLMGeneration", _StandInVLLMGeneration)
+    _StandInVLLMGeneration.built.clear()
+    trainer, rm = _trainer(tmp_path, use_vllm=True, vllm_mode=mode, vllm_enable_sleep_mode=True,
+                           vllm_gpu_memory_utilization=0.5)
+    engine = _StandInVLLMGeneration.built[0]
+    assert {k: engine.settings[k] for k in ("mode", "enable_sleep_mode", "gpu_memory_utilization")} == \
+        {"mode": mode, "enable_sleep_mode": True, "gpu_memory_utilization": 0.5}
+    assert engine.processing_class.image_token_id == rm.image_pad_id  # read by TRL's server path
+    out = trainer.train()
+    assert out.global_step == 2 and engine.synced == 2 and len(engine.calls) == 2
+    assert all(len(prompts) == 4 and g == 2 for prompts, _, g in engine.calls)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all("loss/ce" in h and "loss/pairwise" in h for h in logs)
+    assert all(h["sampling/importance_sampling_ratio/max"] >= h["sampling/importance_sampling_ratio/min"] >= 0
+               and h["sampling/sampling_logp_difference/mean"] > 0 for h in logs)  # TRL's vLLM mismatch metrics
