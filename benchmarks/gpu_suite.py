@@ -17,7 +17,10 @@ The steps, in order (``--only`` takes their names, comma-separated):
 4. ``compile``: torch.library.opcheck and the fullgraph torch.compile tests on the device;
 5. ``train``: 20 train_gdso steps of the tiny teacher in bf16 (flash-attn where installed, else sdpa);
 6. ``fsdp``: a Qwen2.5-VL-3B-sized judge under FSDP2 on one GPU, bf16, gradient checkpointing, 3 steps;
-7. whatever time is left: ``build`` (the CUDA extension), ``tests`` (the kernels against their float64
+7. ``scale``: the same judge at 2 prompts x 4 candidates x 4 samples with 256-token traces, bf16 master weights,
+   8-bit AdamW, checkpointing and micro-batches (peak memory, step time), beside TRL's GRPO step on the same model
+   and batch (benchmarks/trl_step.py);
+8. whatever time is left: ``build`` (the CUDA extension), ``tests`` (the kernels against their float64
    references on the device), ``extension`` (the extension and reward-backprop benchmarks), ``zimage`` (one
    full-size Z-Image reward-backprop step).
 
@@ -46,6 +49,11 @@ TRAIN = ["benchmarks/train_gpu.py"]
 FSDP_3B = ["--size", "3b", "--steps", "3", "--distributed", "fsdp", "--dtype", "bf16", "--gradient_checkpointing", "true"]
 FSDP_SMOKE = ["--size", "tiny", "--steps", "1", "--distributed", "fsdp", "--dtype", "bf16",
               "--gradient_checkpointing", "true", "--device", "cpu"]
+SCALE = ["--steps", "2", "--dtype", "bf16", "--batch_size", "2", "--candidates", "4", "--sampling.num_samples", "4",
+         "--beta", "0", "--gradient_checkpointing", "true", "--master_dtype", "bf16", "--optimizer", "adamw_8bit"]
+SCALE_3B = ["--size", "3b", *SCALE, "--sampling.max_reasoning_tokens", "256", "--micro_batch_tokens", "8192"]
+SCALE_SMOKE = ["--size", "tiny", *SCALE, "--steps", "1", "--sampling.max_reasoning_tokens", "4", "--micro_batch_tokens",
+               "64", "--device", "cpu"]
 XDIST = ["-n", "4"] if importlib.util.find_spec("xdist") else []  # Triton compiles the test variants in parallel
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
 
@@ -91,6 +99,12 @@ STEPS = [
          [[PY, *TRAIN, "--size", "tiny", "--steps", "1", "--device", "cpu", "--dtype", "bf16"]]),
     Step("fsdp", "Qwen2.5-VL-3B-sized judge: FSDP2 on one GPU, bf16, gradient checkpointing", 70,
          [[*TORCHRUN, *TRAIN, *FSDP_3B]], [[*TORCHRUN, *TRAIN, *FSDP_SMOKE]]),
+    Step("scale", "Qwen2.5-VL-3B-sized judge at 2 x 4 x 4 with 256-token traces: zrcore's step with the memory "
+                  "options beside TRL's GRPO step", 150,
+         [[PY, *TRAIN, *SCALE_3B, "--out", "/tmp/zrcore-scale.json"],
+          [PY, "-m", "benchmarks.trl_step", "--size", "3b", "--batch", "2x4x4", "--tokens", "256", "--steps", "2"]],
+         [[PY, *TRAIN, *SCALE_SMOKE], [PY, "-m", "benchmarks.trl_step", "--size", "tiny", "--batch", "2x2x2",
+                                      "--tokens", "4", "--steps", "1", "--cpu"]]),
     Step("build", "the CUDA extension", 90,
          [["env", "ZRCORE_BUILD_CUDA=1", "MAX_JOBS=16", PY, "setup.py", "build_ext", "--inplace"], EXTENSION_ROW],
          [EXTENSION_ROW]),  # (the smoke run uses the extension built at install)
