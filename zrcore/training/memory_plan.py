@@ -566,8 +566,6 @@ def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, prog
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             out["grad_bytes"] = _nbytes([p.grad for p in params])
-            phases.reset()
-            out["optimizer"] = phases.peak()  # params + gradients, before the step
             locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in params]
             out["state_bytes"] = _adam_state_bytes(locals_, opt)
             # torch's foreach AdamW allocates one full-size temporary (the sqrt of the second moment) per step;
@@ -638,11 +636,9 @@ def estimate(preset: str, workload: Workload | None = None, options: MemoryOptio
     table["forward_backward"] = fb
     notes.append(f"vision tower: {images_micro} images per micro-batch, {s['patches']} patches x "
                  f"{s['vision_depth']} blocks, analytic activations")
-    o = _kinds(m["optimizer"], ref_b)
-    o["optimizer"] = states
-    o["activations"] = 0
-    o["temporaries"] = m["optimizer_work"]
-    o["gradients"] += ddp_buckets
+    o = dict.fromkeys(KINDS, 0)  # every tensor alive in the step is known: the shards, their gradients, states
+    o.update(parameters=pol_b, gradients=m["grad_bytes"] + ddp_buckets, optimizer=states, reference=ref_b,
+             temporaries=m["optimizer_work"])
     table["optimizer"] = o
 
     # rollout: persistent state + gathered weights + KV cache + sampling temporaries
@@ -687,12 +683,13 @@ def estimate(preset: str, workload: Workload | None = None, options: MemoryOptio
 
 
 def format_table(plan: MemoryPlan) -> str:
-    """A markdown table: phases as rows, kinds as columns, GiB per rank; the peak below."""
-    head = "| phase | " + " | ".join(KINDS) + " | total |"
+    """A markdown table: phases as rows, kinds as columns, GiB per rank (MiB below 1 GiB); the peak below."""
+    unit, div = ("GiB", _GIB) if plan.peak >= _GIB else ("MiB", 2 ** 20)
+    head = f"| phase ({unit}) | " + " | ".join(KINDS) + " | total |"
     lines = [head, "|---" * (len(KINDS) + 2) + "|"]
     for phase, kinds in plan.table.items():
-        cells = " | ".join(f"{kinds[k] / _GIB:.2f}" for k in KINDS)
-        lines.append(f"| {phase} | {cells} | **{plan.phase_total(phase) / _GIB:.2f}** |")
+        cells = " | ".join(f"{kinds[k] / div:.2f}" for k in KINDS)
+        lines.append(f"| {phase} | {cells} | **{plan.phase_total(phase) / div:.2f}** |")
     o, w = plan.options, plan.workload
     lines.append("")
     lines.append(f"{plan.preset} ({plan.params / 1e9:.2f} B parameters), {w.prompts}x{w.candidates}x{w.samples}, "
@@ -701,8 +698,8 @@ def format_table(plan: MemoryPlan) -> str:
                  f"master {o.master_dtype}, {o.optimizer}, ref {o.ref_dtype}"
                  f"{' offloaded' if o.ref_offload else ''}, cpu_offload {o.fsdp_cpu_offload}, checkpointing "
                  f"{o.gradient_checkpointing}, micro_batch_tokens {o.micro_batch_tokens}")
-    lines.append(f"peak per rank: {plan.peak / _GIB:.2f} GiB ({plan.peak_phase})"
-                 + (f"; host per rank: {sum(plan.host.values()) / _GIB:.2f} GiB" if plan.host else "")
+    lines.append(f"peak per rank: {plan.peak / div:.2f} {unit} ({plan.peak_phase})"
+                 + (f"; host per rank: {sum(plan.host.values()) / div:.2f} {unit}" if plan.host else "")
                  + f"; estimated in {plan.seconds:.0f} s")
     return "\n".join(lines)
 
