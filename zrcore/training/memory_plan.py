@@ -363,7 +363,7 @@ class _Driver(torch.nn.Module):
         token_ids = torch.arange(self.bins, device=ids.device)
         values = torch.linspace(1.0, 5.0, self.bins, device=ids.device)
         q = score_distribution_torch(hidden[:, -1].to(weight.dtype), weight, token_ids, values)
-        return logps.view(ids.shape[0], completion), q.log_probs
+        return logps, q.log_probs  # [rows * completion], [rows, K]
 
 
 def _fake_group(world: int) -> None:
@@ -485,6 +485,8 @@ def _build(config, dtype: torch.dtype, opt: MemoryOptions, trainable: bool, chec
 
 
 def _materialize(driver, fake: bool, seed: int) -> None:
+    """Storage for the meta-built module (fake tensors inside FakeTensorMode); real tensors get small random values.
+    The rotary tables are buffers computed at construction: they are computed again."""
     driver.to_empty(device="cpu")
     if not fake:
         gen = torch.Generator().manual_seed(seed)
@@ -492,22 +494,14 @@ def _materialize(driver, fake: bool, seed: int) -> None:
             for p in driver.parameters():
                 local = p.to_local() if hasattr(p, "to_local") else p
                 local.copy_(torch.randn(local.shape, generator=gen) * 0.02)
-            for b in driver.buffers():
-                if b.is_floating_point():
-                    b.zero_()
-        for m in driver.modules():  # rotary tables are buffers computed at init: recompute them
-            if hasattr(m, "inv_freq") and hasattr(m, "rope_init_fn"):
-                inv, _ = m.rope_init_fn(m.config, torch.device("cpu"))
-                m.inv_freq = inv
-    else:
-        for m in driver.modules():
-            if hasattr(m, "inv_freq") and hasattr(m, "rope_init_fn"):
-                inv, _ = m.rope_init_fn(m.config, torch.device("cpu"))
-                m.inv_freq = inv
+    for m in driver.modules():
+        if hasattr(m, "inv_freq") and hasattr(m, "rope_init_fn"):
+            m.inv_freq = m.rope_init_fn(m.config, torch.device("cpu"))[0]
 
 
 def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, progress) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
+
     if opt.distributed == "fsdp":
         _fake_group(opt.world_size)
     master, ref_dtype = _DTYPES[opt.master_dtype], _DTYPES[opt.ref_dtype]
@@ -531,7 +525,7 @@ def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, prog
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, s["vocab"], (rows, seq), generator=None if fake else gen)
         tracker = _tracker()
-        tracker.track_external(policy, *( [ref] if ref is not None else []))
+        tracker.track_external(*[mod for mod in (policy, ref) if mod is not None])
         phases = _Phases(tracker)
         with tracker:
             out["build"] = phases.peak()
@@ -557,16 +551,14 @@ def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, prog
             phases.reset()
             with autocast:
                 logps, logq = policy(ids, comp)
-                adv = torch.ones(rows, 1)
-                loss = -(logps * adv).mean() - logq[:, 0].float().mean()
+                loss = -logps.mean() - logq[:, 0].float().mean()  # the policy term's and the CE term's inputs
             loss.backward()
             del logps, logq, loss
             out["forward_backward"] = phases.peak()
-            for p in params:  # the vision tower's gradients (not driven here) exist after a real backward
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            out["grad_bytes"] = _nbytes([p.grad for p in params])
             locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+            # every trained parameter has a gradient after a real backward (the vision tower's too, not driven
+            # here), in the parameter's dtype (FSDP2 reduces in fp32 and casts back to the shard's dtype)
+            out["grad_bytes"] = sum(t.numel() * t.element_size() for t in locals_)
             out["state_bytes"] = _adam_state_bytes(locals_, opt)
             # torch's foreach AdamW allocates one full-size temporary (the sqrt of the second moment) per step;
             # fused and torchao's compiled steps none (checked on real tensors in the tests: fake tensors record
@@ -692,7 +684,8 @@ def format_table(plan: MemoryPlan) -> str:
         lines.append(f"| {phase} | {cells} | **{plan.phase_total(phase) / div:.2f}** |")
     o, w = plan.options, plan.workload
     lines.append("")
-    lines.append(f"{plan.preset} ({plan.params / 1e9:.2f} B parameters), {w.prompts}x{w.candidates}x{w.samples}, "
+    count = f"{plan.params / 1e9:.2f} B" if plan.params >= 1e8 else f"{plan.params / 1e6:.2f} M"
+    lines.append(f"{plan.preset} ({count} parameters), {w.prompts}x{w.candidates}x{w.samples}, "
                  f"{w.reasoning_tokens}-token traces, {w.image_size} px ({plan.shape['image_tokens']} image tokens, "
                  f"{plan.shape['seq_len']} tokens a sequence); {o.distributed} x {o.world_size}, dtype {o.dtype}, "
                  f"master {o.master_dtype}, {o.optimizer}, ref {o.ref_dtype}"
