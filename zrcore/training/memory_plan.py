@@ -389,6 +389,12 @@ def _tracker():
             frozen = not any(p.requires_grad for p in module.parameters())
             return super()._track_module_params_and_buffers(module, install_grad_hooks and not frozen)
 
+        def _update_peak_stats(self, peak_state) -> None:  # the global peak only (not one per active module:
+            for dev, snap in self._curr_mem_snap.items():  # that loop over every module per op dominates at scale)
+                if self._peak_mem.get(dev, 0) < snap["Total"]:
+                    self._peak_mem[dev] = snap["Total"]
+                    self._peak_mem_snap[dev] = dict(snap)
+
         # only the global peaks are read: per-module statistics restart at each top-level call (a generate step
         # calls the model once per token), and hooks of modules without statistics are skipped
         def _pre_fw_hook(self, module, inputs) -> None:
