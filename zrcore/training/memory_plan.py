@@ -553,6 +553,7 @@ def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, prog
             if n_micro > 1:  # later micro-batches accumulate into the gradients of the earlier ones
                 for p in params:
                     p.grad = torch.zeros_like(p)
+                tracker._track_module_params_and_buffers(policy, install_grad_hooks=False)  # tagged as gradients
             progress(f"forward + backward of one micro-batch ({rows} sequences x {seq} tokens)")
             phases.reset()
             with autocast:
