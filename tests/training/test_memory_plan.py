@@ -118,7 +118,7 @@ def test_plan_matches_the_trainer_step_on_cpu(measured):
     plan_peak = max(_expected(plan, p, pad) for p in plan.table if p != "build")
     errors["peak"] = plan_peak / real_peak - 1
     print({k: f"{v:+.1%}" for k, v in errors.items()}, {k: round(v / MIB, 2) for k, v in peaks.items()},
-          f"padding mask term {pad / MIB:.2f} MiB")
+          f"padding mask term {pad / MIB:.2f} MiB", {k: v for k, v in measured["shape"].items() if k != "mask"})
     assert all(abs(e) <= 0.10 for e in errors.values()), errors
 
 
@@ -177,3 +177,13 @@ def test_command_prints_the_table_and_json(capsys):
     with pytest.raises(SystemExit):
         mp.main(["--preset", "nope"])
     assert "preset must be one of" in capsys.readouterr().err
+
+
+def test_fake_tensors_measure_what_real_tensors_allocate():
+    """The estimator's own code path on real CPU tensors gives the same bytes as on fake tensors, phase by phase
+    (FSDP2 over the fake process group, checkpointing, two micro-batches accumulating gradients)."""
+    wl = mp.Workload(2, 2, 2, 8, 56, prompt_tokens=16)
+    opt = mp.MemoryOptions(dtype="fp32", gradient_checkpointing=True, micro_batch_tokens=1)
+    fake = mp.estimate("tiny_qwen2_5_vl_student", wl, opt)
+    real = mp.estimate("tiny_qwen2_5_vl_student", wl, opt, fake=False)
+    assert fake.table == real.table
