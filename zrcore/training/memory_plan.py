@@ -63,6 +63,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import math
 import sys
 import time
@@ -78,6 +79,7 @@ KINDS = ("parameters", "gradients", "optimizer", "reference", "activations", "kv
 OPTIMIZERS = ("adamw", "adamw_fused", "adamw_8bit")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _GIB = 2 ** 30
+_log = logging.getLogger(__name__)
 
 _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                           spatial_merge_size=2, temporal_patch_size=2, window_size=112,
@@ -600,7 +602,7 @@ def estimate(preset: str, workload: Workload | None = None, options: MemoryOptio
 
     def note(msg: str) -> None:
         if progress:
-            print(f"[memory_plan {time.time() - t0:5.1f}s] {msg}", file=sys.stderr, flush=True)
+            _log.info("[memory_plan %5.1fs] %s", time.time() - t0, msg)
 
     s = _shape(config, wl)
     note(f"{preset}: building on meta, world size {opt.world_size}, {opt.distributed}")
@@ -730,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         kind = _bool if isinstance(value, bool) else type(value)
         ap.add_argument(f"--{name}", type=kind, default=value)
     args = ap.parse_args(argv)
+    if not args.json and not _log.handlers:  # the command's progress notes on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(logging.INFO)
     try:
         p, m, g = _parse_batch(args.batch)
         wl = Workload(p, m, g, args.reasoning_tokens, args.image_size, args.prompt_tokens)
@@ -737,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = estimate(args.preset, wl, opt, progress=not args.json)
     except ValueError as err:
         ap.error(str(err))
-    print(json.dumps(plan.to_json(), indent=1) if args.json else format_table(plan))
+    sys.stdout.write((json.dumps(plan.to_json(), indent=1) if args.json else format_table(plan)) + "\n")
     return 0
 
 
