@@ -22,10 +22,16 @@ master dtype, wrapped by a driver module that is the FSDP2 root, and under ``dis
 N, rank 0), with ``MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=fp32)``. Its storage is then materialized
 with ``to_empty`` inside ``FakeTensorMode(allow_non_fake_inputs=True)`` (no memory is allocated), the reference
 likewise in ``ref_dtype``, and ``torch.distributed._tools.mem_tracker.MemTracker`` records the bytes of every
-storage while the driver runs the phases on fake tensors: the no-grad forwards, one micro-batch forward + backward
-of a policy-gradient + CE surrogate loss over the same outputs as GDSO's (completion log-probs, the score
-distribution), and the optimizer step (torch AdamW, foreach or fused). The same code runs on real tensors
-(``fake=False``), which is how ``tests/training/test_memory_plan.py`` checks it against real allocation on CPU.
+storage while the driver runs the phases on fake tensors: the no-grad forwards of the policy and the reference, and
+one micro-batch forward + backward of a policy-gradient + CE surrogate loss over the same outputs as GDSO's
+(completion log-probs, the score distribution); with several micro-batches the gradients of the earlier ones are
+alive. The same code runs on real tensors (``fake=False``) and gives the same bytes; the tests also compare the plan
+with zrcore's GDSO trainer step under MemTracker on CPU.
+
+The optimizer step is not run: on fake tensors MemTracker records about 16 B/param of work space for torch's foreach
+AdamW where real tensors allocate 4 B/param (one full-size temporary). Its tensors are counted from the shards: the
+master weights, their gradients (in the master dtype), the states (2 x the master dtype per parameter for torch
+AdamW) and that temporary for ``optimizer="adamw"`` (none for the fused step).
 
 The decoder is driven through ``inputs_embeds`` (transformers' vision path reads ``grid_thw`` with ``.tolist()``,
 which fake tensors cannot answer); the image placeholder tokens are part of the driven sequence. The rest is added
@@ -41,7 +47,7 @@ analytically, each term named in the notes of the plan:
   layer's cache more while the cache grows;
 - rollout: the policy's weights gathered once (a full copy in the compute dtype) when ``unshard_once``, else the
   largest unit; the last position's logits over the vocabulary (fp32, three copies while sampling);
-- optimizers measured through torchao's formulas, not run: ``adamw_8bit`` (AdamW8bit: 1 B per element per state
+- torchao's optimizers by their formulas: ``adamw_8bit`` (AdamW8bit: 1 B per element per state
   plus one scale in the parameter dtype per 256 elements, tensors of >= 4096 elements; smaller ones keep full
   states) and, with ``master_dtype="bf16"``, torchao's AdamW with bf16 stochastic rounding (states in bf16); their
   compiled per-parameter step has no full-size temporary;
