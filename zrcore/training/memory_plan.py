@@ -651,10 +651,11 @@ def estimate(preset: str, workload: Workload | None = None, options: MemoryOptio
     # rollout: persistent state + gathered weights + KV cache + sampling temporaries
     seqs = min(opt.rollout_batch_size, m["local_prompts"] * wl.candidates * wl.samples)
     kv, kv_layer = _kv_bytes(s, seqs, s["seq_len"], cb)
-    gathered = 0
-    if opt.distributed == "fsdp" or (opt.dtype != opt.master_dtype):
-        full = n_params * cb
-        gathered = full if opt.unshard_once else full // max(1, s["layers"]) * 2
+    gathered = 0  # fsdp: gathered once (a full copy) or a unit at a time; else autocast's cache of 16-bit weights
+    if opt.distributed == "fsdp":
+        gathered = n_params * cb if opt.unshard_once else n_params * cb // max(1, s["layers"]) * 2
+    elif opt.dtype != opt.master_dtype:
+        gathered = n_params * cb
     prompts_in_call = max(1, seqs // wl.samples)
     prefill = prompts_in_call * (s["seq_len"] - wl.reasoning_tokens) * (2 * s["intermediate"] + 4 * s["hidden"]) * cb
     r = dict.fromkeys(KINDS, 0)
