@@ -187,3 +187,10 @@ def test_fake_tensors_measure_what_real_tensors_allocate():
     fake = mp.estimate("tiny_qwen2_5_vl_student", wl, opt)
     real = mp.estimate("tiny_qwen2_5_vl_student", wl, opt, fake=False)
     assert fake.table == real.table
+
+
+def test_no_process_group_is_left_behind():
+    import torch.distributed as dist
+
+    mp.estimate("tiny_qwen2_vl_student", mp.Workload(1, 2, 2, 4, 56, prompt_tokens=8), mp.MemoryOptions(world_size=4))
+    assert not dist.is_initialized()

@@ -374,17 +374,21 @@ class _Driver(torch.nn.Module):
         return logps, q.log_probs  # [rows * completion], [rows, K]
 
 
-def _fake_group(world: int) -> None:
+@contextlib.contextmanager
+def _fake_group(world: int):
+    """torch's fake process group of ``world`` ranks (this process is rank 0) for the duration of the block; the
+    default group is destroyed afterwards, so that nothing else in the process sees an initialized group."""
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
-        if dist.get_backend() != "fake":
-            raise RuntimeError("memory_plan needs its own fake process group: run it outside torchrun")
-        if dist.get_world_size() == world:
-            return
-        dist.destroy_process_group()
+        raise RuntimeError("memory_plan needs its own fake process group: run it where no process group is "
+                           "initialized (not under torchrun)")
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _tracker():
@@ -514,10 +518,14 @@ def _materialize(driver, fake: bool, seed: int) -> None:
 
 
 def _measure(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, progress) -> dict:
+    group = _fake_group(opt.world_size) if opt.distributed == "fsdp" else contextlib.nullcontext()
+    with group:
+        return _measure_in_group(config, wl, opt, s, fake, progress)
+
+
+def _measure_in_group(config, wl: Workload, opt: MemoryOptions, s: dict, fake: bool, progress) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    if opt.distributed == "fsdp":
-        _fake_group(opt.world_size)
     master, ref_dtype = _DTYPES[opt.master_dtype], _DTYPES[opt.ref_dtype]
     policy = _build(config, master, opt, True, opt.gradient_checkpointing)
     ref = _build(config, ref_dtype, opt, False, False) if opt.beta > 0 else None
