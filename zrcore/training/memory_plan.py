@@ -55,7 +55,8 @@ analytically, each term named in the notes of the plan:
   gradient buffers for the hidden states and the LM head allocated in the forward, one chunk of logits at a time;
 - ``fsdp_cpu_offload`` / ``ref_offload`` (FSDP2's ``CPUOffloadPolicy``): the measured shards of the policy
   (parameters, gradients, optimizer states and its work space) / the reference move to the host, reported apart;
-- ``distributed="ddp"``: a replica per rank plus DDP's gradient buckets (a second copy of the gradients);
+- ``distributed="ddp"``: a replica per rank plus DDP's gradient buckets (a second copy of the gradients, alive from
+  the wrapping on);
 - build: the shards plus one full tensor (the largest, 16-bit from the checkpoint and its master-dtype copy) in
   flight while loading sharded.
 
@@ -674,8 +675,12 @@ def estimate(preset: str, workload: Workload | None = None, options: MemoryOptio
     r["activations"] = _vision_act_bytes(s, prompts_in_call, True, cb)
     r["temporaries"] = kv_layer + 3 * seqs * s["vocab"] * 4 + prefill
     table["rollout"] = r
-    notes.append(f"rollout: {seqs} sequences per generate call, KV cache analytic, weights gathered "
-                 f"{'once' if opt.unshard_once else 'one unit at a time'}")
+    for phase in ("rollout", "old_logprobs", "ref_logprobs"):  # DDP's buckets live as long as the wrapper
+        if phase in table:
+            table[phase]["gradients"] += ddp_buckets
+    notes.append(f"rollout: {seqs} sequences per generate call, KV cache analytic"
+                 + (f", weights gathered {'once' if opt.unshard_once else 'one unit at a time'}"
+                    if opt.distributed == "fsdp" else ""))
 
     host: dict[str, int] = {}
     if opt.fsdp_cpu_offload:
