@@ -393,7 +393,9 @@ def _fake_group(world: int):
 
 
 def _tracker():
-    """torch's MemTracker, without gradient hooks on frozen modules (it would register one on every parameter)."""
+    """torch's MemTracker (torch 2.13's private hooks), adapted to read global peaks only: no gradient hooks on frozen
+    modules, no per-module peaks, per-module statistics restarted at each top-level call (a sampling loop calls the
+    model once per token), and no backward hooks registered for calls without gradients."""
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.utils._pytree import tree_map_only
 
