@@ -54,6 +54,12 @@ SCALE = ["--steps", "2", "--dtype", "bf16", "--batch_size", "2", "--candidates",
 SCALE_3B = ["--size", "3b", *SCALE, "--sampling.max_reasoning_tokens", "256", "--micro_batch_tokens", "8192"]
 SCALE_SMOKE = ["--size", "tiny", *SCALE, "--steps", "1", "--sampling.max_reasoning_tokens", "4", "--micro_batch_tokens",
                "64", "--device", "cpu"]
+PLAN = ["--distributed", "none", "--dtype", "bf16", "--beta", "0", "--gradient_checkpointing", "true",
+        "--master_dtype", "bf16", "--optimizer", "adamw_8bit"]  # the memory plan of the SCALE runs
+PLAN_3B = ["--preset", "qwen2_5_vl_3b", "--batch", "2x4x4", "--reasoning_tokens", "256", "--image_size", "448",
+           "--micro_batch_tokens", "8192", *PLAN]
+PLAN_SMOKE = ["--preset", "tiny_qwen2_vl_teacher", "--batch", "2x4x4", "--reasoning_tokens", "4", "--image_size", "112",
+              "--micro_batch_tokens", "64", *PLAN]
 XDIST = ["-n", "4"] if importlib.util.find_spec("xdist") else []  # Triton compiles the test variants in parallel
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
 
@@ -102,9 +108,12 @@ STEPS = [
     Step("scale", "Qwen2.5-VL-3B-sized judge at 2 x 4 x 4 with 256-token traces: zrcore's step with the memory "
                   "options beside TRL's GRPO step", 150,
          [[PY, *TRAIN, *SCALE_3B, "--out", "/tmp/zrcore-scale.json"],
+          [PY, "-m", "benchmarks.plan_error", "--measured", "/tmp/zrcore-scale.json", *PLAN_3B],
           [PY, "-m", "benchmarks.trl_step", "--size", "3b", "--batch", "2x4x4", "--tokens", "256", "--steps", "2"]],
-         [[PY, *TRAIN, *SCALE_SMOKE], [PY, "-m", "benchmarks.trl_step", "--size", "tiny", "--batch", "2x2x2",
-                                      "--tokens", "4", "--steps", "1", "--cpu"]]),
+         [[PY, *TRAIN, *SCALE_SMOKE, "--out", "/tmp/zrcore-scale-smoke.json"],
+          [PY, "-m", "benchmarks.plan_error", "--measured", "/tmp/zrcore-scale-smoke.json", *PLAN_SMOKE],
+          [PY, "-m", "benchmarks.trl_step", "--size", "tiny", "--batch", "2x2x2", "--tokens", "4", "--steps", "1",
+           "--cpu"]]),
     Step("build", "the CUDA extension", 90,
          [["env", "ZRCORE_BUILD_CUDA=1", "MAX_JOBS=16", PY, "setup.py", "build_ext", "--inplace"], EXTENSION_ROW],
          [EXTENSION_ROW]),  # (the smoke run uses the extension built at install)

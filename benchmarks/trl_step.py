@@ -22,15 +22,6 @@ import torch
 from benchmarks.results import Table
 
 
-def parse_batch(text: str) -> tuple[int, int, int]:
-    """'PxMxG' -> (prompts, candidates, samples)."""
-    try:
-        p, m, g = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--batch must be PxMxG (prompts x candidates x samples), got {text!r}") from None
-    return p, m, g
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "3b"], default="tiny")
@@ -45,6 +36,7 @@ def main(argv=None) -> dict:
     from zrcore.data import SyntheticRubric
     from zrcore.integrations.trl import GDSOConfig, GDSOTrainer
     from zrcore.models import build_tiny_reward_model
+    from zrcore.training.memory_plan import parse_batch
 
     p, m, g = parse_batch(args.batch)
     cuda = torch.cuda.is_available() and not args.cpu

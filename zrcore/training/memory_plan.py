@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 __all__ = ["KINDS", "OPTIMIZERS", "PHASES", "PRESETS", "MemoryOptions", "MemoryPlan", "Workload", "estimate",
-           "format_table", "main", "model_config"]
+           "format_table", "main", "model_config", "parse_args", "parse_batch"]
 
 PHASES = ("build", "rollout", "old_logprobs", "ref_logprobs", "forward_backward", "optimizer")
 KINDS = ("parameters", "gradients", "optimizer", "reference", "activations", "kv_cache", "temporaries")
@@ -188,7 +188,7 @@ class MemoryOptions:
     dtype: str = "bf16"
     master_dtype: str = "fp32"
     optimizer: str = "adamw"
-    ref_dtype: str = "bf16"
+    ref_dtype: str = "auto"  # auto: the compute dtype, as the trainer's
     ref_offload: bool = False
     fsdp_cpu_offload: bool = False
     gradient_checkpointing: bool = False
@@ -200,6 +200,8 @@ class MemoryOptions:
     rollout_batch_size: int = 64
 
     def __post_init__(self):
+        if self.ref_dtype == "auto":
+            self.ref_dtype = self.dtype
         for name in ("dtype", "master_dtype", "ref_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"{name} must be one of {list(_DTYPES)}, got {getattr(self, name)!r}")
@@ -728,7 +730,8 @@ def format_table(plan: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-def _parse_batch(text: str) -> tuple[int, int, int]:
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """'PxMxG' -> (prompts, candidates, samples)."""
     try:
         p, m, g = (int(x) for x in text.lower().split("x"))
     except ValueError:
@@ -736,7 +739,8 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
     return p, m, g
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[str, Workload, MemoryOptions, bool]:
+    """The command line -> (preset, workload, options, JSON wanted); a bad value exits with one line naming it."""
     ap = argparse.ArgumentParser(prog="python -m zrcore.training.memory_plan",
                                  description="Per-rank peak memory of one GDSO step, by phase and kind, estimated on "
                                              "fake tensors (no GPU).")
@@ -752,21 +756,28 @@ def main(argv: list[str] | None = None) -> int:
         if name == "world_size":
             continue
         kind = _bool if isinstance(value, bool) else type(value)
-        ap.add_argument(f"--{name}", type=kind, default=value)
+        ap.add_argument(f"--{name}", type=kind, default="auto" if name == "ref_dtype" else value)
     args = ap.parse_args(argv)
-    if not args.json and not _log.handlers:  # the command's progress notes on stderr
+    try:
+        p, m, g = parse_batch(args.batch)
+        wl = Workload(p, m, g, args.reasoning_tokens, args.image_size, args.prompt_tokens)
+        opt = MemoryOptions(**{k: getattr(args, k) for k in asdict(defaults)})
+    except ValueError as err:
+        ap.error(str(err))
+    if args.preset not in PRESETS:
+        ap.error(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    return args.preset, wl, opt, args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    preset, wl, opt, as_json = parse_args(argv)
+    if not as_json and not _log.handlers:  # the command's progress notes on stderr
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         _log.addHandler(handler)
         _log.setLevel(logging.INFO)
-    try:
-        p, m, g = _parse_batch(args.batch)
-        wl = Workload(p, m, g, args.reasoning_tokens, args.image_size, args.prompt_tokens)
-        opt = MemoryOptions(**{k: getattr(args, k) for k in asdict(defaults)})
-        plan = estimate(args.preset, wl, opt, progress=not args.json)
-    except ValueError as err:
-        ap.error(str(err))
-    sys.stdout.write((json.dumps(plan.to_json(), indent=1) if args.json else format_table(plan)) + "\n")
+    plan = estimate(preset, wl, opt, progress=not as_json)
+    sys.stdout.write((json.dumps(plan.to_json(), indent=1) if as_json else format_table(plan)) + "\n")
     return 0
 
 
