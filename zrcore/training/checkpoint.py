@@ -115,9 +115,14 @@ def load_checkpoint(output_dir: str | Path, rt, model, optimizer, frozen: dict |
         return None
     frozen = frozen or {}
     state = _state(model, optimizer, frozen)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path), no_dist=rt.world == 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=rt.world == 1)
+    except (RuntimeError, ValueError, KeyError) as err:  # another architecture or size: one line, not DCP's dump
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"checkpoint {path} does not fit this model ({first}); start afresh with "
+                         f"--overwrite_output_dir true or use another --output_dir") from err
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     for name, module in frozen.items():
         set_model_state_dict(module, state[name])

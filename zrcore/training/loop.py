@@ -28,6 +28,7 @@ from zrcore.training.checkpoint import load_checkpoint, save_checkpoint, stop_if
 from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
+from zrcore.training.run_dir import prepare_run_dir
 
 
 def lr_lambda(cfg):
@@ -46,6 +47,7 @@ class TrainLoop:
         self.main = self.rt.main
         seed_everything(cfg.seed)
         self.out = Path(cfg.output_dir)
+        self.run_action = prepare_run_dir(cfg, self.main)  # refuses a rerun with other settings, unless told
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
@@ -131,6 +133,10 @@ class TrainLoop:
         if meta is None:
             return False
         self.sched.load_state_dict(meta["scheduler"])
+        if self.cfg.resume:  # resumed with new settings on purpose: the new ones apply from here on
+            self.sched.base_lrs = [self.cfg.lr for _ in self.sched.base_lrs]
+            for group in self.opt.param_groups:
+                group["weight_decay"] = self.cfg.weight_decay
         self.step = meta["step"]
         self.results = meta.get("results", {})
         self.extra_tensors = meta.get("extra_tensors", {})
