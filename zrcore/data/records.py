@@ -111,6 +111,8 @@ def _is_number(x) -> bool:
 
 def _label(value, name: str, where: str, bins: ScoreBins) -> float:
     """A score-like value: a JSON number, finite, inside the rubric range; the error names the line and field."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a numpy / torch scalar
+        value = value.item()
     if not _is_number(value):
         raise ValueError(f"{where}: field {name!r} must be a number, got {value!r}")
     value = float(value)
@@ -119,6 +121,12 @@ def _label(value, name: str, where: str, bins: ScoreBins) -> float:
     if not bins.min - 1e-6 <= value <= bins.max + 1e-6:
         raise ValueError(f"{where}: {name} {value} outside the rubric range [{bins.min}, {bins.max}]")
     return value
+
+
+def check_scores(scores: Sequence, bins: ScoreBins, what: str = "score") -> None:
+    """Every value a finite number inside the rubric range; the error names ``what`` and the first bad row."""
+    for i, value in enumerate(scores):
+        _label(value, what, f"row {i}", bins)
 
 
 def parse_jsonl_row(row, where: str, base: Path, bins: ScoreBins, require_score: bool = True,

@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 from trl import GRPOConfig, GRPOTrainer
 
 from zrcore import losses
+from zrcore.data.records import check_scores
 from zrcore.integrations.transformers import apply_zrcore
 from zrcore.ops import pairwise_gap
 from zrcore.seeding import step_seed
@@ -101,6 +102,7 @@ class GDSOTrainer(GRPOTrainer):
         missing = [c for c in REQUIRED_COLUMNS if c not in train_dataset.column_names]
         if missing:
             raise ValueError(f"train_dataset lacks the columns {missing} (needs {list(REQUIRED_COLUMNS)})")
+        check_scores(train_dataset["score"], reward_model.bins, "train_dataset score")  # no NaN, none off the scale
         self.reward_model = reward_model
         bins = reward_model.bins
         apply_zrcore(reward_model.model, bins=bins, score_token_ids=reward_model.score_tokens(torch.arange(len(bins))))

@@ -75,6 +75,59 @@ def load_images(images: Sequence) -> list[Image.Image]:
     return out
 
 
+def _checkpoint_path(path: str | Path) -> str | Path:
+    """A local checkpoint folder (checked for config.json, with a hint when the model sits in ``model/``), or a
+    hub id ("org/name") left as a string for transformers."""
+    local = Path(path)
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            hint = (f"; did you mean {str(local / 'model')!r} (a recipe's output_dir/model)?"
+                    if (local / "model" / "config.json").exists() else ": not a saved reward model")
+            raise ValueError(f"path {str(path)!r} has no config.json{hint}")
+        return local
+    text = str(path)
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not text:
+        raise ValueError(f"path {text!r} is not a checkpoint folder (nor a hub id 'org/name')")
+    return text
+
+
+def _side_file(path: str | Path, name: str) -> Path | None:
+    """zrcore's file ``name`` beside a checkpoint (a local folder, or a hub repository's file), None when absent."""
+    if isinstance(path, Path):
+        return path / name if (path / name).exists() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(path), name))
+    except Exception:  # absent from the repository, or offline: the checkpoint has none
+        return None
+
+
+def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
+    """The transformers model of ``path``; missing or unexpected tensors, mismatched shapes and a model type
+    without an image-text-to-text class are one-line errors."""
+    try:
+        model, info = auto_cls.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kwargs)
+    except ValueError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Unrecognized configuration class" in first or "model type" in first.lower():
+            model_type = first.split("class ", 1)[-1].split(" ")[0]
+            raise ValueError(f"{path}: {model_type} has no image-text-to-text (vision-language) model class in "
+                             f"transformers: not a reward model checkpoint") from None
+        raise ValueError(f"{path}: {first[:300]}") from None
+    except RuntimeError as err:  # size mismatches raised by torch while loading
+        first = str(err).strip().splitlines()
+        detail = (first[1] if len(first) > 1 else first[0]).strip()[:300]
+        raise ValueError(f"{path}: the weights do not fit the config ({detail})") from None
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        kind, keys = next(iter(problems.items()))
+        keys = sorted(k if isinstance(k, str) else k[0] for k in keys)
+        raise ValueError(f"{path}: the checkpoint's weights do not match its config ({len(keys)} "
+                         f"{kind.replace('_', ' ')}, e.g. {keys[0]!r}): refusing to fill them at random")
+    return model
+
+
 class RewardModel(torch.nn.Module):
     """See the module docstring. ``dimensions``: the rubric dimension keys the templates define."""
 
@@ -169,28 +222,26 @@ class RewardModel(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, bins: ScoreBins | None = None, templates: str | Path | None = None,
                         torch_dtype: torch.dtype | None = None, **kwargs) -> RewardModel:
-        """A local checkpoint directory (model, tokenizer and image processor as saved by ``save_pretrained``)."""
+        """A checkpoint (model, tokenizer and image processor as saved by ``save_pretrained``): a local folder, or a
+        Hugging Face hub id passed through to transformers (which downloads it, or fails offline with its own
+        message). A checkpoint whose weights miss tensors or do not fit its config is refused, not filled at
+        random."""
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-        path = Path(path)
-        if not path.is_dir():
-            raise ValueError(f"path {str(path)!r} is not a local checkpoint directory")
-        if not (path / "config.json").exists():
-            raise ValueError(f"path {str(path)!r} has no config.json: not a saved reward model")
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        path = _checkpoint_path(path)
+        model = _load_model(AutoModelForImageTextToText, path, torch_dtype, kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         image_processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
-        tmpl = RubricTemplates.load(templates if templates is not None else
-                                    (path / "rubrics.yaml" if (path / "rubrics.yaml").exists() else None))
-        bins_file = path / "zrcore_bins.yaml"
-        if bins is None and bins_file.exists():
+        tmpl = RubricTemplates.load(templates if templates is not None else _side_file(path, "rubrics.yaml"))
+        bins_file = _side_file(path, "zrcore_bins.yaml")
+        if bins is None and bins_file is not None:
             import yaml
 
             spec = yaml.safe_load(bins_file.read_text())
             bins = ScoreBins(spec["values"], spec["labels"])
         rm = cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
-        sampling_file = path / "zrcore_sampling.yaml"
-        if sampling_file.exists():
+        sampling_file = _side_file(path, "zrcore_sampling.yaml")
+        if sampling_file is not None:
             import yaml
 
             rm.sampling = dict(yaml.safe_load(sampling_file.read_text()) or {})

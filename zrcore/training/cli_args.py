@@ -298,7 +298,34 @@ def run_main(main, argv: list[str] | None = None, prog: str = "error"):
         raise SystemExit(2) from None
 
 
+def hf_progress_bars(enabled: bool) -> None:
+    """Hugging Face's own bars (shard loading and writing, downloads) on or off, with the run's ``progress``."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if enabled else disable_progress_bars)()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] | None = None):
     """A recipe's main: parse the config, build the trainer and fit. A bad configuration or input (a ValueError,
-    a missing file...) ends the program with a one-line error and exit code 2, not a traceback."""
-    return run_main(lambda a: trainer_cls(parse_config(config_cls, a, description=description)).fit(), argv)
+    a missing file...) ends the program with a one-line error and exit code 2, not a traceback; the ``zrcore``
+    logger prints to the standard output."""
+    from zrcore._log import cli_logging
+
+    cli_logging()
+
+    def main(args):
+        cfg = parse_config(config_cls, args, description=description)
+        if hasattr(cfg, "progress"):
+            hf_progress_bars(cfg.progress)
+        return trainer_cls(cfg).fit()
+
+    return run_main(main, argv)

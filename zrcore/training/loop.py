@@ -16,6 +16,7 @@ Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
 from zrcore.training.run_dir import prepare_run_dir
+
+log = logging.getLogger("zrcore")
 
 
 def lr_lambda(cfg):
@@ -144,8 +147,8 @@ class TrainLoop:
             self.scaler.load_state_dict(meta["grad_scaler"])
         self.log.truncate_after(self.step)
         if self.main:
-            print(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
-                  f"now {self.rt.world})", flush=True)
+            log.info(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
+                  f"now {self.rt.world})")
         return True
 
     def evaluate(self, name: str) -> dict:
