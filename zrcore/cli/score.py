@@ -171,7 +171,10 @@ def run(argv: list[str] | None = None) -> int:
         raise ValueError("--batch-size must be at least 1")
     from tqdm import tqdm
 
+    from zrcore.training.cli_args import hf_progress_bars
     from zrcore.training.distributed import resolve_device
+
+    hf_progress_bars(not args.no_progress)
 
     try:
         device = resolve_device(args.device)

@@ -106,6 +106,10 @@ def _side_file(path: str | Path, name: str) -> Path | None:
 def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
     """The transformers model of ``path``; missing or unexpected tensors, mismatched shapes and a model type
     without an image-text-to-text class are one-line errors."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of missing keys is replaced by the error below
     try:
         model, info = auto_cls.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kwargs)
     except ValueError as err:
@@ -119,6 +123,8 @@ def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
         first = str(err).strip().splitlines()
         detail = (first[1] if len(first) > 1 else first[0]).strip()[:300]
         raise ValueError(f"{path}: the weights do not fit the config ({detail})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if problems:
         kind, keys = next(iter(problems.items()))

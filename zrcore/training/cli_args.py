@@ -219,10 +219,13 @@ def read_yaml_config(cls, path: str | Path) -> dict:
     return values
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """``--config`` and one ``--field`` per config field (with its help and default), plus the renamed flags."""
+def add_config_arguments(parser, cls, skip: frozenset = frozenset()) -> None:
+    """``--config`` and one ``--field`` per config field (with its help and default), plus the renamed flags;
+    ``skip``: fields the caller defines itself."""
     parser.add_argument("--config", help="YAML file with field: value entries (nested groups as mappings)")
     for name, (tp, f) in flat_fields(cls).items():
+        if name in skip:
+            continue
         default = _default(cls, name)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         parser.add_argument(f"--{name}", dest=name, default=None, metavar=getattr(tp, "__name__", str(tp)).upper(),
