@@ -108,6 +108,7 @@ def load_checkpoint(output_dir: str | Path, rt, model, optimizer, frozen: dict |
     """Loads the newest complete checkpoint into ``model`` / ``optimizer`` / ``frozen`` (collective) and restores
     this rank's RNG state; returns its meta (with "extra_tensors"), or None when there is none."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     path = complete_checkpoint(output_dir)
@@ -119,8 +120,9 @@ def load_checkpoint(output_dir: str | Path, rt, model, optimizer, frozen: dict |
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(path), no_dist=rt.world == 1)
-    except (RuntimeError, ValueError, KeyError) as err:  # another architecture or size: one line, not DCP's dump
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    except (Exception, CheckpointException) as err:  # another architecture or size: one line, not DCP's dump
+        lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()] or [type(err).__name__]
+        first = lines[-1][:200]  # DCP puts the rank's traceback first and the cause last
         raise ValueError(f"checkpoint {path} does not fit this model ({first}); start afresh with "
                          f"--overwrite_output_dir true or use another --output_dir") from err
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
