@@ -140,6 +140,8 @@ def parse_jsonl_row(row, where: str, base: Path, bins: ScoreBins, require_score:
             raise ValueError(f"{where}: missing field {key!r}")
         if not isinstance(row[key], typ):
             raise ValueError(f"{where}: field {key!r} must be a {typ.__name__}, got {row[key]!r}")
+    if not row["prompt"].strip():
+        raise ValueError(f"{where}: field 'prompt' must not be empty")
     if dimensions is not None and row["dimension"] not in dimensions:
         raise ValueError(f"{where}: dimension {row['dimension']!r} is not a rubric dimension ({list(dimensions)})")
     ratings = row.get("ratings")
@@ -166,8 +168,8 @@ def parse_jsonl_row(row, where: str, base: Path, bins: ScoreBins, require_score:
     if split is not None and split not in SPLITS:
         raise ValueError(f"{where}: field 'split' must be one of {list(SPLITS)}, got {split!r}")
     prompt_id = row.get("prompt_id", row["prompt"])
-    if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool):
-        raise ValueError(f"{where}: field 'prompt_id' must be a string or an integer, got {prompt_id!r}")
+    if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool) or prompt_id == "":
+        raise ValueError(f"{where}: field 'prompt_id' must be a non-empty string or an integer, got {prompt_id!r}")
     image = Path(row["image"])
     image = image if image.is_absolute() else base / image
     if check_images and not image.is_file():
