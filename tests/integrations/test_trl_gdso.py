@@ -91,6 +91,12 @@ def test_config_and_dataset_errors(tmp_path):
                       report_to=[])
     with pytest.raises(ValueError, match=r"train_dataset lacks the columns \['image'\]"):
         GDSOTrainer(rm, args=args, train_dataset=_dataset().remove_columns("image"))
+    for bad, message in ((float("nan"), "must be finite"), (9.0, "9.0 outside the rubric range")):
+        data = _dataset()
+        scores = list(data["score"])
+        scores[3] = bad
+        with pytest.raises(ValueError, match=f"row 3: .*{message}"):
+            GDSOTrainer(rm, args=args, train_dataset=data.remove_columns("score").add_column("score", scores))
 
 
 def test_sampler_keeps_the_candidates_of_a_prompt_together():

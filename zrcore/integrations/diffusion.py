@@ -55,7 +55,7 @@ def images_to_tensor(images) -> torch.Tensor:
     return images
 
 
-def check_unit_range(images: torch.Tensor, tol: float = 1e-3) -> None:
+def check_unit_range(images: torch.Tensor, tol: float = 0.02) -> None:
     """Float images must lie in [0, 1] (up to ``tol``): a VAE's [-1, 1] output or [0, 255] values would be scored
     as other images without a word. The error says how to map them."""
     with torch.no_grad():
