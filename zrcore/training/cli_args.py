@@ -255,8 +255,10 @@ def config_from_args(cls, args: dict):
         values["dimensions"] = list(DATA_DIMENSIONS[data])  # the dataset's own dimensions when none are named
     try:
         return cls(**_nest(cls, values))
-    except TypeError as err:  # a wrong type that slipped past (e.g. a nested group given a scalar)
-        raise ConfigError(str(err)) from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # a field's own check (or a nested group given a scalar)
+        raise ConfigError(str(err)) from err
 
 
 def parse_config(cls, argv: list[str] | None = None, description: str = ""):
@@ -329,6 +331,16 @@ def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] |
         cfg = parse_config(config_cls, args, description=description)
         if hasattr(cfg, "progress"):
             hf_progress_bars(cfg.progress)
-        return trainer_cls(cfg).fit()
+        out = Path(cfg.output_dir) if hasattr(cfg, "output_dir") else None
+        fresh = out is not None and not out.exists()
+        try:
+            trainer = trainer_cls(cfg)
+        except BaseException:
+            if fresh and out.is_dir() and not any(out.glob("checkpoint*")):  # a run that never started leaves nothing
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        return trainer.fit()
 
     return run_main(main, argv)
