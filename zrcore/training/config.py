@@ -49,7 +49,6 @@ def _require_choice(cfg, name: str, choices) -> None:
 
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -94,7 +93,8 @@ class RunConfig:
     save_every: int = arg(10, "atomic checkpoint every N steps (and at the end)")
     log_every: int = arg(1, "write a metrics row every N steps")
     progress: bool = arg(True, "show progress bars (ours and Hugging Face's download / loading bars)")
-    report_to: str = arg("none", "also log the metrics to: none | tensorboard | wandb (offline)")
+    report_to: list[str] = arg(help="also log the metrics to: none | tensorboard | wandb (offline) | all; several "
+                                    "comma-separated or as a YAML list", factory=lambda: ["none"])
     device: str = arg("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda | cuda:N")
     dtype: str = arg("fp32", "fp32 | bf16 | fp16: FSDP2 mixed precision (fp32 reduction), else autocast")
     distributed: str = arg("none", "none | ddp | fsdp (FSDP2 fully_shard); ddp and fsdp need torchrun")
@@ -113,7 +113,9 @@ class RunConfig:
         resolve_device(self.device)
         _require_choice(self, "lr_schedule", ("cosine", "constant"))
         _require_choice(self, "attn_implementation", ATTN_IMPLEMENTATIONS)
-        _require_choice(self, "report_to", REPORT_TO)
+        from zrcore.training.metrics_log import report_targets
+
+        self.report_to = list(report_targets(self.report_to)) or ["none"]
         self.require_positive("steps", "save_every", "log_every")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (a negative norm flips the gradient), got "
