@@ -53,6 +53,13 @@ class Judgement(NamedTuple):
     image_inputs: dict  # pixel_values / image_grid_thw for the B*G rows (to re-feed the sequences)
     behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the completion tokens with (0 elsewhere)
 
+    def __repr__(self) -> str:
+        b, g = self.distribution.mean.shape[:2]
+        first = self.texts[0] if self.texts else ""
+        first = first if len(first) <= 60 else first[:57] + "..."
+        return (f"Judgement(B={b}, G={g}, mean={[round(v, 3) for v in self.distribution.mean.mean(1).tolist()][:4]}"
+                f"{' ...' if b > 4 else ''}, truncated={int(self.truncated.sum())}/{b * g}, texts[0]={first!r})")
+
 
 def load_images(images: Sequence) -> list[Image.Image]:
     """PIL images, paths, or lazy image sources (objects with ``open() -> PIL image``, e.g. the recipes' resized
