@@ -10,7 +10,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-
 REPORT_TARGETS = ("tensorboard", "wandb")
 
 
