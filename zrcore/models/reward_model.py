@@ -122,7 +122,10 @@ def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
     except ValueError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "Unrecognized configuration class" in first or "model type" in first.lower():
-            model_type = first.split("class ", 1)[-1].split(" ")[0]
+            import re
+
+            found = re.search(r"\.(\w+)Config'", first)
+            model_type = found.group(1) if found else "its model type"
             raise ValueError(f"{path}: {model_type} has no image-text-to-text (vision-language) model class in "
                              f"transformers: not a reward model checkpoint") from None
         raise ValueError(f"{path}: {first[:300]}") from None
