@@ -167,3 +167,16 @@ def test_coerce_yaml_covers_every_field_type(cls):
         else:
             sample = {int: 1, float: 1.5, bool: True, str: "x"}[inner]
         assert coerce_yaml(tp, sample) == sample, name
+
+
+def test_progress_false_also_silences_hugging_face_bars():
+    from transformers.utils import logging as hf_logging
+
+    try:
+        recipe_out = run_recipe(SFTConfig, lambda cfg: type("T", (), {"fit": lambda self: "built"})(),
+                                argv=["--progress", "false"])
+        assert recipe_out == "built" and not hf_logging.is_progress_bar_enabled()
+        run_recipe(SFTConfig, lambda cfg: type("T", (), {"fit": lambda self: None})(), argv=[])
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
