@@ -320,3 +320,14 @@ def _(tmp):
     (tmp / "x" / "model").mkdir(parents=True)
     (tmp / "x" / "model" / "config.json").write_text("{}")
     return RewardModel.from_pretrained(tmp / "x")
+
+
+@case("zr-score / `RewardModel.from_pretrained`", "a checkpoint whose config.json says another width than its weights")
+def _(tmp):
+    from zrcore.models import build_tiny_reward_model
+
+    build_tiny_reward_model("qwen2_vl").save_pretrained(tmp / "ckpt")
+    cfg = json.loads((tmp / "ckpt" / "config.json").read_text())
+    cfg.get("text_config", cfg)["intermediate_size"] = 96
+    (tmp / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    return zr_score([str(tmp), "--prompt", "x", "--model", str(tmp / "ckpt")])

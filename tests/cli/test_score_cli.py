@@ -159,3 +159,10 @@ def test_a_checkpoint_missing_tensors_is_refused_in_one_line(tmp_path, capsys):
     assert "missing keys" in err and "refusing to fill them at random" in err
     err = one_line_exit_2(capsys, [str(items), "--model", str(tmp_path), "--no-progress"])
     assert "has no config.json" in err
+    build_tiny_reward_model("qwen2_vl", "student").save_pretrained(ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config.get("text_config", config)["intermediate_size"] = 96
+    (ckpt / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    err = one_line_exit_2(capsys, [str(items), "--model", str(ckpt), "--no-progress"])
+    assert "weights do not fit its config (6 tensors of other shapes" in err

@@ -129,10 +129,20 @@ def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
             raise ValueError(f"{path}: {model_type} has no image-text-to-text (vision-language) model class in "
                              f"transformers: not a reward model checkpoint") from None
         raise ValueError(f"{path}: {first[:300]}") from None
-    except RuntimeError as err:  # size mismatches raised by torch while loading
-        first = str(err).strip().splitlines()
-        detail = (first[1] if len(first) > 1 else first[0]).strip()[:300]
-        raise ValueError(f"{path}: the weights do not fit the config ({detail})") from None
+    except RuntimeError as err:  # shapes that do not fit: load again, tolerating them, only to name the first
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        try:
+            _, info = auto_cls.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
+                                               ignore_mismatched_sizes=True, **kwargs)
+            keys = sorted(info.get("mismatched_keys") or [], key=str)
+            if keys:
+                first = keys[0]
+                name, shapes = (first[0], f": {list(first[1])} in the file, {list(first[2])} in the config"
+                                ) if isinstance(first, tuple) and len(first) == 3 else (str(first), "")
+                detail = f"{len(keys)} tensors of other shapes, e.g. {name!r}{shapes}"
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            pass
+        raise ValueError(f"{path}: the checkpoint's weights do not fit its config ({detail})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
