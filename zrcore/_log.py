@@ -32,10 +32,9 @@ class _CurrentStream(logging.StreamHandler):
 def cli_logging(level: int = logging.INFO, stream: str = "stdout") -> logging.Logger:
     """The ``zrcore`` logger at ``level``, with one plain-message handler on ``stream`` ("stdout" or "stderr")
     unless it has a handler already; returns the logger."""
-    if not any(isinstance(h, _CurrentStream) for h in logger.handlers) and not logger.handlers:
+    if not logger.handlers:
         handler = _CurrentStream(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(level)
     return logger
