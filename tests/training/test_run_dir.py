@@ -38,6 +38,18 @@ def test_the_same_command_resumes_and_bookkeeping_changes_do_not_count(tmp_path)
     assert loop.run_action == "resume"
 
 
+def test_resume_trains_the_next_step_at_the_new_schedule(tmp_path):
+    ToyLoop(cfg_for(tmp_path, steps=2)).fit()
+    loop = ToyLoop(cfg_for(tmp_path, steps=4, lr=0.5, resume=True))
+    seen = []
+    step = loop.train_step
+    loop.train_step = lambda s: seen.append(loop.opt.param_groups[0]["lr"]) or step(s)
+    loop.fit()
+    from zrcore.training.loop import lr_lambda
+
+    assert seen == [0.5 * lr_lambda(loop.cfg)(s) for s in (2, 3)]
+
+
 def test_resume_continues_with_the_new_settings(tmp_path):
     ToyLoop(cfg_for(tmp_path, steps=3, lr_schedule="constant")).fit()
     loop = ToyLoop(cfg_for(tmp_path, steps=5, lr=0.5, lr_schedule="constant", resume=True))

@@ -138,8 +138,9 @@ class TrainLoop:
         self.sched.load_state_dict(meta["scheduler"])
         if self.cfg.resume:  # resumed with new settings on purpose: the new ones apply from here on
             self.sched.base_lrs = [self.cfg.lr for _ in self.sched.base_lrs]
-            for group in self.opt.param_groups:
+            for group, fn in zip(self.opt.param_groups, self.sched.lr_lambdas):
                 group["weight_decay"] = self.cfg.weight_decay
+                group["lr"] = self.cfg.lr * fn(self.sched.last_epoch)  # the new schedule at the resumed step
         self.step = meta["step"]
         self.results = meta.get("results", {})
         self.extra_tensors = meta.get("extra_tensors", {})
