@@ -21,10 +21,11 @@ from pathlib import Path
 
 from zrcore._log import cli_logging
 from zrcore.models import load_reward_model
-from zrcore.training.cli_args import add_config_arguments, config_from_args, make_parser, run_main
+from zrcore.training.cli_args import add_config_arguments, config_from_args, make_parser
 from zrcore.training.config import TrainConfig
 from zrcore.training.datasets import build_data
 from zrcore.training.distributed import resolve_device
+from zrcore.training.entry import run_main
 from zrcore.training.evaluate import METRIC_KEYS, ceiling_metrics, evaluate_model, format_table
 
 

@@ -14,8 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zrcore.training.cli_args import ConfigError, coerce_yaml, flat_fields, parse_config, run_recipe
+from zrcore.training.cli_args import ConfigError, coerce_yaml, flat_fields, parse_config
 from zrcore.training.config import GDSOTeacherConfig, GeneratorConfig, SFTConfig, TrainConfig
+from zrcore.training.entry import run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

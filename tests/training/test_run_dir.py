@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.training.test_loop import ToyLoop
-from zrcore.training.cli_args import ConfigError, run_main
+from zrcore.training.cli_args import ConfigError
 from zrcore.training.config import RunConfig
+from zrcore.training.entry import run_main
 from zrcore.training.run_dir import NOT_TRAINING, first_difference, settings
 
 

@@ -171,8 +171,8 @@ def run(argv: list[str] | None = None) -> int:
         raise ValueError("--batch-size must be at least 1")
     from tqdm import tqdm
 
-    from zrcore.training.cli_args import hf_progress_bars
     from zrcore.training.distributed import resolve_device
+    from zrcore.training.entry import hf_progress_bars
 
     hf_progress_bars(not args.no_progress)
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     """The ``zr-score`` command: exit 0 when every good row is scored, 1 when none could be, 2 on a bad argument
     or input (one line on stderr; ``--debug`` or ZRCORE_DEBUG=1 shows the traceback)."""
     from zrcore._log import cli_logging
-    from zrcore.training.cli_args import run_main
+    from zrcore.training.entry import run_main
 
     cli_logging(stream="stderr")
     return run_main(run, argv, prog="zr-score")

@@ -2,7 +2,8 @@
 
     python recipes/train_gdso.py --config recipes/configs/gdso_agiqa.yaml --steps 40 --lambda_pw 0.5
 
-The parser (YAML and command line, typed alike) is ``zrcore.training.cli_args``; its names are re-exported here.
+The parser (YAML and command line, typed alike) is ``zrcore.training.cli_args``, the recipes' main with its
+one-line errors ``zrcore.training.entry``; their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from zrcore.training.cli_args import (  # noqa: F401  (the parser lives in cli_a
     _nest,
     flat_fields,
     parse_config,
-    run_recipe,
     save_config,
 )
+from zrcore.training.entry import run_recipe  # noqa: F401
 
 
 def arg(default=dataclasses.MISSING, help: str = "", *, factory=None):  # noqa: A002
