@@ -89,4 +89,7 @@ def plot(curves: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    from zrcore._log import cli_logging
+
+    cli_logging()
     main()

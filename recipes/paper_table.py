@@ -149,4 +149,7 @@ def write_table(table: dict, ceiling: dict | None, out: Path, args) -> None:
 
 
 if __name__ == "__main__":
+    from zrcore._log import cli_logging
+
+    cli_logging()
     main()

@@ -3,7 +3,7 @@
 Every import in zrcore counts, those inside functions included (they run, only later). The layers, lowest first; a
 module may import its own layer and the layers below it:
 
-    0  zrcore._C (compiled), _checks, _renamed, bins, seeding, sharding    shared policies and helpers
+    0  zrcore._C (compiled), _checks, _log, _renamed, bins, seeding, sharding    shared policies and helpers
     1  zrcore.ops, zrcore.metrics                                        kernels and metrics
     2  zrcore.losses                                                     the method's losses
     3  zrcore.data                                                       records, synthetic and real data
@@ -26,7 +26,7 @@ import zrcore
 ROOT = Path(zrcore.__file__).parent
 COMPILED = ("zrcore._C",)  # built from csrc/: imports nothing of the package
 LAYERS = (
-    ("zrcore._C", "zrcore._checks", "zrcore._renamed", "zrcore.bins", "zrcore.seeding", "zrcore.sharding"),
+    ("zrcore._C", "zrcore._checks", "zrcore._log", "zrcore._renamed", "zrcore.bins", "zrcore.seeding", "zrcore.sharding"),
     ("zrcore.ops", "zrcore.metrics"),
     ("zrcore.losses",),
     ("zrcore.data",),

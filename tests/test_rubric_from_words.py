@@ -1,6 +1,6 @@
-"""The clause accounting of benchmarks/rubric_from_words.py (the diagnostic of docs/RESULTS.md)."""
+"""The clause accounting of benchmarks/analyses/rubric_from_words.py (the diagnostic of docs/RESULTS.md)."""
 
-from benchmarks.rubric_from_words import clause_accuracy, split
+from benchmarks.analyses.rubric_from_words import clause_accuracy, split
 from zrcore.data.captions import PRETRAIN_OFFSET
 from zrcore.training.datasets import EVAL_OFFSET
 
@@ -40,10 +40,10 @@ def test_clause_accuracy_counts_each_clause_against_its_majority():
 
 
 def test_match_question_answers_compare_yes_with_no():
-    """benchmarks/match_questions.py: "yes" exactly where the answer's first token is more likely than "no"'s."""
+    """benchmarks/analyses/match_questions.py: "yes" exactly where the answer's first token is more likely than "no"'s."""
     import torch
 
-    from benchmarks.match_questions import answer_yes
+    from benchmarks.analyses.match_questions import answer_yes
     from zrcore.data.synthetic import SyntheticRubric
     from zrcore.models import build_tiny_reward_model
 

@@ -26,6 +26,17 @@ class ScoreDistribution(NamedTuple):
     def std(self) -> torch.Tensor:
         return self.var.clamp_min(0).sqrt()
 
+    def __repr__(self) -> str:
+        return f"ScoreDistribution(shape={list(self.mean.shape)}, K={self.log_probs.shape[-1]}, {_summary(self.mean)})"
+
+
+def _summary(mean: torch.Tensor, shown: int = 4) -> str:
+    """The first ``shown`` means, and how many more: a one-line view of a tensor of expected scores."""
+    flat = mean.detach().float().reshape(-1)
+    head = ", ".join(f"{v:.3g}" for v in flat[:shown].tolist())
+    more = f", ... {flat.numel() - shown} more" if flat.numel() > shown else ""
+    return f"mean=[{head}{more}]"
+
 
 def _format_label(v: float) -> str:
     return f"{v:g}"

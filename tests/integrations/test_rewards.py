@@ -103,3 +103,27 @@ def test_kernel_import_is_light():
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]"
+
+
+def test_diffusion_reward_refuses_images_outside_0_1_naming_the_mapping(rm):
+    fn = reward_fn(rm, dimensions=("realism",))
+    x = torch.rand(2, 3, 56, 56)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got values in .*\(images \+ 1\) / 2"):
+        fn(x * 2 - 1, ["a", "b"])  # a VAE's decoded range
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*images / 255"):
+        fn(x * 255, ["a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        fn(torch.full((1, 3, 56, 56), float("nan")), ["a"])
+    with torch.no_grad():
+        fn(x, ["a", "b"])  # [0, 1] is accepted
+
+
+def test_pessimistic_without_kappa_means_kappa_1_as_in_the_trl_reward(rm):
+    prompts = ["a red circle", "two blue squares"]
+    x = _uint8().permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        plain = reward_fn(rm, dimensions=("realism",), aggregation="pessimistic")(x, prompts)[0]
+        one = reward_fn(rm, dimensions=("realism",), aggregation="pessimistic", kappa=1.0)(x, prompts)[0]
+        mean = reward_fn(rm, dimensions=("realism",))(x, prompts)[0]
+    assert torch.equal(plain, one) and not torch.equal(plain, mean)
+    assert ZRewardFunction(rm, dimensions=("realism",), aggregation="pessimistic").kappa == 1.0

@@ -103,6 +103,12 @@ def test_config_and_dataset_errors(tmp_path):
         GDSOConfig(**base, sampler="judge", use_vllm=True)
     with pytest.raises(ValueError, match="use_transformers_continuous_batching is not supported"):
         GDSOConfig(**base, use_transformers_continuous_batching=True)
+    for bad, message in ((float("nan"), "must be finite"), (9.0, "9.0 outside the rubric range")):
+        data = _dataset()
+        scores = list(data["score"])
+        scores[3] = bad
+        with pytest.raises(ValueError, match=f"row 3: .*{message}"):
+            GDSOTrainer(rm, args=args, train_dataset=data.remove_columns("score").add_column("score", scores))
 
 
 def test_sampler_keeps_the_candidates_of_a_prompt_together():

@@ -36,7 +36,7 @@ def test_every_field_has_help(cls):
 
 def test_train_gdso_help_lists_every_field_with_its_help_and_default():
     out = subprocess.run([sys.executable, str(ROOT / "recipes/train_gdso.py"), "--help"], capture_output=True,
-                         text=True, check=True, env={"COLUMNS": "400", "PATH": ""}).stdout
+                         text=True, check=True, env={"COLUMNS": "400", "PATH": "", "PYTHONPATH": str(ROOT)}).stdout
     text = " ".join(out.split())  # argparse wraps lines
     for name, (_, f) in flat_fields(GDSOTeacherConfig).items():
         assert f"--{name}" in text, name

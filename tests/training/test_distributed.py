@@ -138,7 +138,7 @@ def test_exported_fsdp_model_scores_alike_in_zrcore_and_transformers(tmp_path, o
 
 @pytest.mark.slow
 def test_fsdp_shards_parameters_optimizer_state_and_frozen_models(tmp_path):
-    """benchmarks/shard_bytes.py: each rank's local bytes are at most 1/N + 5% of the one-process totals."""
+    """benchmarks/tools/shard_bytes.py: each rank's local bytes are at most 1/N + 5% of the one-process totals."""
     import json
     import os
     import subprocess
@@ -147,13 +147,13 @@ def test_fsdp_shards_parameters_optimizer_state_and_frozen_models(tmp_path):
     from tests.training.runs import ROOT
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, "benchmarks/shard_bytes.py", "--out", str(tmp_path / "1.json")], cwd=ROOT,
+    subprocess.run([sys.executable, "benchmarks/tools/shard_bytes.py", "--out", str(tmp_path / "1.json")], cwd=ROOT,
                    env=env, check=True, capture_output=True)
     one = json.loads((tmp_path / "1.json").read_text())["ranks"][0]
     assert one["optimizer_state"] == 2 * one["model_params"]  # AdamW: two moments per parameter
     for n in (2, 4):
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                               "benchmarks/shard_bytes.py", "--distributed", "fsdp", "--out", str(tmp_path / f"{n}.json")],
+                               "benchmarks/tools/shard_bytes.py", "--distributed", "fsdp", "--out", str(tmp_path / f"{n}.json")],
                               cwd=ROOT, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         ranks = json.loads((tmp_path / f"{n}.json").read_text())["ranks"]

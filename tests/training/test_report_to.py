@@ -72,3 +72,18 @@ def test_missing_wandb_is_named(tmp_path, monkeypatch):
     log = MetricsLog(tmp_path, report_to="wandb")
     with pytest.raises(ImportError, match="zrcore\\[wandb\\]"):
         log.write({"step": 1, "loss": 1.0})
+
+
+def test_report_to_takes_a_list_or_all_as_in_transformers(tmp_path):
+    from zrcore.training.metrics_log import report_targets
+
+    assert report_targets("none") == () and report_targets([]) == ()
+    assert report_targets("all") == ("tensorboard", "wandb")
+    assert report_targets("tensorboard,wandb") == report_targets(["wandb", "tensorboard"])[::-1]
+    assert parse_config(SFTConfig, ["--report_to", "all"]).report_to == ["tensorboard", "wandb"]
+    assert parse_config(SFTConfig, []).report_to == ["none"]
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("report_to: [tensorboard]\n")
+    assert parse_config(SFTConfig, ["--config", str(cfg_file)]).report_to == ["tensorboard"]
+    with pytest.raises(ValueError, match="report_to must be one of"):
+        parse_config(SFTConfig, ["--report_to", "tensorboard,mlflow"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def default_root() -> Path:
                  Path.cwd().parent.parent / "shared/data/agiqa-3k"):
         if (cand / "data.csv").exists():
             return cand
-    raise FileNotFoundError("AGIQA-3K not found: pass root=... or set ZRCORE_AGIQA_ROOT to the folder with data.csv")
+    raise FileNotFoundError("AGIQA-3K not found: pass --data_root (root= in Python) or set ZRCORE_AGIQA_ROOT to the "
+                            "folder with data.csv")
 
 
 def prompt_split(prompt: str, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> str:
@@ -45,7 +47,21 @@ def prompt_split(prompt: str, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> str:
 
 
 def mos_to_rubric(mos: float, bins: ScoreBins) -> float:
+    """The linear map of a MOS in [0, MOS_MAX] onto the rubric's [min, max] (no clamping: check the MOS first)."""
     return bins.min + (mos / MOS_MAX) * (bins.max - bins.min)
+
+
+def _number(row: dict, column: str, where: str, lo: float, hi: float | None) -> float:
+    """A finite value of ``column`` in [lo, hi]; the error names the file, line and column."""
+    text = row[column]
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {column} must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{where}: {column} must be a finite number in {bound}, got {text!r}")
+    return value
 
 
 def load_agiqa3k(root: str | Path | None = None, split: str | None = None, dimensions=("realism", "alignment"),
@@ -59,20 +75,32 @@ def load_agiqa3k(root: str | Path | None = None, split: str | None = None, dimen
     if unknown:
         raise ValueError(f"AGIQA-3K has the dimensions {list(DIMENSION_COLUMNS)}, not {unknown}")
     scale = (bins.max - bins.min) / MOS_MAX
+    csv_path = root / "data.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"AGIQA-3K: no data.csv in {str(root)!r} (--data_root, root= in Python)")
     records = []
-    with (root / "data.csv").open(newline="") as fh:
-        for line_no, row in enumerate(csv.DictReader(fh), 2):
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        needed = ["name", "prompt"] + [c for d in dimensions for c in DIMENSION_COLUMNS[d]]
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}:1: missing column {missing[0]!r} (needed: {needed})")
+        for line_no, row in enumerate(reader, 2):
+            where = f"{csv_path}:{line_no}"
             prompt = row["prompt"]
+            if not prompt or not row["name"]:
+                raise ValueError(f"{where}: empty {'prompt' if not prompt else 'name'}")
             which = prompt_split(prompt, fractions, seed)
             if split is not None and which != split:
                 continue
+            image = root / "images" / row["name"]
+            if not image.is_file():
+                raise FileNotFoundError(f"{where}: image file not found: {image}")
             for dim in dimensions:
                 mos_col, std_col = DIMENSION_COLUMNS[dim]
-                try:
-                    mos, std = float(row[mos_col]), float(row[std_col])
-                except (TypeError, ValueError) as err:
-                    raise ValueError(f"{root / 'data.csv'}:{line_no}: bad {mos_col}/{std_col} value") from err
-                records.append(Record(prompt, str(root / "images" / row["name"]), dim,
-                                      min(bins.max, max(bins.min, mos_to_rubric(mos, bins))), prompt_id=prompt,
-                                      std=std * scale, meta={"name": row["name"], "mos": mos, "split": which}))
+                mos = _number(row, mos_col, where, 0.0, MOS_MAX)
+                std = _number(row, std_col, where, 0.0, None)
+                records.append(Record(prompt, str(image), dim, mos_to_rubric(mos, bins), prompt_id=prompt,
+                                      std=std * scale, meta={"name": row["name"], "mos": mos, "split": which,
+                                                             "line": line_no}))
     return records

@@ -102,12 +102,99 @@ def same_prompt_pairs(records: Sequence[Record]) -> list[tuple[int, int]]:
 # ---- JSONL ---------------------------------------------------------------------------------------------------------
 
 JSONL_FIELDS = {"prompt": str, "image": str, "dimension": str}
+SPLITS = ("train", "val", "test")  # a JSONL row's "split"; rows without one are training rows
 
 
-def load_jsonl(path: str | Path, bins: ScoreBins | None = None, require_score: bool = True) -> list[Record]:
-    """Users' own data, one JSON object per line: ``prompt``, ``image`` (a path, relative to the file's folder or
-    absolute), ``dimension``, and ``score`` or ``ratings`` (a list; aggregated by dropping the highest and lowest),
-    optionally ``std`` and ``prompt_id``. Errors name the line."""
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _label(value, name: str, where: str, bins: ScoreBins) -> float:
+    """A score-like value: a JSON number, finite, inside the rubric range; the error names the line and field."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a numpy / torch scalar
+        value = value.item()
+    if not _is_number(value):
+        raise ValueError(f"{where}: field {name!r} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: field {name!r} must be finite, got {value}")
+    if not bins.min - 1e-6 <= value <= bins.max + 1e-6:
+        raise ValueError(f"{where}: {name} {value} outside the rubric range [{bins.min}, {bins.max}]")
+    return value
+
+
+def check_scores(scores: Sequence, bins: ScoreBins, what: str = "score") -> None:
+    """Every value a finite number inside the rubric range; the error names ``what`` and the first bad row."""
+    for i, value in enumerate(scores):
+        _label(value, what, f"row {i}", bins)
+
+
+def parse_jsonl_row(row, where: str, base: Path, bins: ScoreBins, require_score: bool = True,
+                    dimensions: Sequence[str] | None = DIMENSIONS, check_images: bool = True,
+                    line: int | None = None) -> Record:
+    """One JSONL row as a Record (see ``load_jsonl``); every error names ``where`` (file:line) and the field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: each line must be a JSON object")
+    for key, typ in JSONL_FIELDS.items():
+        if key not in row:
+            raise ValueError(f"{where}: missing field {key!r}")
+        if not isinstance(row[key], typ):
+            raise ValueError(f"{where}: field {key!r} must be a {typ.__name__}, got {row[key]!r}")
+    if not row["prompt"].strip():
+        raise ValueError(f"{where}: field 'prompt' must not be empty")
+    if dimensions is not None and row["dimension"] not in dimensions:
+        raise ValueError(f"{where}: dimension {row['dimension']!r} is not a rubric dimension ({list(dimensions)})")
+    ratings = row.get("ratings")
+    if ratings is not None:
+        if not isinstance(ratings, list) or not ratings:
+            raise ValueError(f"{where}: field 'ratings' must be a non-empty list of numbers, got {ratings!r}")
+        ratings = [_label(x, "ratings", where, bins) for x in ratings]
+    if row.get("score") is not None:
+        score = _label(row["score"], "score", where, bins)
+    elif "score" in row:
+        raise ValueError(f"{where}: field 'score' must be a number, got null")
+    elif ratings:
+        score = float(aggregate_ratings([ratings])[0])
+    elif require_score:
+        raise ValueError(f"{where}: missing field 'score' (or 'ratings')")
+    else:
+        score = float("nan")
+    std = row.get("std")
+    if std is not None:
+        if not _is_number(std) or not math.isfinite(std) or std < 0:
+            raise ValueError(f"{where}: field 'std' must be a finite number >= 0, got {std!r}")
+        std = float(std)
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{where}: field 'split' must be one of {list(SPLITS)}, got {split!r}")
+    prompt_id = row.get("prompt_id", row["prompt"])
+    if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool) or prompt_id == "":
+        raise ValueError(f"{where}: field 'prompt_id' must be a non-empty string or an integer, got {prompt_id!r}")
+    image = Path(row["image"])
+    image = image if image.is_absolute() else base / image
+    if check_images and not image.is_file():
+        raise ValueError(f"{where}: image file not found: {image}")
+    meta: dict = {"line": line}
+    if split is not None:
+        meta["split"] = split
+    return Record(row["prompt"], str(image), row["dimension"], score, prompt_id=str(prompt_id),
+                  ratings=ratings, std=std, meta=meta)
+
+
+def load_jsonl(path: str | Path, bins: ScoreBins | None = None, require_score: bool = True,
+               dimensions: Sequence[str] | None = DIMENSIONS, check_images: bool = True) -> list[Record]:
+    """Users' own data, one JSON object per line:
+
+    - ``prompt`` (string), ``image`` (a path, relative to the file's folder or absolute; it must exist unless
+      ``check_images=False``), ``dimension`` (one of ``dimensions``, the rubric's; None accepts any);
+    - ``score`` (a number in the rubric range) or ``ratings`` (a list of such numbers, aggregated by dropping the
+      highest and lowest);
+    - optionally ``std`` (>= 0, the raters' spread), ``prompt_id`` (groups the candidates of one prompt; default
+      the prompt) and ``split`` (``"train"``, ``"val"`` or ``"test"``; kept in ``Record.meta["split"]``; no split:
+      a training row).
+
+    Nothing is changed silently: a NaN, out-of-range or non-numeric score, a negative std, an unknown dimension or
+    split, or a missing image is an error naming the file, the line and the field."""
     path = Path(path)
     bins = bins or ScoreBins.half_points()
     records = []
@@ -115,33 +202,11 @@ def load_jsonl(path: str | Path, bins: ScoreBins | None = None, require_score: b
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: each line must be a JSON object")
-            for key, typ in JSONL_FIELDS.items():
-                if key not in row:
-                    raise ValueError(f"{path}:{line_no}: missing field {key!r}")
-                if not isinstance(row[key], typ):
-                    raise ValueError(f"{path}:{line_no}: field {key!r} must be a {typ.__name__}")
-            ratings = row.get("ratings")
-            if "score" in row:
-                score = float(row["score"])
-            elif ratings:
-                score = float(aggregate_ratings([ratings])[0])
-            elif require_score:
-                raise ValueError(f"{path}:{line_no}: missing field 'score' (or 'ratings')")
-            else:
-                score = float("nan")
-            if not math.isnan(score) and not bins.min - 1e-6 <= score <= bins.max + 1e-6:
-                raise ValueError(f"{path}:{line_no}: score {score} outside the rubric range [{bins.min}, {bins.max}]")
-            image = Path(row["image"])
-            image = image if image.is_absolute() else path.parent / image
-            records.append(Record(row["prompt"], str(image), row["dimension"], score,
-                                  prompt_id=str(row.get("prompt_id", row["prompt"])),
-                                  ratings=[float(x) for x in ratings] if ratings else None,
-                                  std=float(row["std"]) if row.get("std") is not None else None,
-                                  meta={"line": line_no}))
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+            records.append(parse_jsonl_row(row, where, path.parent, bins, require_score, dimensions, check_images,
+                                           line_no))
     return records

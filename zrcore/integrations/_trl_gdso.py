@@ -34,6 +34,7 @@ from trl.trainer.utils import nanmax, nanmin, pad
 
 from zrcore import losses
 from zrcore.bins import ScoreDistribution
+from zrcore.data.records import check_scores
 from zrcore.integrations.transformers import apply_zrcore
 from zrcore.models.reward_model import RewardModel, load_images
 from zrcore.ops import pairwise_gap
@@ -163,6 +164,7 @@ class GDSOTrainer(GRPOTrainer):
         missing = [c for c in REQUIRED_COLUMNS if c not in train_dataset.column_names]
         if missing:
             raise ValueError(f"train_dataset lacks the columns {missing} (needs {list(REQUIRED_COLUMNS)})")
+        check_scores(train_dataset["score"], reward_model.bins, "train_dataset score")  # no NaN, none off the scale
         for name in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported by GDSOTrainer: a trace is the judge's reasoning on its "

@@ -6,7 +6,8 @@
 
 R(p, I) = A({q_d(p, I)}_d) aggregated over rubric dimensions (``zrcore.diffusion.reward.aggregate_reward``: mean,
 weighted, min, or mean_d (mu_d - kappa sigma_d)). ``images`` may be uint8 arrays or tensors [B, H, W, 3] /
-[B, 3, H, W], a list of PIL images, or a float tensor [B, 3, H, W] in [0, 1]; every form goes through the same
+[B, 3, H, W], a list of PIL images, or a float tensor [B, 3, H, W] in [0, 1] (other ranges, such as a VAE's
+[-1, 1], are refused with the mapping to use); every form goes through the same
 differentiable pixel path (``RewardModel.score_pixels``), so the forms give equal rewards and a float tensor that
 requires grad gets a gradient.
 """
@@ -50,14 +51,31 @@ def images_to_tensor(images) -> torch.Tensor:
         raise TypeError(f"images: integer images must be uint8, got {images.dtype}")
     if images.shape[1] != 3:
         raise ValueError(f"images: float images must be [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+    check_unit_range(images)
     return images
+
+
+def check_unit_range(images: torch.Tensor, tol: float = 0.02) -> None:
+    """Float images must lie in [0, 1] (up to ``tol``): a VAE's [-1, 1] output or [0, 255] values would be scored
+    as other images without a word. The error says how to map them."""
+    with torch.no_grad():
+        lo, hi = float(images.min()), float(images.max())
+    if lo != lo or hi != hi:
+        raise ValueError("images: float images hold NaN")
+    if lo < -tol or hi > 1 + tol:
+        hint = ("[-1, 1] (a VAE's decoded output): pass (images + 1) / 2" if lo >= -1 - tol and hi <= 1 + tol
+                else "[0, 255]: pass images / 255, or uint8 images" if lo >= -tol and hi <= 255 + tol else
+                "clamp or rescale them to [0, 1]")
+        raise ValueError(f"images: float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; for {hint}")
 
 
 class DistributionReward:
     """The callable ``reward_fn`` returns; see the module docstring."""
 
     def __init__(self, reward_model, dimensions: Sequence[str] = ("realism", "aesthetics", "plausibility", "alignment"),
-                 aggregation: str = "mean", kappa: float = 0.0, weights: dict | None = None):
+                 aggregation: str = "mean", kappa: float | None = None, weights: dict | None = None):
+        if kappa is None:  # as the TRL reward function: pessimistic means kappa 1 unless told
+            kappa = 1.0 if aggregation == "pessimistic" else 0.0
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         unknown = [d for d in dimensions if d not in reward_model.dimensions]
@@ -81,8 +99,11 @@ class DistributionReward:
 
 
 def reward_fn(reward_model, dimensions: Sequence[str] = ("realism", "aesthetics", "plausibility", "alignment"),
-              aggregation: str = "mean", kappa: float = 0.0, weights: dict | None = None) -> DistributionReward:
-    """A ``fn(images, prompts, metadata) -> (rewards [B], info)`` over a (student) ``RewardModel``."""
+              aggregation: str = "mean", kappa: float | None = None, weights: dict | None = None
+              ) -> DistributionReward:
+    """A ``fn(images, prompts, metadata) -> (rewards [B], info)`` over a (student) ``RewardModel``. ``kappa``:
+    the pessimistic aggregation's mean - kappa * std (default 1.0 with ``aggregation="pessimistic"``, as
+    ``ZRewardFunction``; other aggregations take none). Float images must be in [0, 1]."""
     return DistributionReward(reward_model, dimensions, aggregation, kappa, weights)
 
 

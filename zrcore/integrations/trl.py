@@ -33,7 +33,25 @@ def _text(item) -> str:
 
 
 class ZRewardFunction:
-    """See the module docstring."""
+    """A TRL ``reward_funcs`` callable scoring each (text, image) row with a student ``RewardModel``.
+
+    ``ZRewardFunction(rm, dimensions=("alignment",), aggregation="mean")`` is called by TRL as
+    ``f(prompts, completions, image=[...], **other_columns)`` and returns one float per row: the expected score
+    E_q[s] = sum_k s_k q_k of the model's distribution q over the rubric bins, combined over ``dimensions`` by
+    ``aggregation``:
+
+    - ``"mean"``: the mean over the dimensions; ``"weighted"``: weighted by ``weights`` (dimension -> weight);
+      ``"min"``: the lowest dimension;
+    - ``"pessimistic"``: mean_d (mu_d - kappa sigma_d), which penalises uncertain scores (a reward-hacking guard);
+      ``kappa`` defaults to 1.0 there (as ``zrcore.integrations.diffusion.reward_fn``) and must stay unset (or 0)
+      for the other aggregations.
+
+    ``text`` picks what is scored against the image: the policy's ``"completion"`` (default; a caption, or a prompt
+    the policy wrote) or the dataset's ``"prompt"``; chat messages are reduced to the last message's text. The image
+    comes from the dataset column ``image`` (or the first of ``images``). Rows are scored ``batch_size`` at a time,
+    without gradients. Errors (unknown dimension or aggregation, a missing image column, a length mismatch) name the
+    argument.
+    """
 
     def __init__(self, reward_model, dimensions: Sequence[str] = ("alignment",), aggregation: str = "mean",
                  kappa: float | None = None, text: str = "completion", batch_size: int = 16,

@@ -1,8 +1,9 @@
 """One reading of a reward-model spec string, for recipes, the CLI and the trainers.
 
-    ""  or  "tiny"        a tiny random-init model of ``arch`` (DESIGN.md section 5)
+    ""  or  "tiny"        a tiny random-init model of ``arch`` (zrcore.models.tiny)
     "tiny:ARCH"           a tiny random-init model of that architecture (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5)
     a folder              a checkpoint written by ``RewardModel.save_pretrained`` or a recipe's ``output_dir/model``
+    "org/name"            a Hugging Face hub id, passed through to transformers
 """
 
 from __future__ import annotations

@@ -53,6 +53,13 @@ class Judgement(NamedTuple):
     image_inputs: dict  # pixel_values / image_grid_thw for the B*G rows (to re-feed the sequences)
     behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the completion tokens with (0 elsewhere)
 
+    def __repr__(self) -> str:
+        b, g = self.distribution.mean.shape[:2]
+        first = self.texts[0] if self.texts else ""
+        first = first if len(first) <= 60 else first[:57] + "..."
+        return (f"Judgement(B={b}, G={g}, mean={[round(v, 3) for v in self.distribution.mean.mean(1).tolist()][:4]}"
+                f"{' ...' if b > 4 else ''}, truncated={int(self.truncated.sum())}/{b * g}, texts[0]={first!r})")
+
 
 def load_images(images: Sequence) -> list[Image.Image]:
     """PIL images, paths, or lazy image sources (objects with ``open() -> PIL image``, e.g. the recipes' resized
@@ -73,6 +80,78 @@ def load_images(images: Sequence) -> list[Image.Image]:
             raise TypeError(f"images[{i}] must be a PIL image or a file path, got {type(img).__name__}")
         out.append(img)
     return out
+
+
+def _checkpoint_path(path: str | Path) -> str | Path:
+    """A local checkpoint folder (checked for config.json, with a hint when the model sits in ``model/``), or a
+    hub id ("org/name") left as a string for transformers."""
+    local = Path(path)
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            hint = (f"; did you mean {str(local / 'model')!r} (a recipe's output_dir/model)?"
+                    if (local / "model" / "config.json").exists() else ": not a saved reward model")
+            raise ValueError(f"path {str(path)!r} has no config.json{hint}")
+        return local
+    text = str(path)
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not text:
+        raise ValueError(f"path {text!r} is not a checkpoint folder (nor a hub id 'org/name')")
+    return text
+
+
+def _side_file(path: str | Path, name: str) -> Path | None:
+    """zrcore's file ``name`` beside a checkpoint (a local folder, or a hub repository's file), None when absent."""
+    if isinstance(path, Path):
+        return path / name if (path / name).exists() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(path), name))
+    except Exception:  # absent from the repository, or offline: the checkpoint has none
+        return None
+
+
+def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
+    """The transformers model of ``path``; missing or unexpected tensors, mismatched shapes and a model type
+    without an image-text-to-text class are one-line errors."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of missing keys is replaced by the error below
+    try:
+        model, info = auto_cls.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kwargs)
+    except ValueError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Unrecognized configuration class" in first or "model type" in first.lower():
+            import re
+
+            found = re.search(r"\.(\w+)Config'", first)
+            model_type = found.group(1) if found else "its model type"
+            raise ValueError(f"{path}: {model_type} has no image-text-to-text (vision-language) model class in "
+                             f"transformers: not a reward model checkpoint") from None
+        raise ValueError(f"{path}: {first[:300]}") from None
+    except RuntimeError as err:  # shapes that do not fit: load again, tolerating them, only to name the first
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        try:
+            _, info = auto_cls.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
+                                               ignore_mismatched_sizes=True, **kwargs)
+            keys = sorted(info.get("mismatched_keys") or [], key=str)
+            if keys:
+                first = keys[0]
+                name, shapes = (first[0], f": {list(first[1])} in the file, {list(first[2])} in the config"
+                                ) if isinstance(first, tuple) and len(first) == 3 else (str(first), "")
+                detail = f"{len(keys)} tensors of other shapes, e.g. {name!r}{shapes}"
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            pass
+        raise ValueError(f"{path}: the checkpoint's weights do not fit its config ({detail})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        kind, keys = next(iter(problems.items()))
+        keys = sorted(k if isinstance(k, str) else k[0] for k in keys)
+        raise ValueError(f"{path}: the checkpoint's weights do not match its config ({len(keys)} "
+                         f"{kind.replace('_', ' ')}, e.g. {keys[0]!r}): refusing to fill them at random")
+    return model
 
 
 class RewardModel(torch.nn.Module):
@@ -169,38 +248,33 @@ class RewardModel(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, bins: ScoreBins | None = None, templates: str | Path | None = None,
                         torch_dtype: torch.dtype | str = torch.float32, weights: bool = True, **kwargs) -> RewardModel:
-        """A local checkpoint directory (model, tokenizer and image processor as saved by ``save_pretrained``).
-        The weights are loaded in ``torch_dtype``, fp32 by default whatever dtype the checkpoint was saved in (fp32
-        master weights: bf16 ones would round fine-tuning updates away); pass ``torch.bfloat16`` for inference in
-        16 bits, or ``"auto"`` for the checkpoint's own dtype. ``weights=False``: the model built from its config
+        """A checkpoint (model, tokenizer and image processor as saved by ``save_pretrained``): a local folder, or a
+        Hugging Face hub id passed through to transformers (which downloads it, or fails offline with its own
+        message). A checkpoint whose weights miss tensors or do not fit its config is refused, not filled at
+        random. The weights are loaded in ``torch_dtype``, fp32 by default whatever dtype the checkpoint was saved in
+        (fp32 master weights: bf16 ones would round fine-tuning updates away); pass ``torch.bfloat16`` for inference
+        in 16 bits, or ``"auto"`` for the checkpoint's own dtype. ``weights=False``: the model built from its config
         alone, nothing read from the weight files (e.g. inside an empty-weights context, to be filled later)."""
-        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-        path = Path(path)
-        if not path.is_dir():
-            raise ValueError(f"path {str(path)!r} is not a local checkpoint directory")
-        if not (path / "config.json").exists():
-            raise ValueError(f"path {str(path)!r} has no config.json: not a saved reward model")
+        path = _checkpoint_path(path)
         if weights:
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kwargs)
+            model = _load_model(AutoModelForImageTextToText, path, torch_dtype, kwargs)
         else:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype if torch_dtype != "auto" else None)
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path),
+                                                            dtype=None if torch_dtype == "auto" else torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         image_processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
-        tmpl = RubricTemplates.load(templates if templates is not None else
-                                    (path / "rubrics.yaml" if (path / "rubrics.yaml").exists() else None))
-        bins_file = path / "zrcore_bins.yaml"
-        if bins is None and bins_file.exists():
+        tmpl = RubricTemplates.load(templates if templates is not None else _side_file(path, "rubrics.yaml"))
+        bins_file = _side_file(path, "zrcore_bins.yaml")
+        if bins is None and bins_file is not None:
             import yaml
 
             spec = yaml.safe_load(bins_file.read_text())
             bins = ScoreBins(spec["values"], spec["labels"])
         rm = cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
-        sampling_file = path / "zrcore_sampling.yaml"
-        if sampling_file.exists():
+        sampling_file = _side_file(path, "zrcore_sampling.yaml")
+        if sampling_file is not None:
             import yaml
 
             rm.sampling = dict(yaml.safe_load(sampling_file.read_text()) or {})

@@ -309,7 +309,7 @@ if HAS_TRITON:
 
 # Launch configuration (rows per program, hidden columns per step, warps, pipeline stages, and "split_h": how
 # many programs share a row block's hidden dimension: "auto" fills the GPU's multiprocessors about twice, an int
-# fixes it); benchmarks/tune_score.py measures alternatives on a GPU.
+# fixes it); benchmarks/tools/tune_score.py measures alternatives on a GPU.
 LAUNCH = {"block_n": 16, "block_h": 256, "num_warps": 4, "num_stages": 3, "split_h": "auto"}
 
 def _cdiv(a: int, b: int) -> int:

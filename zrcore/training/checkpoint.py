@@ -120,6 +120,7 @@ def load_checkpoint(output_dir: str | Path, rt, model, optimizer, frozen: dict |
     """Loads the newest complete checkpoint into ``model`` / ``optimizer`` / ``frozen`` (collective) and restores
     this rank's RNG state; returns its meta (with "extra_tensors"), or None when there is none."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     path = complete_checkpoint(output_dir)
@@ -127,9 +128,15 @@ def load_checkpoint(output_dir: str | Path, rt, model, optimizer, frozen: dict |
         return None
     frozen = frozen or {}
     state = _state(model, optimizer, frozen)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path), no_dist=rt.world == 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=rt.world == 1)
+    except (Exception, CheckpointException) as err:  # another architecture or size: one line, not DCP's dump
+        lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()] or [type(err).__name__]
+        first = lines[-1][:200]  # DCP puts the rank's traceback first and the cause last
+        raise ValueError(f"checkpoint {path} does not fit this model ({first}); start afresh with "
+                         f"--overwrite_output_dir true or use another --output_dir") from err
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     for name, module in frozen.items():
         set_model_state_dict(module, state[name])

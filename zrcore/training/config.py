@@ -1,25 +1,34 @@
 """Recipe configs as dataclasses, loadable from YAML and overridable from the command line.
 
     python recipes/train_gdso.py --config recipes/configs/gdso_agiqa.yaml --steps 40 --lambda_pw 0.5
+
+The parser (YAML and command line, typed alike) is ``zrcore.training.cli_args``, the recipes' main with its
+one-line errors ``zrcore.training.entry``; their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
-
-from zrcore._renamed import module_getattr, warn_renamed
+from zrcore._renamed import module_getattr
 from zrcore.diffusion.reward import AGGREGATIONS
 from zrcore.diffusion.tiny import GENERATOR_ARCHS
 from zrcore.losses import ADVANTAGE_SCALES, LOSS_TYPES
 from zrcore.training.optim import MASTER_DTYPES, OPTIMIZERS
+from zrcore.training.cli_args import (  # noqa: F401  (the parser lives in cli_args; old imports keep working)
+    ConfigError,
+    _coerce,
+    _default,
+    _flatten,
+    _nest,
+    flat_fields,
+    parse_config,
+    save_config,
+)
+from zrcore.training.entry import run_recipe  # noqa: F401
 
 
 def arg(default=dataclasses.MISSING, help: str = "", *, factory=None):  # noqa: A002
@@ -42,7 +51,6 @@ def _require_choice(cfg, name: str, choices) -> None:
 
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -82,12 +90,13 @@ class RunConfig:
     weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_steps: int = arg(5, "linear learning-rate warm-up steps")
     lr_schedule: str = arg("cosine", "after the warm-up: cosine | constant")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (> 0)")
     eval_every: int = arg(0, "evaluate every N steps (0: only at the start and the end)")
     save_every: int = arg(10, "atomic checkpoint every N steps (and at the end)")
     log_every: int = arg(1, "write a metrics row every N steps")
-    progress: bool = arg(True, "show a progress bar")
-    report_to: str = arg("none", "also log the metrics to: none | tensorboard | wandb (offline)")
+    progress: bool = arg(True, "show progress bars (ours and Hugging Face's download / loading bars)")
+    report_to: list[str] = arg(help="also log the metrics to: none | tensorboard | wandb (offline) | all; several "
+                                    "comma-separated or as a YAML list", factory=lambda: ["none"])
     device: str = arg("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda | cuda:N")
     dtype: str = arg("fp32", "fp32 | bf16 | fp16: FSDP2 mixed precision (fp32 reduction), else autocast")
     distributed: str = arg("none", "none | ddp | fsdp (FSDP2 fully_shard); ddp and fsdp need torchrun")
@@ -102,6 +111,9 @@ class RunConfig:
     ref_offload: bool = arg(False, "fsdp: the frozen models' shards kept on the CPU (CPUOffloadPolicy)")
     attn_implementation: str = arg("auto", "auto (flash_attention_2 on CUDA when flash-attn is installed, else "
                                            "sdpa) | sdpa | eager | flash_attention_2")
+    resume: bool = arg(False, "continue the checkpoint in output_dir even where its recorded settings differ")
+    overwrite_output_dir: bool = arg(False, "start afresh in an output_dir that holds another run (its checkpoint "
+                                            "is removed)")
 
     def __post_init__(self):
         from zrcore.training.distributed import check_fields, resolve_device
@@ -110,7 +122,9 @@ class RunConfig:
         resolve_device(self.device)
         _require_choice(self, "lr_schedule", ("cosine", "constant"))
         _require_choice(self, "attn_implementation", ATTN_IMPLEMENTATIONS)
-        _require_choice(self, "report_to", REPORT_TO)
+        from zrcore.training.metrics_log import report_targets
+
+        self.report_to = list(report_targets(self.report_to)) or ["none"]
         _require_choice(self, "master_dtype", MASTER_DTYPES)
         _require_choice(self, "optimizer", OPTIMIZERS)
         _require_choice(self, "ref_dtype", ("auto", *MASTER_DTYPES))
@@ -120,6 +134,11 @@ class RunConfig:
         if self.ref_offload and self.distributed != "fsdp":
             raise ValueError("ref_offload keeps FSDP2 shards on the CPU: it needs distributed='fsdp'")
         self.require_positive("steps", "save_every", "log_every")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (a negative norm flips the gradient), got "
+                             f"{self.max_grad_norm}")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("resume and overwrite_output_dir exclude each other: pick one")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: only at the start and the end), got {self.eval_every}")
 
@@ -153,7 +172,7 @@ class TrainConfig(RunConfig):
                                "that runs of several seeds are scored on the same images")
     candidates: int = arg(4, "images per prompt (synthetic) / candidates per group (M)")
     image_size: int = arg(112, "images are resized to this many pixels a side")
-    eval_limit: int = arg(0, "at most this many evaluation records per dimension (0: all)")
+    eval_limit: int = arg(0, "at most this many evaluation records per dimension, whole prompts at a time (0: all)")
     eval_batch_size: int = arg(16, "records per evaluation call")
     # optimisation
     batch_size: int = arg(4, "prompts per step (each with its candidates): the global batch, split over processes "
@@ -168,8 +187,14 @@ class TrainConfig(RunConfig):
         self.require_positive("batch_size", "eval_batch_size", "candidates", "image_size", "train_prompts")
         if self.data not in ("synthetic", "agiqa") and not Path(self.data).is_file():
             raise ValueError(f"data must be 'synthetic', 'agiqa' or a JSONL file, got {self.data!r} (no such file)")
+        if isinstance(self.dimensions, str):  # "realism" from Python or YAML is one dimension, not its letters
+            self.dimensions = [d.strip() for d in self.dimensions.split(",") if d.strip()]
         if not self.dimensions:
             raise ValueError("dimensions must name at least one rubric dimension")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(f"dimensions must not repeat, got {self.dimensions}")
+        if self.eval_limit < 0:
+            raise ValueError(f"eval_limit must be >= 0 (0: all records), got {self.eval_limit}")
 
 
 @dataclass
@@ -342,135 +367,6 @@ class GeneratorConfig(RunConfig):
 
         return SamplerConfig(num_steps=self.num_steps, guidance_scale=self.guidance_scale, backprop=self.backprop,
                              k=self.k, checkpoint=self.checkpoint)
-
-
-def _coerce(tp, text: str):
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        return [_coerce(inner, t) for t in text.split(",") if t]
-    if origin in (typing.Union, types.UnionType):  # "X | None": "none" is None, else an X
-        if text.lower() == "none":
-            return None
-        return _coerce(next(a for a in typing.get_args(tp) if a is not type(None)), text)
-    return tp(text)
-
-
-def flat_fields(cls) -> dict[str, tuple[type, dataclasses.Field]]:
-    """Every settable field of a config class by its command-line name: "lr", and "sampling.temperature" for the
-    fields of a nested config group."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out |= {f"{f.name}.{name}": entry for name, entry in flat_fields(tp).items()}
-        else:
-            out[f.name] = (tp, f)
-    return out
-
-
-def _default(cls, name: str):
-    obj = cls.__new__(cls)  # the defaults without running the checks
-    for part in name.split("."):
-        f = {x.name: x for x in dataclasses.fields(obj)}[part]
-        obj = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return obj
-
-
-def _renamed(cls, name: str, where: str) -> str:
-    new = cls.RENAMED[name]
-    warn_renamed(f"{where}{name}", f"{where}{new}", stacklevel=4)
-    return new
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _nest(cls, values: dict) -> dict:
-    """{"a": 1, "sampling.x": 2} -> {"a": 1, "sampling": SamplingConfig-compatible {"x": 2, other defaults}}."""
-    out: dict = {}
-    for key, value in values.items():
-        group, _, name = key.partition(".")
-        if name:
-            out.setdefault(group, dataclasses.asdict(_default(cls, group)))[name] = value
-        else:
-            out[key] = value
-    return out
-
-
-def parse_config(cls, argv: list[str] | None = None, description: str = ""):
-    """``cls`` defaults, then ``--config FILE.yaml``, then ``--field value`` overrides; unknown keys are errors.
-    Nested groups: ``--sampling.temperature 0.7`` or ``sampling: {temperature: 0.7}`` in YAML. Old names
-    (``cls.RENAMED``) still work, with a FutureWarning naming the new one."""
-    fields = flat_fields(cls)
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with field: value entries (nested groups as mappings)")
-    for name, (tp, f) in fields.items():
-        default = _default(cls, name)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        parser.add_argument(f"--{name}", dest=name, default=None, metavar=getattr(tp, "__name__", str(tp)).upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {shown})")
-    for old, new in cls.RENAMED.items():
-        parser.add_argument(f"--{old}", dest=f"renamed:{old}", default=None, help=f"renamed --{new}")
-    args = vars(parser.parse_args(argv))
-    values = {}
-    if args["config"]:
-        path = Path(args["config"])
-        if not path.is_file():
-            raise ValueError(f"config: no such file {str(path)!r}")
-        try:
-            data = _flatten(yaml.safe_load(path.read_text()) or {})
-        except yaml.YAMLError as err:
-            raise ValueError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
-        for key in list(data):
-            if key in cls.RENAMED:
-                data[_renamed(cls, key, "")] = data.pop(key)
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"config: {path} has unknown keys {unknown}")
-        values.update(data)
-    raw = {name: args[name] for name in fields if args[name] is not None}
-    for old in cls.RENAMED:
-        if args[f"renamed:{old}"] is not None:
-            raw[_renamed(cls, old, "--")] = args[f"renamed:{old}"]
-    for name, text in raw.items():
-        try:
-            values[name] = _coerce(fields[name][0], text)
-        except ValueError as err:
-            parser.error(f"--{name}: {err}")
-    return cls(**_nest(cls, values))
-
-
-def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-
-
-def run_recipe(config_cls, trainer_cls, description: str = "", argv: list[str] | None = None):
-    """A recipe's main: parse the config, build the trainer and fit. A bad configuration (a ValueError while
-    parsing or building) ends the program with a one-line error naming the field, not a traceback."""
-    import sys
-
-    try:
-        trainer = trainer_cls(parse_config(config_cls, argv, description=description))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return trainer.fit()
 
 
 __getattr__ = module_getattr(__name__, {"GDSOConfig": "GDSOTeacherConfig"}, globals())  # renamed apart from TRL's

@@ -68,15 +68,47 @@ def build_data(cfg) -> tuple[list, list[Record]]:
         train = load_agiqa3k(root, split="train", dimensions=dims)
         evals = load_agiqa3k(root, split="test", dimensions=dims)
     else:
-        records = [r for r in load_jsonl(cfg.data) if r.dimension in dims]
-        train = [r for r in records if r.meta.get("split", "train") != "test"]
-        evals = [r for r in records if r.meta.get("split") == "test"] or records
+        train, evals = jsonl_splits(cfg.data, dims)
     if cfg.eval_limit:
-        kept, seen = [], {}
-        for r in evals:
-            if seen.get(r.dimension, 0) < cfg.eval_limit:
-                kept.append(r)
-                seen[r.dimension] = seen.get(r.dimension, 0) + 1
-        evals = kept
+        evals = limit_by_prompt(evals, cfg.eval_limit)
     train, evals = _resized(train, cfg.image_size), _resized(evals, cfg.image_size)
     return group_records(train, min_candidates=2), evals
+
+
+def jsonl_splits(path: str, dims: tuple[str, ...]) -> tuple[list[Record], list[Record]]:
+    """(training records, evaluation records) of a JSONL file by each row's ``split``: rows without one and
+    ``"train"`` rows train, ``"test"`` rows evaluate, ``"val"`` rows do neither. Only the ``dims`` dimensions are
+    kept. A prompt in both the training and the test rows (a leak), or no test row at all, is an error."""
+    records = [r for r in load_jsonl(path) if r.dimension in dims]
+    train = [r for r in records if r.meta.get("split", "train") == "train"]
+    evals = [r for r in records if r.meta.get("split") == "test"]
+    if not evals:
+        raise ValueError(f"{path}: no row of the dimensions {list(dims)} has \"split\": \"test\"; mark the "
+                         f"held-out rows (the evaluation set) with it")
+    if not train:
+        raise ValueError(f"{path}: no training row of the dimensions {list(dims)} (rows without \"split\" or "
+                         f"with \"split\": \"train\")")
+    seen = {r.prompt_id: r for r in train}
+    for r in evals:
+        if r.prompt_id in seen:
+            raise ValueError(f"{path}:{r.meta['line']}: prompt {r.prompt_id!r} is a test row and a training row "
+                             f"(line {seen[r.prompt_id].meta['line']}): split by prompt, so that no test prompt is "
+                             f"trained on")
+    return train, evals
+
+
+def limit_by_prompt(records: list[Record], limit: int) -> list[Record]:
+    """At most ``limit`` records per dimension, whole prompts at a time (every candidate of a kept prompt, so
+    that same-prompt pairs, and HPA, remain), prompts in the order they first appear; the first prompt is kept
+    whole even when it alone has more."""
+    by_prompt: dict = {}
+    for r in records:
+        by_prompt.setdefault((r.dimension, r.prompt_id), []).append(r)
+    order = list(by_prompt)
+    kept_keys, count = set(), {}
+    for dim, pid in order:
+        n = len(by_prompt[(dim, pid)])
+        if count.get(dim, 0) == 0 or count[dim] + n <= limit:
+            kept_keys.add((dim, pid))
+            count[dim] = count.get(dim, 0) + n
+    return [r for r in records if (r.dimension, r.prompt_id) in kept_keys]

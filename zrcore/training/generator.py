@@ -13,6 +13,7 @@ by (step, image), so the split of a batch over ranks does not change what is sam
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import torch
@@ -27,6 +28,8 @@ from zrcore.sharding import block_units
 from zrcore.training.loop import TrainLoop
 from zrcore.training.metrics_log import plot_curves
 from zrcore.training.model_setup import configure_reward_model
+
+log = logging.getLogger("zrcore")
 
 VAL_SEED = 12345
 
@@ -159,7 +162,7 @@ class GeneratorTrainer(TrainLoop):
         lines = ["| metric | start | end |", "|---|---:|---:|"]
         lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} |" for k in after]
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        log.info("\n".join(lines))
 
     def fit(self) -> dict:
         res = super().fit()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
 from zrcore.training.optim import build_optimizer
+from zrcore.training.run_dir import prepare_run_dir
+
+log = logging.getLogger("zrcore")
 
 
 def lr_lambda(cfg):
@@ -48,6 +52,7 @@ class TrainLoop:
         self.main = self.rt.main
         seed_everything(cfg.seed)
         self.out = Path(cfg.output_dir)
+        self.run_action = prepare_run_dir(cfg, self.main)  # refuses a rerun with other settings, unless told
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
@@ -151,6 +156,11 @@ class TrainLoop:
         if meta is None:
             return False
         self.sched.load_state_dict(meta["scheduler"])
+        if self.cfg.resume:  # resumed with new settings on purpose: the new ones apply from here on
+            self.sched.base_lrs = [self.cfg.lr for _ in self.sched.base_lrs]
+            for group, fn in zip(self.opt.param_groups, self.sched.lr_lambdas):
+                group["weight_decay"] = self.cfg.weight_decay
+                group["lr"] = self.cfg.lr * fn(self.sched.last_epoch)  # the new schedule at the resumed step
         self.step = meta["step"]
         self.results = meta.get("results", {})
         self.extra_tensors = meta.get("extra_tensors", {})
@@ -158,8 +168,8 @@ class TrainLoop:
             self.scaler.load_state_dict(meta["grad_scaler"])
         self.log.truncate_after(self.step)
         if self.main:
-            print(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
-                  f"now {self.rt.world})", flush=True)
+            log.info(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
+                  f"now {self.rt.world})")
         return True
 
     def evaluate(self, name: str) -> dict:

@@ -10,23 +10,42 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+REPORT_TARGETS = ("tensorboard", "wandb")
+
+
+def report_targets(report_to: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``report_to`` as transformers takes it: a name, a comma-separated string or a list; "all" is every target,
+    "none" (or an empty list) none. Unknown names are an error naming the choices."""
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    names = [n.strip() for n in names if n.strip()]
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [t for t in REPORT_TARGETS if t not in out]
+        elif name in REPORT_TARGETS:
+            out += [name] if name not in out else []
+        elif name != "none":
+            raise ValueError(f"report_to must be one of {['none', *REPORT_TARGETS, 'all']} (or a list of them), got "
+                             f"{name!r}")
+    return tuple(out)
+
 
 class MetricsLog:
     """Appends one JSON object per line to output_dir/metrics.jsonl; on resume, lines past ``step`` are dropped.
 
     ``report_to``: "tensorboard" also writes each numeric value as a scalar (its key as the tag, at its row's step)
     to event files in output_dir/tensorboard (a resumed run purges the events past its step); "wandb" logs the rows
-    to an offline wandb run in output_dir/wandb (``wandb sync`` uploads it later); "none" writes the JSONL only."""
+    to an offline wandb run in output_dir/wandb (``wandb sync`` uploads it later); "none" writes the JSONL only;
+    a list (or "all") does several."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, report_to: str = "none", config: dict | None = None):
-        if report_to not in ("none", "tensorboard", "wandb"):
-            raise ValueError(f"report_to must be one of ['none', 'tensorboard', 'wandb'], got {report_to!r}")
+    def __init__(self, output_dir: str | Path, enabled: bool = True, report_to: str | list[str] = "none",
+                 config: dict | None = None):
         self.dir = Path(output_dir)
         self.path = self.dir / "metrics.jsonl"
         self.enabled = enabled
-        self.report_to = report_to
+        self.report_to = report_targets(report_to)
         self.config = config or {}
-        self._writer = None
+        self._writers: dict = {}
         self._purge_step: int | None = None
 
     def truncate_after(self, step: int) -> None:
@@ -43,39 +62,45 @@ class MetricsLog:
         clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()}
         with self.path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
-        if self.report_to != "none":
-            self._report(clean)
+        for target in self.report_to:
+            self._report(target, clean)
 
-    def _report(self, row: dict) -> None:
-        step = int(row.get("step", 0))
-        scalars = {k: float(v) for k, v in row.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.report_to == "tensorboard":
-            if self._writer is None:
+    def _writer(self, target: str):
+        if target not in self._writers:
+            if target == "tensorboard":
                 try:
                     from torch.utils.tensorboard import SummaryWriter
                 except ImportError as err:
                     raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install "
                                       "'zrcore[tensorboard]'") from err
-                self._writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self._purge_step)
-            for key, value in scalars.items():
-                self._writer.add_scalar(key, value, step)
-            self._writer.flush()
-        else:
-            if self._writer is None:
+                self._writers[target] = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self._purge_step)
+            else:
                 try:
                     import wandb
                 except ImportError as err:
                     raise ImportError("report_to='wandb' needs the wandb package: pip install 'zrcore[wandb]'") from err
-                self._writer = wandb.init(project="zrcore", name=self.dir.name, dir=str(self.dir), mode="offline",
-                                          config=self.config, resume="allow", id=f"zrcore-{self.dir.name}")
-            self._writer.log(scalars, step=step)
+                self._writers[target] = wandb.init(project="zrcore", name=self.dir.name, dir=str(self.dir),
+                                                   mode="offline", config=self.config, resume="allow",
+                                                   id=f"zrcore-{self.dir.name}")
+        return self._writers[target]
+
+    def _report(self, target: str, row: dict) -> None:
+        step = int(row.get("step", 0))
+        scalars = {k: float(v) for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        writer = self._writer(target)
+        if target == "tensorboard":
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, step)
+            writer.flush()
+        else:
+            writer.log(scalars, step=step)
 
     def close(self) -> None:
-        """Flushes and closes the TensorBoard writer or ends the wandb run (the JSONL needs nothing)."""
-        if self._writer is not None:
-            (self._writer.close if self.report_to == "tensorboard" else self._writer.finish)()
-            self._writer = None
+        """Flushes and closes the TensorBoard writer and ends the wandb run (the JSONL needs nothing)."""
+        for target, writer in self._writers.items():
+            (writer.close if target == "tensorboard" else writer.finish)()
+        self._writers = {}
 
     def rows(self) -> list[dict]:
         if not self.path.exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from zrcore.training.loop import TrainLoop
 from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.vision_warmup import stack_images, warm_up_vision
 
+log = logging.getLogger("zrcore")
+
 # what the cache key leaves out: bookkeeping that does not change the weights
 NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "report_to", "eval_every", "device", "distributed",
-              "fsdp_cpu_offload", "attn_implementation")
+              "fsdp_cpu_offload", "attn_implementation", "resume", "overwrite_output_dir")
 
 
 class PretrainTrainer(TrainLoop):
@@ -89,9 +92,9 @@ class PretrainTrainer(TrainLoop):
         result = warm_up_vision(rm, *images(self.train_set), steps=cfg.vision_warmup_steps,
                                 lr=cfg.vision_warmup_lr, batch_size=cfg.batch_size, seed=cfg.seed,
                                 held_out=images(self.eval_set), autocast=self.rt.autocast)
-        print("vision warm-up, held-out accuracy (majority class): " + ", ".join(
+        log.info("vision warm-up, held-out accuracy (majority class): " + ", ".join(
             f"{k[4:]} {v:.2f} ({result['majority/' + k[4:]]:.2f})" for k, v in result.items()
-            if k.startswith("acc/")), flush=True)
+            if k.startswith("acc/")))
         return result
 
     def _token_logps(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +131,8 @@ class PretrainTrainer(TrainLoop):
     def report(self) -> None:
         (self.out / "results.json").write_text(json.dumps(self.results | {"vision_warmup": self.vision_warmup},
                                                           indent=1))
-        print(f"held-out caption NLL per token: {self.results['start']['caption_nll']:.3f} (random init) -> "
-              f"{self.results['final']['caption_nll']:.3f}", flush=True)
+        log.info(f"held-out caption NLL per token: {self.results['start']['caption_nll']:.3f} (random init) -> "
+              f"{self.results['final']['caption_nll']:.3f}")
 
 
 def _distinct_images(rows: list) -> list:
@@ -170,6 +173,6 @@ def pretrained_model(cfg) -> str:
     with open(folder.parent / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if not (model / "config.json").exists():
-            print(f"pretraining the tiny {cfg.arch} {cfg.preset} (cached in {folder}; done once)", flush=True)
+            log.info(f"pretraining the tiny {cfg.arch} {cfg.preset} (cached in {folder}; done once)")
             PretrainTrainer(dataclasses.replace(pre, output_dir=str(folder))).fit()
     return str(model)

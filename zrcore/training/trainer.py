@@ -5,6 +5,7 @@ Hugging Face folder. Recipes implement ``train_step`` and, for frozen models, ``
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
@@ -17,6 +18,8 @@ from zrcore.training.loop import TrainLoop
 from zrcore.training.metrics_log import plot_curves
 from zrcore.training.model_setup import configure_reward_model
 from zrcore.training.pretrain import pretrained_model
+
+log = logging.getLogger("zrcore")
 
 
 def build_reward_model(cfg, path: str = "", device: torch.device | None = None, trainable: bool = True,
@@ -154,6 +157,6 @@ class Trainer(TrainLoop):
         try:
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", title=self.name)
         except Exception as err:  # a plot must never lose a finished run
-            print(f"plotting failed: {err}")
-        print(table, flush=True)
+            log.warning(f"plotting failed: {err}")
+        log.info(table)
 

@@ -1,8 +1,8 @@
 """Can the rubric be learned from the words of the reasoning? Supervised rubric training with the reasoning fixed.
 
-    python benchmarks/rubric_from_words.py MODEL --reasoning true      # the true description of each image
-    python benchmarks/rubric_from_words.py MODEL --reasoning own       # the model's own description (greedy)
-    python benchmarks/rubric_from_words.py MODEL --reasoning none      # no reasoning (student mode)
+    python benchmarks/analyses/rubric_from_words.py MODEL --reasoning true      # the true description of each image
+    python benchmarks/analyses/rubric_from_words.py MODEL --reasoning own       # the model's own description (greedy)
+    python benchmarks/analyses/rubric_from_words.py MODEL --reasoning none      # no reasoning (student mode)
 
 MODEL is a RewardModel folder (e.g. the main job's pretrained start ``runs/pretrained/qwen2_vl-teacher-*/model``).
 On the main job's synthetic split (200 training prompts, the 16 held-out ones, 4 candidates, four dimensions) the

@@ -1,7 +1,7 @@
 """Peak resident-set growth of one forward + backward in a fresh process with glibc's default malloc (nothing
 tuned), for the chunked CPU paths against the materialised ones:
 
-    python benchmarks/chunk_memory.py                 # fused_linear_kl and token_logprobs, the CPU shapes
+    python benchmarks/tools/chunk_memory.py                 # fused_linear_kl and token_logprobs, the CPU shapes
 
 fused_linear_kl: N=2048, H=256, V=32,768 fp32, teacher as hidden + weight, forward KL (zrcore's torch path against
 the [N, V] materialised path of tests/reference.py). token_logprobs: the same N, H, V, log softmax(W h)[y] of every

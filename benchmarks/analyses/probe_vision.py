@@ -1,8 +1,8 @@
 """What a tiny VLM carries before it is taught the rubric: ridge probes from its features.
 
-    python benchmarks/probe_vision.py random                    # a random-init teacher
-    python benchmarks/probe_vision.py runs/pretrain/model        # a pretrained one
-    python benchmarks/probe_vision.py runs/pretrain/model --at score [--mode teacher]
+    python benchmarks/analyses/probe_vision.py random                    # a random-init teacher
+    python benchmarks/analyses/probe_vision.py runs/pretrain/model        # a pretrained one
+    python benchmarks/analyses/probe_vision.py runs/pretrain/model --at score [--mode teacher]
 
 ``--at vision`` (default): 600 held-out pretraining images (150 scenes x 4 candidates, indices beyond any
 pretraining run's); the vision tower's merged output tokens of each image, flattened, are the features; a ridge

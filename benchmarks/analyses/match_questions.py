@@ -1,7 +1,7 @@
 """Does a pretrained tiny VLM compare a prompt with the image? Its yes / no answer to the pretraining's match question
 ("Does the image show <the scene's prompt>?", ``zrcore.data.captions.match_question``) on held-out images.
 
-    python benchmarks/match_questions.py MODEL        # e.g. runs/pretrained/qwen2_vl-teacher-*/model
+    python benchmarks/analyses/match_questions.py MODEL        # e.g. runs/pretrained/qwen2_vl-teacher-*/model
 
 On held-out pretraining images (scenes after the pretraining's own) the model's answer is the first word it puts
 more probability on, log pi("yes." | image, question) against log pi("no." | image, question) (the answer's first

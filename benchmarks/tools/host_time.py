@@ -7,7 +7,7 @@ Triton's launcher; the device time is separate (benchmarks/test_ops_bench.py). T
 registered op (the path torch.compile traces, called eagerly) is timed beside the eager fast path, and a bare
 autograd.Function with one empty output is the floor.
 
-    TRITON_INTERPRET=1 python -m benchmarks.host_time [--label after] [--repeats 5]
+    TRITON_INTERPRET=1 python -m benchmarks.tools.host_time [--label after] [--repeats 5]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Bytes each rank holds under FSDP2: local parameter + optimizer-state bytes of the trained model, and local
 parameter bytes of the frozen GDSO reference policy and the RISD teacher, against the one-process totals.
 
-    python benchmarks/shard_bytes.py --out one.json                                        # the one-process totals
-    torchrun --nproc_per_node 4 benchmarks/shard_bytes.py --distributed fsdp --out four.json
+    python benchmarks/tools/shard_bytes.py --out one.json                                        # the one-process totals
+    torchrun --nproc_per_node 4 benchmarks/tools/shard_bytes.py --distributed fsdp --out four.json
 
 Measured on the local tensors (``DTensor.to_local()``) after one GDSO step, so AdamW's state exists. Rank 0
 prints the table and writes JSON with the per-rank byte counts.

@@ -1,7 +1,7 @@
 """Does a pretrained tiny VLM read each part of its description off the image? Per-clause NLL with the right image
 and with another scene's image.
 
-    python benchmarks/image_dependence.py MODEL        # e.g. runs/pretrained/qwen2_vl-teacher-*/model
+    python benchmarks/analyses/image_dependence.py MODEL        # e.g. runs/pretrained/qwen2_vl-teacher-*/model
 
 On 128 held-out pretraining images (32 scenes x 4 candidates, after the pretraining's own scenes) the description
 of each image is scored twice under "Describe the image.": once after its own image, once after the image of the
