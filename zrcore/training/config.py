@@ -17,7 +17,6 @@ from zrcore._renamed import module_getattr
 from zrcore.diffusion.reward import AGGREGATIONS
 from zrcore.diffusion.tiny import GENERATOR_ARCHS
 from zrcore.losses import ADVANTAGE_SCALES, LOSS_TYPES
-from zrcore.training.optim import MASTER_DTYPES, OPTIMIZERS
 from zrcore.training.cli_args import (  # noqa: F401  (the parser lives in cli_args; old imports keep working)
     ConfigError,
     _coerce,
@@ -29,6 +28,7 @@ from zrcore.training.cli_args import (  # noqa: F401  (the parser lives in cli_a
     save_config,
 )
 from zrcore.training.entry import run_recipe  # noqa: F401
+from zrcore.training.optim import MASTER_DTYPES, OPTIMIZERS
 
 
 def arg(default=dataclasses.MISSING, help: str = "", *, factory=None):  # noqa: A002
