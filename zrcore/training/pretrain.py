@@ -35,7 +35,7 @@ log = logging.getLogger("zrcore")
 
 # what the cache key leaves out: bookkeeping that does not change the weights
 NOT_IN_KEY = ("output_dir", "save_every", "log_every", "progress", "report_to", "eval_every", "device", "distributed",
-              "fsdp_cpu_offload", "attn_implementation", "resume", "overwrite_output_dir")
+              "fsdp_cpu_offload", "attn_implementation", "resume", "overwrite_output_dir", "ref_dtype", "ref_offload")
 
 
 class PretrainTrainer(TrainLoop):

@@ -30,7 +30,8 @@ RECORD = "run_config.yaml"
 NOT_TRAINING = frozenset({
     "output_dir", "progress", "report_to", "log_every", "save_every", "eval_every", "eval_start", "eval_limit",
     "eval_batch_size", "resume", "overwrite_output_dir", "device", "distributed", "fsdp_cpu_offload",
-    "attn_implementation", "gradient_checkpointing", "pretrain_cache",
+    "attn_implementation", "gradient_checkpointing", "pretrain_cache", "ref_offload", "micro_batch_tokens",
+    "sampling.rollout_batch_size", "sampling.unshard_once", "sampling.decode",
 })
 
 
