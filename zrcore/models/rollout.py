@@ -140,13 +140,14 @@ class NativeBackend:
     batched decode step per token for all rows.
 
     Per call of at most ``batch_size`` rows (whole groups of G): ``rm.prefill`` over the P distinct prompts (the
-    vision tower once per image), the cache expanded to the G samples (``Cache.reorder_cache``) and the mrope offsets repeated to the P*G rows,
-    then ``rm.decode_step`` until every row emitted end-of-turn or ``max_new_tokens``. A row samples by inverse CDF
-    from uniforms drawn upfront from its own seeded generator (``row_uniforms``), so its trace depends on its seed
-    only. ``decode="static_compiled"``: the expanded cache copied into HF's ``StaticCache`` and the decode step run
-    through ``torch.compile`` (fixed shapes); models whose cache holds other than key/value layers (Qwen3.5's linear
-    attention), and sharded models, decode with the static cache uncompiled or dynamically. The whole rollout runs
-    inside ``rm.generating(unshard_once)``. Under FSDP2 without ``unshard_once`` each step gathers the layers, so
+    vision tower once per image), the cache expanded to the G samples (``Cache.reorder_cache``, HF's beam
+    reordering) and the mrope offsets repeated to the P*G rows, then ``rm.decode_step`` until every row emitted
+    end-of-turn or ``max_new_tokens``. A row samples by inverse CDF from uniforms drawn upfront from its own seeded
+    generator (``row_uniforms``), so its trace depends on its seed only. ``decode="static_compiled"``: the expanded
+    cache copied into HF's ``StaticCache`` and the decode step run through ``torch.compile`` (fixed shapes); a
+    cache holding other than key/value layers (Qwen3.5's linear attention) decodes dynamically, and a sharded model
+    uses the static cache uncompiled. The whole rollout runs inside ``rm.generating(unshard_once)``. Under FSDP2
+    without ``unshard_once`` each step gathers the layers, so
     every rank makes the same number of calls and steps (a finished rank feeds padding until all are done)."""
 
     def __init__(self, decode: str = "dynamic", unshard_once: bool = True):
