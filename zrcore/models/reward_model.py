@@ -96,6 +96,7 @@ class RewardModel(torch.nn.Module):
         self.decoder = ScoreDecoder(tokenizer, self.bins)
         self._score_index: dict = {}  # device -> (token ids, values) there
         self._compiled_decode = None  # decode_step through torch.compile, made on first use
+        self._image_memo: list | None = None  # (grid, patches, features) of images seen, inside _sharing_images
         self.geometry = VisionGeometry.from_image_processor(image_processor)
         self.image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -361,7 +362,8 @@ class RewardModel(torch.nn.Module):
         so that the language model reads exactly what it would read with one encoding per row: e_r = f(x_{u(r)})
         with u(r) the run of row r. The placeholders' mrope positions follow from ``image_grid_thw`` per row as
         before. The repetition is an index, so gradients of the rows sum into the shared encoding. Pixels that
-        carry a gradient themselves are encoded row by row (equal values need not be one leaf)."""
+        carry a gradient themselves are encoded row by row (equal values need not be one leaf). Inside
+        ``_sharing_images`` (a ``judge`` call) an image encoded once is reused by later forwards of the call."""
         sizes = grid_thw.prod(-1).tolist()
         chunks = torch.split(pixel_values, sizes)
         index, first = [], []
@@ -372,13 +374,38 @@ class RewardModel(torch.nn.Module):
             if not same:
                 first.append(row)
             index.append(len(first) - 1)
-        distinct = pixel_values if len(first) == len(chunks) else torch.cat([chunks[r] for r in first])
-        out = self.model.get_image_features(distinct, grid_thw[first], return_dict=True)
-        if len(first) < len(chunks):
-            out.pooler_output = tuple(out.pooler_output[i] for i in index)
-            if getattr(out, "deepstack_features", None) is not None:
-                out.deepstack_features = [tuple(f[i] for i in index) for f in out.deepstack_features]
-        return out
+        memo = self._image_memo if not pixel_values.requires_grad else None
+        feats: list = [None] * len(first)
+        if memo is not None:
+            for j, r in enumerate(first):
+                feats[j] = next((f for g, c, f in memo if torch.equal(g, grid_thw[r]) and torch.equal(c, chunks[r])),
+                                None)
+        missing = [j for j, f in enumerate(feats) if f is None]
+        if missing:
+            rows = [first[j] for j in missing]
+            x = pixel_values if len(rows) == len(chunks) else torch.cat([chunks[r] for r in rows])
+            out = self.model.get_image_features(x, grid_thw[rows], return_dict=True)
+            deep = getattr(out, "deepstack_features", None)
+            for m, j in enumerate(missing):
+                feats[j] = (type(out), out.pooler_output[m], None if deep is None else [f[m] for f in deep])
+                if memo is not None:
+                    memo.append((grid_thw[first[j]], chunks[first[j]], feats[j]))
+            if len(first) == len(chunks):
+                return out
+        kind, deep = feats[0][0], feats[0][2]
+        fields = {"pooler_output": tuple(feats[i][1] for i in index)}
+        if deep is not None:
+            fields["deepstack_features"] = [tuple(feats[i][2][layer] for i in index) for layer in range(len(deep))]
+        return kind(**fields)
+
+    @contextlib.contextmanager
+    def _sharing_images(self):
+        """Within: every forward reuses the vision tower's output of an image it has seen (no-grad use only)."""
+        self._image_memo = []
+        try:
+            yield
+        finally:
+            self._image_memo = None
 
     def _distribution(self, hidden: torch.Tensor, impl: str = "auto") -> ScoreDistribution:
         head = self.model.get_output_embeddings()
@@ -440,7 +467,7 @@ class RewardModel(torch.nn.Module):
         saved = [reshards_after_forward(m) for m in units]
         self.eval()
         if checkpointing:
-            self.model.gradient_checkpointing_disable()
+            (getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable)()
         try:
             for unit in units:
                 unit.set_reshard_after_forward(False, recurse=False)
@@ -549,7 +576,14 @@ class RewardModel(torch.nn.Module):
         row_ids = [prompt_ids[r // g] for r in range(rows)]
         request = RolloutRequest(row_ids, rep, seeds, max_reasoning_tokens, temperature, self.end_of_turn_id,
                                  self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size, group_size=g)
-        sampled = (backend or NativeBackend(decode, unshard_once)).sample(self, request)
+        with self._sharing_images():  # each candidate's image through the vision tower once in this call
+            return self._judged(request, backend or NativeBackend(decode, unshard_once), prompts, rep, impl,
+                                temperature, with_logprobs)
+
+    def _judged(self, request, backend, prompts, rep: dict, impl: str, temperature: float, with_logprobs: bool
+                ) -> Judgement:
+        g, rows, row_ids = request.group_size, len(request.prompt_ids), request.prompt_ids
+        sampled = backend.sample(self, request)
         reasoning, truncated, bodies, tails, behaviour = [], [], [], [], []
         for row in range(rows):
             toks = sampled.token_ids[row]
