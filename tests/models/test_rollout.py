@@ -3,6 +3,12 @@ once and its cache expanded to the G samples (traces that read the same model as
 inverse-CDF sampling seeded per row, the static compiled decode, the sampling mode set and restored, and the
 old-policy log-probs of the scoring forward."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -155,3 +161,27 @@ def test_static_compiled_decode_gives_the_dynamic_traces():
     torch.testing.assert_close(static.behaviour_logprobs, dyn.behaviour_logprobs, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="decode must be one of"):
         NativeBackend("eager")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
+def test_fsdp_gathers_per_rollout_do_not_grow_with_the_tokens(tmp_path):
+    """Two processes on gloo, the teacher sharded as the trainer shards it (3 decoder layers, 1 vision block, the
+    root): with unshard_once the all-gathers of a rollout are the same at 4 and 12 tokens per trace (each unit
+    once for the generation, the decoder layers once more for the scoring forward); without it they grow by one
+    per decoder layer per token. The traces are the same either way; afterwards every unit is sharded again with
+    its reshard-after-forward setting back."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "gathers.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/models/fsdp_gathers.py", str(out)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    once_short, once_long, each_short, each_long = (res[k] for k in ("True/4", "True/12", "False/4", "False/12"))
+    assert once_short["gathers"] == once_long["gathers"] == 4 + 3
+    assert each_long["gathers"] - each_short["gathers"] == 3 * (12 - 4)
+    assert all(len(t) == 12 for t in once_long["traces"])
+    assert once_long["traces"] == each_long["traces"] and once_short["traces"] == each_short["traces"]
+    assert res["restored"] and res["sharded_after"]
