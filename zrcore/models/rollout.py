@@ -1,13 +1,16 @@
-"""Rollouts: the sampling backend interface, its default over Hugging Face ``generate``, and the rollout batch the
-policy losses read.
+"""Rollouts: the sampling backend interface, zrcore's own sampler (and the earlier one over HF ``generate``), and the
+rollout batch the policy losses read.
 
 A backend turns a ``RolloutRequest`` (prompt token ids and images per row, one seed per row, decoding limits) into
 sampled token ids and the behaviour log-probs log pi_old(y_t | y_<t) / T they were drawn with. ``RewardModel.judge``
-calls it and appends the forced scoring suffix, so a serving engine can replace ``HFGenerateBackend`` without
-touching the losses.
+calls it and appends the forced scoring suffix, so a serving engine can replace ``NativeBackend`` (the default: each
+prompt prefilled once, weights gathered once per rollout, an optional static compiled decode) without touching the
+losses; ``HFGenerateBackend`` is the earlier sampler over HF ``generate``, one row at a time. docs/ROLLOUTS.md gives
+the contract a backend meets.
 
-Sampling is seeded per row (``SeededSampler``): row r draws its tokens from its own generator, so its trace does not
-depend on which rows share its batch, how many calls the rows are split into, or which process holds them.
+Sampling is seeded per row (``row_uniforms``, ``SeededSampler``): row r draws its tokens from its own generator, so
+its trace does not depend on which rows share its batch, how many calls the rows are split into, or which process
+holds them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class RolloutRequest:
     eos_token_id: int
     pad_token_id: int
     suppress_ids: list  # token ids a trace must not contain
-    batch_size: int = 0  # at most this many rows per sampling call; 0 = all rows in one call
+    batch_size: int = 0  # at most this many rows per sampling call (at least one group of G); 0 = all in one call
     group_size: int = 1  # rows r*group_size ... (r+1)*group_size - 1 share their prompt and image (the G samples)
 
 
