@@ -96,7 +96,7 @@ class RewardModel(torch.nn.Module):
         self.decoder = ScoreDecoder(tokenizer, self.bins)
         self._score_index: dict = {}  # device -> (token ids, values) there
         self._compiled_decode = None  # decode_step through torch.compile, made on first use
-        self._image_memo: list | None = None  # (grid, patches, features) of images seen, inside _sharing_images
+        self._image_memo: dict | None = None  # fingerprint -> [(patches, features)] of images seen, in _sharing_images
         self.geometry = VisionGeometry.from_image_processor(image_processor)
         self.image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -293,10 +293,12 @@ class RewardModel(torch.nn.Module):
         """Keyword inputs of the VLM for left-padded ids [B, L] and their images."""
         param = next(self.model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        return {"input_ids": ids.to(param.device), "attention_mask": mask.to(param.device),
-                "pixel_values": image_inputs["pixel_values"].to(param.device, dtype),
-                "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
-                "mm_token_type_ids": (ids == self.image_pad_id).int().to(param.device)}
+        out = {"input_ids": ids.to(param.device), "attention_mask": mask.to(param.device),
+               "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
+               "mm_token_type_ids": (ids == self.image_pad_id).int().to(param.device)}
+        if "pixel_values" in image_inputs:  # (absent: the caller passes the vision tower's output itself)
+            out["pixel_values"] = image_inputs["pixel_values"].to(param.device, dtype)
+        return out
 
     def score_inputs(self, prompts, images: Sequence, dimension) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Student-mode (sequences, attention_mask, image_inputs) for ``forward``: the rubric prompt ending with
@@ -350,8 +352,8 @@ class RewardModel(torch.nn.Module):
     def _hidden(self, sequences, attention_mask, image_inputs) -> torch.Tensor:
         """Last hidden states [B, L, H] of the base model (no logits over the vocabulary). Rows that repeat an image
         (the G samples of a candidate) share one pass of the vision tower (``_image_outputs``)."""
-        inputs = self.tensor_inputs(sequences, attention_mask, image_inputs)
-        encoded = self._image_outputs(inputs.pop("pixel_values"), inputs["image_grid_thw"])
+        inputs = self.tensor_inputs(sequences, attention_mask, {"image_grid_thw": image_inputs["image_grid_thw"]})
+        encoded = self._image_outputs(image_inputs["pixel_values"], image_inputs["image_grid_thw"])
         return self.model.model(**inputs, mm_encoder_outputs={"image": encoded}, use_cache=False).last_hidden_state
 
     def _image_outputs(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
@@ -376,20 +378,25 @@ class RewardModel(torch.nn.Module):
             index.append(len(first) - 1)
         memo = self._image_memo if not pixel_values.requires_grad else None
         feats: list = [None] * len(first)
-        if memo is not None:
+        keys: list = [None] * len(first)
+        if memo is not None:  # a fingerprint finds the candidate, an exact comparison confirms it
             for j, r in enumerate(first):
-                feats[j] = next((f for g, c, f in memo if torch.equal(g, grid_thw[r]) and torch.equal(c, chunks[r])),
-                                None)
+                keys[j] = (tuple(grid_thw[r].tolist()), float(chunks[r].double().sum()),
+                           float(chunks[r][::7].double().square().sum()))
+                feats[j] = next((f for c, f in memo.get(keys[j], ()) if torch.equal(c, chunks[r])), None)
         missing = [j for j, f in enumerate(feats) if f is None]
         if missing:
             rows = [first[j] for j in missing]
             x = pixel_values if len(rows) == len(chunks) else torch.cat([chunks[r] for r in rows])
-            out = self.model.get_image_features(x, grid_thw[rows], return_dict=True)
+            param = next(self.model.parameters())
+            dtype = param.dtype if param.is_floating_point() else torch.float32
+            out = self.model.get_image_features(x.to(param.device, dtype), grid_thw[rows].to(param.device),
+                                                return_dict=True)
             deep = getattr(out, "deepstack_features", None)
             for m, j in enumerate(missing):
                 feats[j] = (type(out), out.pooler_output[m], None if deep is None else [f[m] for f in deep])
                 if memo is not None:
-                    memo.append((grid_thw[first[j]], chunks[first[j]], feats[j]))
+                    memo.setdefault(keys[j], []).append((chunks[first[j]], feats[j]))
             if len(first) == len(chunks):
                 return out
         kind, deep = feats[0][0], feats[0][2]
@@ -401,7 +408,7 @@ class RewardModel(torch.nn.Module):
     @contextlib.contextmanager
     def _sharing_images(self):
         """Within: every forward reuses the vision tower's output of an image it has seen (no-grad use only)."""
-        self._image_memo = []
+        self._image_memo = {}
         try:
             yield
         finally:
@@ -489,8 +496,8 @@ class RewardModel(torch.nn.Module):
         """One forward over P left-padded prompts with a fresh KV cache: (logits at the last position [P, V],
         the filled ``DynamicCache``, the rows' mrope offsets delta [P]). A text token at index i among its row's
         real tokens sits at rotary position i + delta (all three mrope axes equal), which ``decode_step`` uses."""
-        inputs = self.tensor_inputs(ids, attention_mask, image_inputs)
-        encoded = self._image_outputs(inputs.pop("pixel_values"), inputs["image_grid_thw"])
+        inputs = self.tensor_inputs(ids, attention_mask, {"image_grid_thw": image_inputs["image_grid_thw"]})
+        encoded = self._image_outputs(image_inputs["pixel_values"], image_inputs["image_grid_thw"])
         out = self.model(**inputs, mm_encoder_outputs={"image": encoded}, use_cache=True, logits_to_keep=1)
         delta = getattr(self.model.model, "rope_deltas", None)
         delta = (torch.zeros(ids.shape[0], dtype=torch.long, device=out.logits.device) if delta is None
