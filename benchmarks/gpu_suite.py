@@ -17,10 +17,12 @@ The steps, in order (``--only`` takes their names, comma-separated):
 4. ``compile``: torch.library.opcheck and the fullgraph torch.compile tests on the device;
 5. ``train``: 20 train_gdso steps of the tiny teacher in bf16 (flash-attn where installed, else sdpa);
 6. ``fsdp``: a Qwen2.5-VL-3B-sized judge under FSDP2 on one GPU, bf16, gradient checkpointing, 3 steps;
-7. ``scale``: the same judge at 2 prompts x 4 candidates x 4 samples with 256-token traces, bf16 master weights,
+7. ``rollout``: that judge's rollout tokens/s at batch 8 and 32 (benchmarks/rollout_bench.py): the old sampling path,
+   the native dynamic and static compiled ones and TRL-like transformers generation, against the bandwidth ceiling;
+8. ``scale``: the same judge at 2 prompts x 4 candidates x 4 samples with 256-token traces, bf16 master weights,
    8-bit AdamW, checkpointing and micro-batches (peak memory, step time), beside TRL's GRPO step on the same model
    and batch (benchmarks/trl_step.py);
-8. whatever time is left: ``build`` (the CUDA extension), ``tests`` (the kernels against their float64
+9. whatever time is left: ``build`` (the CUDA extension), ``tests`` (the kernels against their float64
    references on the device), ``extension`` (the extension and reward-backprop benchmarks), ``zimage`` (one
    full-size Z-Image reward-backprop step).
 
@@ -49,6 +51,8 @@ TRAIN = ["benchmarks/train_gpu.py"]
 FSDP_3B = ["--size", "3b", "--steps", "3", "--distributed", "fsdp", "--dtype", "bf16", "--gradient_checkpointing", "true"]
 FSDP_SMOKE = ["--size", "tiny", "--steps", "1", "--distributed", "fsdp", "--dtype", "bf16",
               "--gradient_checkpointing", "true", "--device", "cpu"]
+ROLLOUT = ["benchmarks/rollout_bench.py", "--size", "3b", "--dtype", "bf16", "--distributed", "fsdp", "--batches", "8,32",
+           "--tokens", "64", "--repeats", "2"]
 SCALE = ["--steps", "2", "--dtype", "bf16", "--batch_size", "2", "--candidates", "4", "--sampling.num_samples", "4",
          "--beta", "0", "--gradient_checkpointing", "true", "--master_dtype", "bf16", "--optimizer", "adamw_8bit"]
 SCALE_3B = ["--size", "3b", *SCALE, "--sampling.max_reasoning_tokens", "256", "--micro_batch_tokens", "8192"]
@@ -105,6 +109,10 @@ STEPS = [
          [[PY, *TRAIN, "--size", "tiny", "--steps", "1", "--device", "cpu", "--dtype", "bf16"]]),
     Step("fsdp", "Qwen2.5-VL-3B-sized judge: FSDP2 on one GPU, bf16, gradient checkpointing", 70,
          [[*TORCHRUN, *TRAIN, *FSDP_3B]], [[*TORCHRUN, *TRAIN, *FSDP_SMOKE]]),
+    Step("rollout", "judge rollout tokens/s of the 3B-sized judge (FSDP2, bf16), batch 8 and 32: before, native "
+         "dynamic and static_compiled, TRL-like generate, against the bandwidth ceiling", 200,
+         [[*TORCHRUN, *ROLLOUT, "--paths", "before,dynamic,trl"], [*TORCHRUN, *ROLLOUT, "--paths", "static_compiled"]],
+         [[*TORCHRUN, "benchmarks/rollout_bench.py", "--smoke", "--distributed", "fsdp"]]),
     Step("scale", "Qwen2.5-VL-3B-sized judge at 2 x 4 x 4 with 256-token traces: zrcore's step with the memory "
                   "options beside TRL's GRPO step", 150,
          [[PY, *TRAIN, *SCALE_3B, "--out", "/tmp/zrcore-scale.json"],

@@ -63,3 +63,10 @@ def block_units(module: torch.nn.Module) -> list[torch.nn.Module]:
                 units.append(block)
                 inside.update(id(m) for m in block.modules())
     return units
+
+
+def reshards_after_forward(module) -> bool:
+    """Whether an FSDP2 module frees its gathered parameters after each forward (its ``reshard_after_forward``
+    as set by ``fully_shard`` or ``set_reshard_after_forward``), so that it can be set back after a change."""
+    groups = module._get_fsdp_state()._fsdp_param_groups
+    return any(group.post_forward_mesh_info is not None for group in groups)

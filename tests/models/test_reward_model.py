@@ -122,16 +122,20 @@ def _spy_generate(rm, calls):
     return original
 
 
-def test_judge_returns_distributions_and_its_behaviour_logprobs(rm):
+@pytest.mark.parametrize("backend", ["native", "generate"])
+def test_judge_returns_distributions_and_its_behaviour_logprobs(rm, backend):
+    from zrcore.models.rollout import HFGenerateBackend
+
     calls = []
     original = _spy_generate(rm, calls)
     try:
         j = rm.judge(PROMPTS[:2], _images()[:2], "plausibility", num_samples=3, max_reasoning_tokens=6,
-                     temperature=0.9, seeds=range(6))
+                     temperature=0.9, seeds=range(6), backend=HFGenerateBackend() if backend == "generate" else None)
     finally:
         rm.model.generate = original
-    # nothing asks generate for per-step logits or scores
-    assert calls and all(not kw.get(k) for kw in calls for k in ("output_logits", "output_scores"))
+    # nothing asks generate for per-step logits or scores; the native sampler does not call it
+    assert all(not kw.get(k) for kw in calls for k in ("output_logits", "output_scores"))
+    assert bool(calls) == (backend == "generate")
     assert j.distribution.log_probs.shape == (2, 3, 9) and j.distribution.mean.shape == (2, 3)
     torch.testing.assert_close(j.distribution.log_probs.exp().sum(-1), torch.ones(2, 3), atol=1e-5, rtol=0)
     assert ((j.distribution.mean >= 1) & (j.distribution.mean <= 5)).all()

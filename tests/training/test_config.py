@@ -96,6 +96,7 @@ def test_a_silent_kappa_override_is_refused():
     (["--distributed", "zero3"], "distributed must be one of"),
     (["--dtype", "fp8"], "dtype must be one of"),
     (["--sampling.rollout_batch_size", "0"], "sampling.rollout_batch_size must be >= 1"),
+    (["--sampling.decode", "eager"], "sampling.decode must be 'dynamic' or 'static_compiled'"),
     (["--device", "tpu"], "device: 'tpu'"),
     (["--attn_implementation", "flash"], "attn_implementation must be one of"),
     (["--dtype", "fp16", "--distributed", "fsdp"], "dtype='fp16' with distributed='fsdp'"),

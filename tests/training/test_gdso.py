@@ -1,6 +1,7 @@
 """GDSO as Algorithm 1 writes it, at tiny scale in one process: the reference policy and its reset every N_ref steps,
 the KL term it anchors, and the parsed-text ablation that appends and reinforces the sampled score token."""
 
+import pytest
 import torch
 
 from tests.training.runs import GDSO_TINY
@@ -117,3 +118,30 @@ def test_the_default_cap_is_the_longest_description(tmp_path):
     assert trainer.cfg.sampling.max_reasoning_tokens == description_token_limit(trainer.rm.tokenizer)
     assert trainer.rm.sampling["max_reasoning_tokens"] == trainer.cfg.sampling.max_reasoning_tokens
     assert trainer.cfg.beta > 0  # Algorithm 1's KL anchor is on by default
+
+
+@pytest.mark.parametrize("reward_from", ["distribution", "text"])
+def test_the_scoring_forward_gives_the_old_logprobs(tmp_path, monkeypatch, reward_from):
+    """The old-policy log-probs come from judge's scoring forward: one full-length forward of the policy per rollout
+    fewer than running policy_forward again, and the same GDSO loss (the text ablation's appended score token
+    included)."""
+    import zrcore.models.rollout as rollout_module
+
+    def step(old_path: bool, out):
+        trainer = _trainer(out, "--reward_from", reward_from, "--updates_per_rollout", "2")
+        forwards = []
+        hidden = trainer.rm._hidden
+        monkeypatch.setattr(trainer.rm, "_hidden", lambda *a: forwards.append(a[0].shape) or hidden(*a))
+        judge = rollout_module.judge_groups
+        monkeypatch.setattr(gdso_module, "judge_groups",
+                            lambda *a, **kw: judge(*a, **(kw | {"with_logprobs": not old_path})))
+        metrics = trainer.train_step(0)
+        monkeypatch.setattr(gdso_module, "judge_groups", judge)
+        return metrics, forwards
+
+    new, new_forwards = step(False, tmp_path / "new")
+    old, old_forwards = step(True, tmp_path / "old")
+    # judge's scoring forward, [old-policy forward,] one forward per update
+    assert (len(old_forwards), len(new_forwards)) == (4, 3)
+    for key in ("loss/total", "loss/policy"):
+        assert new[key] == pytest.approx(old[key], rel=1e-5, abs=1e-7), key

@@ -18,6 +18,7 @@ logits are never formed. Under FSDP2 every entry point other than ``forward`` is
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +53,10 @@ class Judgement(NamedTuple):
     distribution: ScoreDistribution  # log_probs [B, G, K], mean [B, G], var [B, G]
     image_inputs: dict  # pixel_values / image_grid_thw for the B*G rows (to re-feed the sequences)
     behaviour_logprobs: torch.Tensor  # [B*G, L] log-probs the sampler drew the completion tokens with (0 elsewhere)
+    # with_logprobs: log pi(y_t | y_<t) / T of the completion from the forward that read q ([B*G, L], 0 elsewhere),
+    # and log pi(score token k | sequence) / T over the full vocabulary at that last position ([B*G, K])
+    logprobs: torch.Tensor | None = None
+    score_logprobs: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         b, g = self.distribution.mean.shape[:2]
@@ -169,6 +174,8 @@ class RewardModel(torch.nn.Module):
         self.templates = templates or RubricTemplates.load()
         self.decoder = ScoreDecoder(tokenizer, self.bins)
         self._score_index: dict = {}  # device -> (token ids, values) there
+        self._compiled_decode = None  # decode_step through torch.compile, made on first use
+        self._image_memo: dict | None = None  # fingerprint -> [(patches, features)] of images seen, in _sharing_images
         self.geometry = VisionGeometry.from_image_processor(image_processor)
         self.image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -370,10 +377,12 @@ class RewardModel(torch.nn.Module):
         """Keyword inputs of the VLM for left-padded ids [B, L] and their images."""
         param = next(self.model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        return {"input_ids": ids.to(param.device), "attention_mask": mask.to(param.device),
-                "pixel_values": image_inputs["pixel_values"].to(param.device, dtype),
-                "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
-                "mm_token_type_ids": (ids == self.image_pad_id).int().to(param.device)}
+        out = {"input_ids": ids.to(param.device), "attention_mask": mask.to(param.device),
+               "image_grid_thw": image_inputs["image_grid_thw"].to(param.device),
+               "mm_token_type_ids": (ids == self.image_pad_id).int().to(param.device)}
+        if "pixel_values" in image_inputs:  # (absent: the caller passes the vision tower's output itself)
+            out["pixel_values"] = image_inputs["pixel_values"].to(param.device, dtype)
+        return out
 
     def score_inputs(self, prompts, images: Sequence, dimension) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Student-mode (sequences, attention_mask, image_inputs) for ``forward``: the rubric prompt ending with
@@ -425,9 +434,69 @@ class RewardModel(torch.nn.Module):
 
     # ---- the network ---------------------------------------------------------------------------------------------
     def _hidden(self, sequences, attention_mask, image_inputs) -> torch.Tensor:
-        """Last hidden states [B, L, H] of the base model (no logits over the vocabulary)."""
-        inputs = self.tensor_inputs(sequences, attention_mask, image_inputs)
-        return self.model.model(**inputs, use_cache=False).last_hidden_state
+        """Last hidden states [B, L, H] of the base model (no logits over the vocabulary). Rows that repeat an image
+        (the G samples of a candidate) share one pass of the vision tower (``_image_outputs``)."""
+        inputs = self.tensor_inputs(sequences, attention_mask, {"image_grid_thw": image_inputs["image_grid_thw"]})
+        encoded = self._image_outputs(image_inputs["pixel_values"], image_inputs["image_grid_thw"])
+        return self.model.model(**inputs, mm_encoder_outputs={"image": encoded}, use_cache=False).last_hidden_state
+
+    def _image_outputs(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        """The vision tower's output for images stored back to back, each distinct image encoded once.
+
+        Runs of consecutive equal images (equal grid and patches, as ``judge`` lays out a candidate's G rows) are
+        encoded once and their merged tokens (and Qwen3-VL's deepstack features) repeated to every row of the run,
+        so that the language model reads exactly what it would read with one encoding per row: e_r = f(x_{u(r)})
+        with u(r) the run of row r. The placeholders' mrope positions follow from ``image_grid_thw`` per row as
+        before. The repetition is an index, so gradients of the rows sum into the shared encoding. Pixels that
+        carry a gradient themselves are encoded row by row (equal values need not be one leaf). Inside
+        ``_sharing_images`` (a ``judge`` call) an image encoded once is reused by later forwards of the call."""
+        sizes = grid_thw.prod(-1).tolist()
+        chunks = torch.split(pixel_values, sizes)
+        index, first = [], []
+        for row, chunk in enumerate(chunks):
+            prev = first[-1] if first else None
+            same = (prev is not None and not pixel_values.requires_grad and sizes[row] == sizes[prev]
+                    and torch.equal(grid_thw[row], grid_thw[prev]) and torch.equal(chunk, chunks[prev]))
+            if not same:
+                first.append(row)
+            index.append(len(first) - 1)
+        memo = self._image_memo if not pixel_values.requires_grad else None
+        feats: list = [None] * len(first)
+        keys: list = [None] * len(first)
+        if memo is not None:  # a fingerprint finds the candidate, an exact comparison confirms it
+            for j, r in enumerate(first):
+                keys[j] = (tuple(grid_thw[r].tolist()), float(chunks[r].double().sum()),
+                           float(chunks[r][::7].double().square().sum()))
+                feats[j] = next((f for c, f in memo.get(keys[j], ()) if torch.equal(c, chunks[r])), None)
+        missing = [j for j, f in enumerate(feats) if f is None]
+        if missing:
+            rows = [first[j] for j in missing]
+            x = pixel_values if len(rows) == len(chunks) else torch.cat([chunks[r] for r in rows])
+            param = next(self.model.parameters())
+            dtype = param.dtype if param.is_floating_point() else torch.float32
+            out = self.model.get_image_features(x.to(param.device, dtype), grid_thw[rows].to(param.device),
+                                                return_dict=True)
+            deep = getattr(out, "deepstack_features", None)
+            for m, j in enumerate(missing):
+                feats[j] = (type(out), out.pooler_output[m], None if deep is None else [f[m] for f in deep])
+                if memo is not None:
+                    memo.setdefault(keys[j], []).append((chunks[first[j]], feats[j]))
+            if len(first) == len(chunks):
+                return out
+        kind, deep = feats[0][0], feats[0][2]
+        fields = {"pooler_output": tuple(feats[i][1] for i in index)}
+        if deep is not None:
+            fields["deepstack_features"] = [tuple(feats[i][2][layer] for i in index) for layer in range(len(deep))]
+        return kind(**fields)
+
+    @contextlib.contextmanager
+    def _sharing_images(self):
+        """Within: every forward reuses the vision tower's output of an image it has seen (no-grad use only)."""
+        self._image_memo = {}
+        try:
+            yield
+        finally:
+            self._image_memo = None
 
     def _distribution(self, hidden: torch.Tensor, impl: str = "auto") -> ScoreDistribution:
         head = self.model.get_output_embeddings()
@@ -468,6 +537,85 @@ class RewardModel(torch.nn.Module):
         """log pi(y_t | y_<t) at temperature T for the positions of completion_mask ([B, L], 0 elsewhere)."""
         return self._policy(sequences, attention_mask, image_inputs, completion_mask, temperature, False).logps
 
+    # ---- decoding (rollout backends) -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def generating(self, unshard_once: bool = True):
+        """The module set up for sampling, restored on exit: eval mode and no activation checkpointing (both only
+        matter to a backward, which sampling never runs). Under FSDP2 with ``unshard_once`` every sharded unit is
+        all-gathered once here and kept gathered (no reshard after each forward) until the exit reshards it, so
+        a rollout costs one gather per unit instead of one per unit per decoded token. The root unit is left to
+        the hooks of the entry point that called this (``judge``), which gathered it already. Under DDP and on one
+        process the parameters are whole and nothing is gathered."""
+        from torch.distributed.fsdp import FSDPModule
+
+        from zrcore.sharding import reshards_after_forward
+
+        was_training = self.training
+        flag = "is_activation_checkpointing" if hasattr(type(self.model), "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"
+        checkpointing = bool(getattr(self.model, flag, False))
+        units = [m for m in self.modules() if isinstance(m, FSDPModule) and m is not self] if unshard_once else []
+        saved = [reshards_after_forward(m) for m in units]
+        self.eval()
+        if checkpointing:
+            (getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable)()
+        try:
+            for unit in units:
+                unit.set_reshard_after_forward(False, recurse=False)
+            handles = [unit.unshard(async_op=True) for unit in units]
+            for handle in handles:
+                if handle is not None:
+                    handle.wait()
+            yield
+        finally:
+            for unit, keep in zip(units, saved):
+                unit.reshard()
+                unit.set_reshard_after_forward(keep, recurse=False)
+            if checkpointing:
+                self.gradient_checkpointing_enable()
+            self.train(was_training)
+
+    def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict
+                ) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """One forward over P left-padded prompts with a fresh KV cache: (logits at the last position [P, V],
+        the filled ``DynamicCache``, the rows' mrope offsets delta [P]). A text token at index i among its row's
+        real tokens sits at rotary position i + delta (all three mrope axes equal), which ``decode_step`` uses."""
+        inputs = self.tensor_inputs(ids, attention_mask, {"image_grid_thw": image_inputs["image_grid_thw"]})
+        encoded = self._image_outputs(image_inputs["pixel_values"], image_inputs["image_grid_thw"])
+        out = self.model(**inputs, mm_encoder_outputs={"image": encoded}, use_cache=True, logits_to_keep=1)
+        delta = getattr(self.model.model, "rope_deltas", None)
+        delta = (torch.zeros(ids.shape[0], dtype=torch.long, device=out.logits.device) if delta is None
+                 else delta.reshape(-1).to(out.logits.device))
+        return out.logits[:, -1], out.cache, delta
+
+    def decode_step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache,
+                    compiled: bool = False) -> torch.Tensor:
+        """Logits [B, V] after feeding one token per row ([B]) at rotary ``positions`` [B] into ``cache``;
+        ``attention_mask`` covers the cache and the new token (a static cache: its full length). ``compiled``:
+        through ``torch.compile`` (one graph per shape; meant for a static cache)."""
+        fn = self._decode_logits
+        if compiled:
+            if self._compiled_decode is None:
+                mode = "reduce-overhead" if tokens.device.type == "cuda" else None
+                self._compiled_decode = torch.compile(self._decode_logits, mode=mode, dynamic=False)
+            fn = self._compiled_decode
+        return fn(tokens, attention_mask, positions, cache)
+
+    def _decode_logits(self, tokens, attention_mask, positions, cache) -> torch.Tensor:
+        pos = positions.view(1, -1, 1).expand(3, -1, 1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=pos, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def score_token_logprobs(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log pi(s_k | h) / T over the full vocabulary for each score token s_k, at hidden states [B, H]: [B, K]
+        (the old log-prob of a score token appended after the suffix, read from the forward that gave q)."""
+        head = self.model.get_output_embeddings()
+        ids = self.score_index(hidden.device)[0]
+        b, k = hidden.shape[0], ids.numel()
+        lp = token_logprobs(hidden.repeat_interleave(k, 0), head.weight, ids.repeat(b), temperature, head.bias)
+        return lp.view(b, k)
+
     # ---- student -------------------------------------------------------------------------------------------------
     def score(self, prompts, images: Sequence, dimension, impl: str = "auto") -> ScoreDistribution:
         """Student mode: q over the bins for each (prompt, image), one batched forward, no reasoning.
@@ -487,14 +635,17 @@ class RewardModel(torch.nn.Module):
     # ---- teacher -------------------------------------------------------------------------------------------------
     def judge(self, prompts, images: Sequence, dimension, num_samples: int = 4, max_reasoning_tokens: int = 64,
               temperature: float = 1.0, impl: str = "auto", seeds: Sequence[int] | None = None,
-              rollout_batch_size: int = 0, backend=None) -> Judgement:
+              rollout_batch_size: int = 0, backend=None, decode: str = "dynamic", unshard_once: bool = True,
+              with_logprobs: bool = False) -> Judgement:
         """Teacher mode (see module docstring) for B inputs x G samples.
 
         ``seeds``: one sampling seed per row (B*G, input-major), so that a row's trace does not depend on which
         rows share its batch or process; default drawn from torch's global generator. ``rollout_batch_size``: at
-        most this many rows per sampling call (0 = all in one). ``backend``: a ``RolloutBackend`` (default HF
-        ``generate``)."""
-        from zrcore.models.rollout import HFGenerateBackend, RolloutRequest
+        most this many rows per sampling call (0 = all in one). ``backend``: a ``RolloutBackend`` (default
+        ``NativeBackend(decode, unshard_once)``: each prompt prefilled once, see ``zrcore.models.rollout``).
+        ``with_logprobs``: the scoring forward also returns the completion's log-probs at ``temperature`` and the
+        score tokens' (``Judgement.logprobs``, ``score_logprobs``), the old-policy log-probs of a GDSO step."""
+        from zrcore.models.rollout import NativeBackend, RolloutRequest
 
         images = list(images)
         prompts, dims = self._check(prompts, len(images), dimension)
@@ -515,8 +666,15 @@ class RewardModel(torch.nn.Module):
                "image_grid_thw": img["image_grid_thw"].repeat_interleave(g, dim=0)}
         row_ids = [prompt_ids[r // g] for r in range(rows)]
         request = RolloutRequest(row_ids, rep, seeds, max_reasoning_tokens, temperature, self.end_of_turn_id,
-                                 self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size)
-        sampled = (backend or HFGenerateBackend()).sample(self, request)
+                                 self.tokenizer.pad_token_id, self.suppressed_ids, rollout_batch_size, group_size=g)
+        with self._sharing_images():  # each candidate's image through the vision tower once in this call
+            return self._judged(request, backend or NativeBackend(decode, unshard_once), prompts, rep, impl,
+                                temperature, with_logprobs)
+
+    def _judged(self, request, backend, prompts, rep: dict, impl: str, temperature: float, with_logprobs: bool
+                ) -> Judgement:
+        g, rows, row_ids = request.group_size, len(request.prompt_ids), request.prompt_ids
+        sampled = backend.sample(self, request)
         reasoning, truncated, bodies, tails, behaviour = [], [], [], [], []
         for row in range(rows):
             toks = sampled.token_ids[row]
@@ -531,12 +689,19 @@ class RewardModel(torch.nn.Module):
         ids, mask, comp = self.left_pad_marked(row_ids, bodies, tails)
         beh = torch.zeros(ids.shape, dtype=torch.float32)
         beh[comp.cpu()] = torch.tensor(behaviour, dtype=torch.float32)
+        logps = score_logps = None
         with torch.no_grad():
-            dist = self._policy(ids, mask, rep, impl=impl).distribution
+            hidden = self._hidden(ids, mask, rep)
+            dist = self._distribution(hidden[:, -1], impl=impl)
+            if with_logprobs:
+                logps = completion_logprobs(hidden, ids.to(hidden.device), comp.to(hidden.device),
+                                            self.model.get_output_embeddings(), temperature)
+                score_logps = self.score_token_logprobs(hidden[:, -1], temperature)
         b, k = len(prompts), len(self.bins)
         dist = ScoreDistribution(dist.log_probs.view(b, g, k), dist.mean.view(b, g), dist.var.view(b, g))
         texts = self.tokenizer.batch_decode([r.tolist() for r in reasoning], skip_special_tokens=True)
-        return Judgement(ids, mask, comp, reasoning, texts, torch.tensor(truncated), dist, rep, beh.to(ids.device))
+        return Judgement(ids, mask, comp, reasoning, texts, torch.tensor(truncated), dist, rep, beh.to(ids.device),
+                         logps, score_logps)
 
 
 

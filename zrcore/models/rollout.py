@@ -1,13 +1,16 @@
-"""Rollouts: the sampling backend interface, its default over Hugging Face ``generate``, and the rollout batch the
-policy losses read.
+"""Rollouts: the sampling backend interface, zrcore's own sampler (and the earlier one over HF ``generate``), and the
+rollout batch the policy losses read.
 
 A backend turns a ``RolloutRequest`` (prompt token ids and images per row, one seed per row, decoding limits) into
 sampled token ids and the behaviour log-probs log pi_old(y_t | y_<t) / T they were drawn with. ``RewardModel.judge``
-calls it and appends the forced scoring suffix, so a serving engine can replace ``HFGenerateBackend`` without
-touching the losses.
+calls it and appends the forced scoring suffix, so a serving engine can replace ``NativeBackend`` (the default: each
+prompt prefilled once, weights gathered once per rollout, an optional static compiled decode) without touching the
+losses; ``HFGenerateBackend`` is the earlier sampler over HF ``generate``, one row at a time. docs/ROLLOUTS.md gives
+the contract a backend meets.
 
-Sampling is seeded per row (``SeededSampler``): row r draws its tokens from its own generator, so its trace does not
-depend on which rows share its batch, how many calls the rows are split into, or which process holds them.
+Sampling is seeded per row (``row_uniforms``, ``SeededSampler``): row r draws its tokens from its own generator, so
+its trace does not depend on which rows share its batch, how many calls the rows are split into, or which process
+holds them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class RolloutRequest:
     eos_token_id: int
     pad_token_id: int
     suppress_ids: list  # token ids a trace must not contain
-    batch_size: int = 0  # at most this many rows per sampling call; 0 = all rows in one call
+    batch_size: int = 0  # at most this many rows per sampling call (at least one group of G); 0 = all in one call
+    group_size: int = 1  # rows r*group_size ... (r+1)*group_size - 1 share their prompt and image (the G samples)
 
 
 class SampledTokens(NamedTuple):
@@ -109,6 +113,142 @@ class HFGenerateBackend:
         return SampledTokens(tokens, logprobs)
 
 
+DECODE_MODES = ("dynamic", "static_compiled")
+
+
+def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+    """[B, steps] uniforms in [0, 1), row r drawn from its own generator seeded with seeds[r] (on the CPU, so a row's
+    draws are the same on every device and whatever rows share its batch)."""
+    return torch.stack([torch.rand(steps, generator=seeding.generator(int(s) % (2**63)), dtype=torch.float64)
+                        for s in seeds]) if seeds else torch.zeros(0, steps, dtype=torch.float64)
+
+
+def inverse_cdf_sample(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float,
+                       suppress: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from p = softmax(z / T) with the ``suppress`` ids removed, by inverse CDF: the smallest
+    v with F(v) > u F(V) where F is the cumulative sum of p, u the row's uniform ([B]). Returns (ids [B], their
+    log p [B]). Batched: no per-row loop, no generator per row at each step."""
+    z = logits.float() / temperature
+    if suppress is not None and suppress.numel():
+        z = z.index_fill(1, suppress, float("-inf"))
+    logp = torch.log_softmax(z, dim=-1)
+    cdf = logp.exp().cumsum(-1)
+    target = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
+    picks = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return picks[:, 0], logp.gather(1, picks).squeeze(1)
+
+
+class NativeBackend:
+    """zrcore's own sampler: each distinct prompt prefilled once, its KV cache expanded to its G samples, then one
+    batched decode step per token for all rows.
+
+    Per call of at most ``batch_size`` rows (whole groups of G): ``rm.prefill`` over the P distinct prompts (the
+    vision tower once per image), the cache expanded to the G samples (``Cache.reorder_cache``, HF's beam
+    reordering) and the mrope offsets repeated to the P*G rows, then ``rm.decode_step`` until every row emitted
+    end-of-turn or ``max_new_tokens``. A row samples by inverse CDF from uniforms drawn upfront from its own seeded
+    generator (``row_uniforms``), so its trace depends on its seed only. ``decode="static_compiled"``: the expanded
+    cache copied into HF's ``StaticCache`` and the decode step run through ``torch.compile`` (fixed shapes); a
+    cache holding other than key/value layers (Qwen3.5's linear attention) decodes dynamically, and a sharded model
+    uses the static cache uncompiled. The whole rollout runs inside ``rm.generating(unshard_once)``. Under FSDP2
+    without ``unshard_once`` each step gathers the layers, so
+    every rank makes the same number of calls and steps (a finished rank feeds padding until all are done)."""
+
+    def __init__(self, decode: str = "dynamic", unshard_once: bool = True):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {list(DECODE_MODES)}, got {decode!r}")
+        self.decode = decode
+        self.unshard_once = bool(unshard_once)
+
+    @torch.no_grad()
+    def sample(self, rm, request: RolloutRequest) -> SampledTokens:
+        g = max(1, request.group_size)
+        n_rows = len(request.prompt_ids)
+        if n_rows % g:
+            raise ValueError(f"{n_rows} rows are not whole groups of group_size={g}")
+        groups = list(range(n_rows // g))
+        per_call = max(1, (request.batch_size or n_rows) // g)
+        chunks = [groups[i:i + per_call] for i in range(0, len(groups), per_call)]
+        synced = rm.synced_generation and not self.unshard_once
+        calls = max_over_ranks(len(chunks)) if synced else len(chunks)
+        tokens: list = [None] * n_rows
+        logprobs: list = [None] * n_rows
+        with rm.generating(self.unshard_once):
+            for c in range(calls):
+                part = chunks[c] if c < len(chunks) else chunks[0][:1]
+                toks, lps = self._decode(rm, request, part, g, synced)
+                if c >= len(chunks):
+                    continue
+                for i, r in enumerate(q * g + s for q in part for s in range(g)):
+                    tokens[r], logprobs[r] = toks[i], lps[i]
+        return SampledTokens(tokens, logprobs)
+
+    def _decode(self, rm, request: RolloutRequest, part: list[int], g: int, synced: bool):
+        firsts = [q * g for q in part]
+        rows = [q * g + s for q in part for s in range(g)]
+        n = request.max_new_tokens
+        ids, mask = rm.left_pad([request.prompt_ids[r] for r in firsts])
+        logits, cache, delta = rm.prefill(ids, mask, _image_rows(request.image_inputs, firsts))
+        device = logits.device
+        if g > 1:  # row q * G + s reads prompt q's cache (HF's beam reordering: keys, values, linear-attention states)
+            cache.reorder_cache(torch.arange(len(part), device=device).repeat_interleave(g))
+            logits, delta, mask = (t.repeat_interleave(g, 0) for t in (logits, delta, mask))
+        width = ids.shape[1]
+        static = self.decode == "static_compiled" and n > 1 and _key_value_layers(cache)
+        if static:
+            cache = _static_copy(rm, cache, width + n)
+        compiled = static and not rm.synced_generation and hasattr(torch, "compile")
+        uniforms = row_uniforms([request.seeds[r] for r in rows], n).to(device)
+        suppress = torch.tensor(request.suppress_ids, dtype=torch.long, device=device)
+        mask = torch.cat([mask.to(device), mask.new_zeros(len(rows), n).to(device)], 1)
+        positions = mask.sum(-1) + delta  # the first sampled token's rotary position
+        out_ids = torch.full((len(rows), n), request.pad_token_id, dtype=torch.long, device=device)
+        out_lp = torch.zeros(len(rows), n, dtype=torch.float32, device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        steps = 0
+        for t in range(n):
+            tok, lp = inverse_cdf_sample(logits, uniforms[:, t], request.temperature, suppress)
+            tok = tok.masked_fill(done, request.pad_token_id)
+            out_ids[:, t], out_lp[:, t] = tok, lp
+            done |= tok == request.eos_token_id
+            steps = t + 1
+            if t == n - 1:
+                break
+            finished = bool(done.all())
+            if synced:
+                finished = max_over_ranks(int(not finished)) == 0
+            if finished:
+                break
+            mask[:, width + t] = 1
+            logits = rm.decode_step(tok, mask if static else mask[:, :width + t + 1], positions + t, cache,
+                                    compiled=compiled)
+        out_ids, out_lp = out_ids[:, :steps].tolist(), out_lp[:, :steps].tolist()
+        tokens, logprobs = [], []
+        for toks, lps in zip(out_ids, out_lp):
+            if request.eos_token_id in toks:
+                toks = toks[:toks.index(request.eos_token_id) + 1]
+            tokens.append(toks)
+            logprobs.append(lps[:len(toks)])
+        return tokens, logprobs
+
+
+def _key_value_layers(cache) -> bool:
+    """The cache holds only plain key/value layers (what HF's ``StaticCache`` can take over)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+
+def _static_copy(rm, cache, length: int):
+    """A ``StaticCache`` of ``length`` positions holding the prefilled (expanded) keys and values of ``cache``."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=rm.model.config, max_cache_len=length)
+    for i, layer in enumerate(cache.layers):
+        static.update(layer.keys, layer.values, i)
+    return static
+
+
 class Rollouts(NamedTuple):
     sequences: torch.Tensor  # [B, L], rows ordered (group, candidate, sample)
     attention_mask: torch.Tensor
@@ -119,6 +259,10 @@ class Rollouts(NamedTuple):
     truncated: torch.Tensor  # [B] bool
     behaviour_logprobs: torch.Tensor  # [B, L] log-probs the sampler drew the completion with
     score_position: int = -1  # where q is read: the last position, or -2 after an appended score token
+    # the old policy's log-probs log pi(y_t | y_<t) / T of the completion, from the forward that read q ([B, L]);
+    # None when the sampler did not return them (then the trainer runs that forward itself)
+    logprobs: torch.Tensor | None = None
+    score_logprobs: torch.Tensor | None = None  # [B, K]: log pi(score token k | sequence) / T, from that forward
 
     def rows(self, start: int, stop: int) -> Rollouts:
         """Rows start..stop-1 of the batch (e.g. a micro-batch of whole prompt groups), their images with them."""
@@ -132,15 +276,22 @@ class Rollouts(NamedTuple):
                                                             d.mean.reshape(-1)[start:stop],
                                                             d.var.reshape(-1)[start:stop]),
                              lengths=self.lengths[start:stop], truncated=self.truncated[start:stop],
-                             behaviour_logprobs=self.behaviour_logprobs[start:stop])
+                             behaviour_logprobs=self.behaviour_logprobs[start:stop],
+                             logprobs=None if self.logprobs is None else self.logprobs[start:stop],
+                             score_logprobs=None if self.score_logprobs is None else self.score_logprobs[start:stop])
 
-    def with_score_tokens(self, score_ids: torch.Tensor) -> Rollouts:
+    def with_score_tokens(self, score_ids: torch.Tensor, bins: torch.Tensor | None = None) -> Rollouts:
         """The batch with one sampled score token per row ([B] ids) appended after the scoring suffix: it joins the
         completion (the policy emits it and is trained on it, as a parsed-score policy is) and q stays read at the
-        position that predicts it."""
+        position that predicts it. ``bins``: the tokens' bin indices [B], which carry the old log-probs over to
+        the appended token (from ``score_logprobs``); without them ``logprobs`` is dropped."""
         tok = score_ids.to(self.sequences.device)[:, None]
         one = torch.ones_like(tok)
-        return self._replace(sequences=torch.cat([self.sequences, tok], 1),
+        logprobs = None
+        if self.logprobs is not None and self.score_logprobs is not None and bins is not None:
+            picked = self.score_logprobs.gather(1, bins.to(self.score_logprobs.device).long()[:, None])
+            logprobs = torch.cat([self.logprobs, picked.to(self.logprobs.device, self.logprobs.dtype)], 1)
+        return self._replace(logprobs=logprobs, sequences=torch.cat([self.sequences, tok], 1),
                              attention_mask=torch.cat([self.attention_mask, one.to(self.attention_mask.dtype)], 1),
                              completion_mask=torch.cat([self.completion_mask, one.bool()], 1),
                              behaviour_logprobs=torch.cat([self.behaviour_logprobs,
@@ -155,14 +306,17 @@ def rollouts_of(judgement) -> Rollouts:
     dist = ScoreDistribution(d.log_probs.reshape(-1, k), d.mean.reshape(-1), d.var.reshape(-1))
     lengths = torch.tensor([len(r) for r in judgement.reasoning_ids], dtype=torch.float32)
     return Rollouts(judgement.sequences, judgement.attention_mask, judgement.completion_mask, judgement.image_inputs,
-                    dist, lengths, judgement.truncated, judgement.behaviour_logprobs)
+                    dist, lengths, judgement.truncated, judgement.behaviour_logprobs,
+                    logprobs=getattr(judgement, "logprobs", None),
+                    score_logprobs=getattr(judgement, "score_logprobs", None))
 
 
-def judge_groups(rm, groups: list, first: int, step: int, seed: int, sampling):
+def judge_groups(rm, groups: list, first: int, step: int, seed: int, sampling, with_logprobs: bool = False):
     """One ``judge`` call for all (group, candidate) rows of ``groups``, rows ordered (group, candidate, sample) and
     seeded by the run's ``seed``, the training ``step`` and their global position (``first``: the global index of
-    groups[0]). ``sampling`` gives ``num_samples``, ``max_reasoning_tokens``, ``temperature`` and
-    ``rollout_batch_size`` (a ``zrcore.training.config.SamplingConfig``)."""
+    groups[0]). ``sampling`` gives ``num_samples``, ``max_reasoning_tokens``, ``temperature``,
+    ``rollout_batch_size``, ``decode`` and ``unshard_once`` (a ``zrcore.training.config.SamplingConfig``);
+    ``with_logprobs``: see ``RewardModel.judge``."""
     num_samples = sampling.num_samples
     m = len(groups[0].records)
     prompts = [g.prompt for g in groups for _ in g.records]
@@ -171,7 +325,9 @@ def judge_groups(rm, groups: list, first: int, step: int, seed: int, sampling):
     seeds = [seeding.step_seed(seed, step, ((first + gi) * m + mi) * num_samples + s)
              for gi in range(len(groups)) for mi in range(m) for s in range(num_samples)]
     return rm.judge(prompts, images, dims, num_samples=num_samples, max_reasoning_tokens=sampling.max_reasoning_tokens,
-                    temperature=sampling.temperature, seeds=seeds, rollout_batch_size=sampling.rollout_batch_size)
+                    temperature=sampling.temperature, seeds=seeds, rollout_batch_size=sampling.rollout_batch_size,
+                    decode=getattr(sampling, "decode", "dynamic"), unshard_once=getattr(sampling, "unshard_once", True),
+                    with_logprobs=with_logprobs)
 
 
 def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -63,6 +63,10 @@ class SamplingConfig:
                                        "plus its end-of-turn")
     temperature: float = arg(1.0, "sampling temperature (> 0)")
     rollout_batch_size: int = arg(64, "at most this many sequences per sampling (generate) call")
+    unshard_once: bool = arg(True, "under fsdp, gather the policy's weights once per rollout (not once per decoded "
+                                   "token); no effect under ddp or on one process")
+    decode: str = arg("dynamic", "decode path: dynamic (HF dynamic KV cache) | static_compiled (HF static cache "
+                                 "and torch.compile)")
 
     def __post_init__(self):
         try:
@@ -74,6 +78,8 @@ class SamplingConfig:
                              f"{self.max_reasoning_tokens}")
         if not self.temperature > 0:
             raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+        if self.decode not in ("dynamic", "static_compiled"):
+            raise ValueError(f"sampling.decode must be 'dynamic' or 'static_compiled', got {self.decode!r}")
 
 
 @dataclass

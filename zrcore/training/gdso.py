@@ -83,15 +83,17 @@ class GDSOTeacherTrainer(Trainer):
         local, first = self.local_batch(step)
         p, m, g = len(local), len(local[0].records), c.sampling.num_samples
         with torch.no_grad(), rt.autocast():
-            batch = rollouts_of(judge_groups(self.rm, local, first, step, c.seed, c.sampling))
+            batch = rollouts_of(judge_groups(self.rm, local, first, step, c.seed, c.sampling, with_logprobs=True))
         reward_mean = None
         if c.reward_from == "text":  # the score token sampled from q, appended, parsed and reinforced
             seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
             picked = sample_bins(batch.distribution.probs, seeds)
-            batch = batch.with_score_tokens(self.rm.score_tokens(picked))
+            batch = batch.with_score_tokens(self.rm.score_tokens(picked), bins=picked)
             reward_mean = self.rm.bins.values[picked].view(p, m, g)
         with torch.no_grad(), rt.autocast():
-            old_logps = self.rm.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
+            old_logps = batch.logprobs  # from the forward that read q at sampling time (same policy, same batch)
+            if old_logps is None:
+                old_logps = self.rm.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
             ref_logps = (self.ref.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
                          if self.ref is not None else None)
         device = old_logps.device
