@@ -112,12 +112,17 @@ def test_plan_matches_the_trainer_step_on_cpu(measured):
     plan, peaks, pad = measured["plan"], measured["peaks"], measured["pad"]
     assert plan.shape["seq_len"] == measured["shape"]["length"]
     errors = {}
-    for phase in ("old_logprobs", "ref_logprobs", "forward_backward", "optimizer"):
+    # the old log-probs come from the rollout's scoring forward (judge), so the trainer has no phase of its own
+    # for them; the plan's old_logprobs phase is the same no-grad forward as ref_logprobs
+    assert "old_logprobs" not in peaks
+    for phase in ("ref_logprobs", "forward_backward", "optimizer"):
         errors[phase] = _expected(plan, phase, pad) / peaks[phase] - 1
+    rollout = _expected(plan, "rollout", pad) / peaks["rollout"] - 1  # reported, not held to 10% (RESULTS.md)
     real_peak = max(peaks.values())
     plan_peak = max(_expected(plan, p, pad) for p in plan.table if p != "build")
     errors["peak"] = plan_peak / real_peak - 1
-    print({k: f"{v:+.1%}" for k, v in errors.items()}, {k: round(v / MIB, 2) for k, v in peaks.items()},
+    print({k: f"{v:+.1%}" for k, v in errors.items()}, f"rollout {rollout:+.1%}",
+          {k: round(v / MIB, 2) for k, v in peaks.items()},
           f"padding mask term {pad / MIB:.2f} MiB", {k: v for k, v in measured["shape"].items() if k != "mask"})
     assert all(abs(e) <= 0.10 for e in errors.values()), errors
 
