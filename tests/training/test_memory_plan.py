@@ -22,7 +22,7 @@ def _trainer_step_peaks(tmp_path) -> tuple[dict, dict, object]:
                             updates_per_rollout=1, grad_balance_every=0, train_prompts=4, eval_prompts=2,
                             progress=False, sampling={"num_samples": G, "max_reasoning_tokens": TRACE})
     trainer = gdso.GDSOTeacherTrainer(cfg)
-    tracker = mp._tracker()
+    tracker = mp.step_tracker()
     tracker.track_external(trainer.rm, trainer.ref, trainer.opt)
     phases = mp._Phases(tracker)
     peaks, current, shape = {}, ["rollout"], {}
@@ -73,7 +73,7 @@ def _cpu_padding_mask_bytes(rm, mask: torch.Tensor) -> int:
     ids = torch.randint(0, 100, mask.shape)
     saved = []
     for attention_mask in (None, mask):
-        tracker = mp._tracker()
+        tracker = mp.step_tracker()
         tracker.track_external(rm)
         with tracker:
             hidden = lm(inputs_embeds=lm.embed_tokens(ids), attention_mask=attention_mask, use_cache=False)

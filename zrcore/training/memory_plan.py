@@ -79,7 +79,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 __all__ = ["KINDS", "OPTIMIZERS", "PHASES", "PRESETS", "MemoryOptions", "MemoryPlan", "Workload", "estimate",
-           "format_table", "main", "model_config", "parse_args", "parse_batch"]
+           "format_table", "main", "model_config", "parse_args", "parse_batch",
+           "step_tracker"]
 
 PHASES = ("build", "rollout", "old_logprobs", "ref_logprobs", "forward_backward", "optimizer")
 KINDS = ("parameters", "gradients", "optimizer", "reference", "activations", "kv_cache", "temporaries")
@@ -394,7 +395,7 @@ def _fake_group(world: int):
         dist.destroy_process_group()
 
 
-def _tracker():
+def step_tracker():
     """torch's MemTracker (torch 2.13's private hooks), adapted to read global peaks only: no gradient hooks on frozen
     modules, no per-module peaks, per-module statistics restarted at each top-level call (a sampling loop calls the
     model once per token), and no backward hooks registered for calls without gradients."""
@@ -551,7 +552,7 @@ def _measure_in_group(config, wl: Workload, opt: MemoryOptions, s: dict, fake: b
         out["largest"] = max(p.numel() for p in params)
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, s["vocab"], (rows, seq), generator=None if fake else gen)
-        tracker = _tracker()
+        tracker = step_tracker()
         tracker.track_external(*[mod for mod in (policy, ref) if mod is not None])
         phases = _Phases(tracker)
         with tracker:
