@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,20 @@ def load(path):
 def exit_line(main, argv: list[str]) -> str:
     """``main(argv)`` run as a program: "exit CODE: the lines it printed to stderr"."""
     err = io.StringIO()
+    logger = logging.getLogger("zrcore")
+    kept = list(logger.handlers)  # as a fresh program: main sets up its own logging (whatever ran before here)
+    for handler in kept:
+        logger.removeHandler(handler)
     with contextlib.redirect_stderr(err):
         try:
             code = main(argv)
         except SystemExit as exit_info:
             code = exit_info.code
+        finally:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            for handler in kept:
+                logger.addHandler(handler)
     code = 0 if code is None else code
     lines = [x for x in err.getvalue().strip().splitlines() if x.startswith(("zr-score", "error"))]
     return f"exit {code}: " + " / ".join(lines)

@@ -30,10 +30,13 @@ def test_the_logger_sets_the_verbosity(tmp_path, capsys):
     from zrcore._log import cli_logging
     from zrcore.training.config import RunConfig
 
+    logger = logging.getLogger("zrcore")
+    kept = list(logger.handlers)  # an earlier in-process CLI (zr-score logs to stderr) may have set one up
+    for handler in kept:
+        logger.removeHandler(handler)
     cli_logging()
     cfg = RunConfig(output_dir=str(tmp_path), steps=2, progress=False)
     ToyLoop(cfg).fit()
-    logger = logging.getLogger("zrcore")
     try:
         capsys.readouterr()
         ToyLoop(RunConfig(output_dir=str(tmp_path), steps=2, progress=False)).fit()
@@ -43,3 +46,7 @@ def test_the_logger_sets_the_verbosity(tmp_path, capsys):
         assert "resumed from" not in capsys.readouterr().out
     finally:
         logger.setLevel(logging.INFO)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in kept:
+            logger.addHandler(handler)

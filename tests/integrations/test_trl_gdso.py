@@ -3,6 +3,8 @@ fixed batch of rollouts equals zrcore.losses.gdso_loss, without the distribution
 generation path (transformers, and vLLM's branch with a stand-in engine) gives the same batch, rewards and losses as
 RewardModel.judge for the same samples."""
 
+import functools
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from zrcore import losses  # noqa: E402
 from zrcore.data import SyntheticRubric  # noqa: E402
 from zrcore.integrations.trl import GDSOConfig, GDSOTrainer  # noqa: E402
 from zrcore.models import build_tiny_reward_model  # noqa: E402
+from zrcore.models.rollout import HFGenerateBackend  # noqa: E402
 
 
 def _dataset(prompts=4, candidates=2):
@@ -198,7 +201,11 @@ def _judge_then_trl(tmp_path, generate_with, **overrides):
     trainer.model.train()
     rows = [trainer.train_dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
     _force_generate(rm, _targets(rm))
+    # the judge samples through HF generate here (its default backend prefills and samples by itself), so that the
+    # forced traces reach it too
+    rm.judge = functools.partial(rm.judge, backend=HFGenerateBackend())
     judged = trainer._generate_and_score_completions(rows)
+    del rm.judge
     trainer.args.sampler = "trl"
     generate_with(trainer, rm, _targets(rm))
     return trainer, judged, trainer._generate_and_score_completions(rows)
