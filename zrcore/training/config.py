@@ -110,8 +110,8 @@ class RunConfig:
     gradient_checkpointing: bool = arg(False, "the model's own activation checkpointing")
     master_dtype: str = arg("fp32", "fp32 | bf16: the trained weights and their gradients (bf16 needs torchao: "
                                     "its AdamW with bf16 stochastic rounding)")
-    optimizer: str = arg("adamw", "adamw (torch, foreach) | adamw_fused (torch, fused: no full-size temporary) | "
-                                  "adamw_8bit (torchao AdamW8bit: 8-bit states)")
+    optimizer: str = arg("adamw", "adamw (torch's default: foreach on CUDA) | adamw_fused (torch, fused: no "
+                                  "full-size temporary) | adamw_8bit (torchao AdamW8bit: 8-bit states)")
     ref_dtype: str = arg("auto", "frozen models (GDSO's reference, RISD / OPD's teacher): auto (the compute dtype) "
                                  "| bf16 | fp32")
     ref_offload: bool = arg(False, "fsdp: the frozen models' shards kept on the CPU (CPUOffloadPolicy)")
