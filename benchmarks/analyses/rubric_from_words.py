@@ -45,7 +45,7 @@ def split(n_train: int, n_eval: int, image_size: int) -> tuple[list, list, list]
         records = gen.records(n, 4, dimensions=dims, start=start)
         for r in records:
             scene, d, _ = gen.candidate(r.meta["index"], r.meta["candidate"])
-            r.meta["clauses"] = clauses(scene, d)
+            r.meta["clauses"] = clauses(scene, d, quoted=True)  # the rubric prompt quotes the prompt
             r.meta["description"] = " ".join(r.meta["clauses"].values())
         out.append(records)
     return out[0], out[1], out[2]

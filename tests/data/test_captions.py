@@ -18,8 +18,19 @@ from zrcore.data.captions import (
     describe,
     description_token_limit,
     match_question,
+    verdict,
 )
-from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
+from zrcore.data.synthetic import (
+    BACKGROUNDS,
+    CLASH,
+    COLOURS,
+    NUMBER_WORDS,
+    SHAPES,
+    Defects,
+    Scene,
+    SyntheticRubric,
+    render,
+)
 from zrcore.models.templates import RubricTemplates
 from zrcore.training.config import TrainConfig
 from zrcore.training.datasets import EVAL_OFFSET, build_data
@@ -58,7 +69,11 @@ def test_contexts_vary_and_never_judge():
     prompt vary, the description does not, and nothing in the context judges either."""
     gen = SyntheticRubric(seed=0, image_size=32)
     plain, ctx = captions(gen, 40), captions(gen, 40, contexts=True)
-    assert [r.text for r in plain] == [r.text for r in ctx]  # the same descriptions of the same images
+    for p, c in zip(plain, ctx):  # the same descriptions of the same images, with a verdict where the prompt is quoted
+        scene, d, _ = gen.candidate(c.index, c.candidate)
+        quoted = f"Prompt: {scene.prompt}" in c.instruction
+        assert c.text == p.text + (" " + verdict(scene, d) if quoted else ""), (c.instruction, c.text)
+    assert 0.3 < sum(r.text.endswith("as asked.") for r in ctx) / len(ctx) < 0.7
     assert {r.instruction for r in plain} == {INSTRUCTION} and {r.system for r in plain} == {""}
     assert len({r.instruction for r in ctx}) > 100 and len({r.system for r in ctx}) > 50
     assert 0.3 < sum(r.system == "" for r in ctx) / len(ctx) < 0.7
@@ -74,8 +89,45 @@ def test_contexts_vary_and_never_judge():
 def test_description_follows_what_was_drawn():
     scene = Scene(2, "circle", "red", "white")  # asked for
     drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
-    assert describe(scene, drawn) == ("very blurred. clean. some clutter. three blue squares on a white background. "
-                                      "one floats above the ground. they overlap. off centre.")
+    assert describe(scene, drawn) == ("very blurred. clean. some clutter. off centre. one floats. two overlap. three "
+                                      "blue squares on a white background. they stand out.")
+    assert describe(scene, drawn, quoted=True).endswith(" they stand out. not as asked: count, colour, shape.")
+    assert describe(Scene(1, "circle", "green", "gray"), Defects("green", "circle", 1), quoted=True) == (
+        "sharp. clean. no clutter. centred. nothing floats. one green circle on a gray background. it blends into "
+        "the background. as asked.")
+
+
+def test_verdict_names_exactly_what_differs_from_the_prompt():
+    """Written only from what is asked and what is drawn: every combination of count, colour and shape."""
+    scene = Scene(2, "circle", "red", "white")
+    for count in (2, 3):
+        for colour in ("red", "blue"):
+            for shape in ("circle", "square"):
+                wrong = [n for n, bad in (("count", count != 2), ("colour", colour != "red"),
+                                          ("shape", shape != "circle")) if bad]
+                said = verdict(scene, Defects(colour, shape, count))
+                assert said == ("not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
+
+
+def _luma(pixels) -> float:
+    r, g, b = (sum(p[i] for p in pixels) / len(pixels) for i in range(3))
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def test_blend_clause_follows_the_contrast_drawn():
+    """The blend clause and CLASH are read off the rendered pixels: the objects' luma (the centre pixel of a lone,
+    unblurred object) against the background's (a corner), under and over 50 levels apart."""
+    for colour in COLOURS:
+        for bg in BACKGROUNDS:
+            scene = Scene(1, "square", colour, bg)
+            img = render(scene, Defects(colour, "square", 1), size=64)
+            obj = _luma([img.getpixel((32 + dx, 45 + dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
+            back = _luma([img.getpixel((2, 2))])
+            low = abs(obj - back) < 50
+            assert ((colour, bg) in CLASH) == low, (colour, bg, obj, back)
+            said = clauses(scene, Defects(colour, "square", 1))["blend"]
+            assert said == ("it blends into the background." if low else "it stands out."), (colour, bg)
+    assert len(CLASH) == 5  # as many pairs as before the contrast rule: the share of clashing images is unchanged
 
 
 def test_attributes_are_the_classes_the_description_names():
@@ -83,7 +135,7 @@ def test_attributes_are_the_classes_the_description_names():
     drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
     assert dict(zip(ATTRIBUTES, attributes(scene, drawn))) == {
         "blur": 2, "noise": 0, "clutter": 1, "count": 3, "floating": 1, "overlap": 1, "off_centre": 1,
-        "colour": 2, "shape": 1, "background": 0}
+        "colour": 2, "shape": 1, "background": 0, "blend": 0}
     gen = SyntheticRubric(seed=0, image_size=32)
     rows = captions(gen, 12)
     for r in rows:
@@ -126,16 +178,21 @@ def _encode(tok, text: str) -> list[int]:
 
 
 def test_the_reasoning_cap_fits_every_description():
-    """description_token_limit is the longest description the generator can produce plus end-of-turn: checked by a
-    loop over every clause option (a description's tokens are its clauses' tokens, each after its space: checked on
-    generated descriptions), and against 2,000 generated descriptions."""
+    """description_token_limit is the longest description the generator can produce, verdict included, plus
+    end-of-turn: a loop over every scene-dependent option (count, shape, colour, background, floating, overlap) with
+    the longest levels, centring and verdict reaches it exactly (a description's tokens are its clauses' tokens, each
+    after its space: checked on generated descriptions), and 2,000 generated descriptions stay within it."""
     from zrcore.models.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     limit = description_token_limit(tok)
-    longest = {}  # a loop over every (count, floating, overlap) and every object clause
+    n_tokens = lambda text: len(_encode(tok, " " + text))
+    longest_levels = [max(options, key=n_tokens) for options in LEVELS.values()]
+    centre = max(("centred.", "off centre."), key=n_tokens)
+    verdicts = [verdict(Scene(2, "circle", "red", "white"), Defects(c, s, n))
+                for n in (2, 3) for c in ("red", "blue") for s in ("circle", "square")]
+    longest = 0
     for count in range(1, len(NUMBER_WORDS)):
-        best = 0
         for f in range(min(count, 2) + 1):
             for overlap in (False, True) if count > 1 else (False,):
                 for shape in SHAPES:
@@ -143,24 +200,22 @@ def test_the_reasoning_cap_fits_every_description():
                         for bg in BACKGROUNDS:
                             part = clauses(Scene(count, shape, colour, bg),
                                            Defects(colour, shape, count, floating=f, overlap=overlap))
-                            best = max(best, len(_encode(tok, " " + part["objects"]))
-                                       + len(_encode(tok, " " + part["ground"])))
-        longest[count] = best
-    fixed = sum(max(len(_encode(tok, " " + t)) for t in options) for options in LEVELS.values())
-    fixed += max(len(_encode(tok, " " + t)) for t in ("centred.", "off centre."))
-    assert limit == fixed + max(longest.values()) + 1
+                            text = " ".join([*longest_levels, centre, part["ground"], part["objects"], part["blend"],
+                                             max(verdicts, key=n_tokens)])
+                            longest = max(longest, len(_encode(tok, text)))
+    assert limit == longest + 1
     gen = SyntheticRubric(seed=3, image_size=16)
     lengths = []
     for index in range(500):
         for c in range(4):
             scene, d = gen.scene(index), gen.defects(gen.scene(index), index, c)
-            text = describe(scene, d)
+            text = describe(scene, d, quoted=True)
             n = len(_encode(tok, text))
-            parts = list(clauses(scene, d).values())
+            parts = list(clauses(scene, d, quoted=True).values())
             assert n == len(_encode(tok, parts[0])) + sum(len(_encode(tok, " " + t)) for t in parts[1:]), text
             lengths.append(n)
     assert max(lengths) + 1 <= limit
-    assert max(lengths) > 48  # the former cap of 48 cut descriptions
+    assert max(lengths) > 36  # the descriptions are long enough that a short cap would cut them
 
 
 def test_match_question_answers_with_what_is_drawn():

@@ -109,7 +109,7 @@ def test_clutter_contrasts_with_the_background_and_is_a_patch_wide():
     marked = torch.tensor(list(render(scene, Defects("red", "circle", 1, clutter=1), 112, seed=3).getdata())).float()
     changed = ((clean - marked).abs().sum(-1) > 60).view(112, 112)
     cols, rows = changed.any(0).nonzero().flatten(), changed.any(1).nonzero().flatten()
-    assert changed.sum() > 60  # two "x" marks, each 14 px wide with 4 px strokes
+    assert changed.sum() > 60  # three "x" marks, each 14 px wide with 4 px strokes
     assert int(cols.max() - cols.min()) >= 13 and int(rows.max() - rows.min()) >= 13
 
 
@@ -129,3 +129,15 @@ def test_overlap_is_visible_and_its_pair_stands():
     drawn = [gen.defects(gen.scene(i), i, c) for i in range(300) for c in range(4)]
     assert any(d.overlap for d in drawn)
     assert all(d.floating <= d.count - 2 for d in drawn if d.overlap)
+
+
+def test_labels_do_not_depend_on_which_dimensions_are_asked():
+    """A record's raters are seeded by its dimension's name: a realism-only run scores against the same labels as
+    the four-dimension run, in any order of ``dimensions``."""
+    gen = SyntheticRubric(seed=0, image_size=16)
+    four = {(r.prompt_id, r.meta["candidate"], r.dimension): r.ratings for r in gen.records(6, 4)}
+    for dims in (("realism",), ("plausibility", "alignment"), ("aesthetics", "realism", "alignment")):
+        for r in gen.records(6, 4, dimensions=dims):
+            assert r.ratings == four[(r.prompt_id, r.meta["candidate"], r.dimension)], (dims, r.dimension)
+    with pytest.raises(ValueError, match="colourfulness"):
+        gen.ratings(3.0, 0, 0, "colourfulness")

@@ -3,13 +3,17 @@
 A description names what was drawn and how it looks, never how good it is (and short questions ask for one part
 of it, answered with that part alone, so that the first answer position learns to read the image):
 
-    "slightly blurred. clean. some clutter. two red circles on a white background. one floats above the
-     ground. they overlap. off centre."
+    "slightly blurred. clean. some clutter. off centre. one floats. two overlap. two red circles on a gray
+     background. they blend into the background. not as asked: count."
 
-the visible defects (blur, noise and clutter levels) first, then the objects (count, colour, shape as rendered,
-not as asked), background and position (standing on the ground line or floating, overlapping, centred or off
-centre). The defects come first because a clause late in the text is mostly predicted from the words before it:
-placed last, the defects were not learned from the pixels and the vision tower lost them (docs/RESULTS.md).
+the visible defects (blur, noise and clutter levels) first, then the position (centred or off centre, how many
+objects float above the ground line, whether two overlap), then the objects (count, colour, shape as rendered, not
+as asked) and background, whether they blend into it (``zrcore.data.synthetic.blends``: low luma contrast), and,
+when the surrounding text quotes the scene's text-to-image prompt, a verdict on it: "as asked." or "not as asked:"
+with what differs (count, colour, shape). Everything the pixels alone decide comes first, because a clause late in
+the text is mostly predicted from the words before it: placed last, defects and positions were not learned from the
+pixels (docs/RESULTS.md). The verdict comes last on purpose: it compares the quoted prompt with the objects clause
+just written, the way a VLM learns to check an image against its caption.
 It holds no score, no score label and no sentence of the rubric: the model learns to see before it is taught to
 judge. ``attributes`` gives the same content as classes (blur level, count, colour...), for the vision tower's
 warm-up.
@@ -30,11 +34,21 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from zrcore.data.synthetic import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, Defects, Scene, SyntheticRubric
+from zrcore.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    NUMBER_WORDS,
+    SHAPES,
+    Defects,
+    Scene,
+    SyntheticRubric,
+    blends,
+)
 
 PRETRAIN_OFFSET = 1_000_000
-FORMAT_VERSION = 4  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
-# first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question)
+FORMAT_VERSION = 5  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
+# first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question, 5: positions
+# before the objects, the blend clause, the verdict on a quoted prompt, clutter of 0 / 3 / 8 marks, the tokenizer)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -43,26 +57,40 @@ LEVELS = {
 }
 
 
-def clauses(scene: Scene, d: Defects) -> dict[str, str]:
-    """The parts of the description of candidate ``d`` rendered for ``scene`` (see the module docstring)."""
+def verdict(scene: Scene, d: Defects) -> str:
+    """Whether candidate ``d`` shows ``scene``'s prompt: "as asked." or "not as asked: " and what differs, among
+    count, colour and shape, in that order."""
+    wrong = [name for name, asked, drawn in (("count", scene.count, d.count), ("colour", scene.colour, d.colour),
+                                             ("shape", scene.shape, d.shape)) if asked != drawn]
+    return "not as asked: " + ", ".join(wrong) + "." if wrong else "as asked."
+
+
+def clauses(scene: Scene, d: Defects, quoted: bool = False) -> dict[str, str]:
+    """The parts of the description of candidate ``d`` rendered for ``scene`` (see the module docstring); with
+    ``quoted`` (the surrounding text quotes the scene's prompt) the verdict too."""
     plural = "s" if d.count > 1 else ""
-    if d.floating == 0:
-        ground = "it stands on the ground." if d.count == 1 else "they stand on the ground."
-    else:
-        ground = f"{NUMBER_WORDS[d.floating]} {'floats' if d.floating == 1 else 'float'} above the ground."
-    return {  # the image-wide defects first: later clauses lean on the earlier words, these only on the pixels
+    floating = "nothing floats." if d.floating == 0 else \
+        f"{NUMBER_WORDS[d.floating]} {'floats' if d.floating == 1 else 'float'}."
+    they = "they blend" if d.count > 1 else "it blends"
+    out = {  # what the pixels alone decide first: later clauses lean on the earlier words
         "blur": LEVELS["blur"][d.blur],
         "noise": LEVELS["noise"][d.noise],
         "clutter": LEVELS["clutter"][d.clutter],
-        "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
-        "ground": ground + (" they overlap." if d.overlap else ""),
         "centre": "off centre." if d.off_centre else "centred.",
+        "ground": floating + (" two overlap." if d.overlap else ""),
+        "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
+        "blend": f"{they} into the background." if blends(d.colour, scene.background) else
+                 ("they stand out." if d.count > 1 else "it stands out."),
     }
+    if quoted:
+        out["verdict"] = verdict(scene, d)
+    return out
 
 
 # what the vision tower's warm-up classifies (zrcore.training.vision_warmup): attribute -> number of classes
 ATTRIBUTES = {"blur": 3, "noise": 3, "clutter": 3, "count": len(NUMBER_WORDS), "floating": 3, "overlap": 2,
-              "off_centre": 2, "colour": len(COLOURS), "shape": len(SHAPES), "background": len(BACKGROUNDS)}
+              "off_centre": 2, "colour": len(COLOURS), "shape": len(SHAPES), "background": len(BACKGROUNDS),
+              "blend": 2}
 
 
 def attributes(scene: Scene, d: Defects) -> tuple[int, ...]:
@@ -70,13 +98,15 @@ def attributes(scene: Scene, d: Defects) -> tuple[int, ...]:
     as labels (no score, no judgement)."""
     values = {"blur": d.blur, "noise": d.noise, "clutter": d.clutter, "count": d.count, "floating": d.floating,
               "overlap": int(d.overlap), "off_centre": int(d.off_centre), "colour": list(COLOURS).index(d.colour),
-              "shape": SHAPES.index(d.shape), "background": list(BACKGROUNDS).index(scene.background)}
+              "shape": SHAPES.index(d.shape), "background": list(BACKGROUNDS).index(scene.background),
+              "blend": int(blends(d.colour, scene.background))}
     return tuple(values[k] for k in ATTRIBUTES)
 
 
-def describe(scene: Scene, d: Defects) -> str:
-    """The description of candidate ``d`` rendered for ``scene``: its clauses in order."""
-    return " ".join(clauses(scene, d).values())
+def describe(scene: Scene, d: Defects, quoted: bool = False) -> str:
+    """The description of candidate ``d`` rendered for ``scene``: its clauses in order (with ``quoted``, the
+    verdict on the quoted prompt last)."""
+    return " ".join(clauses(scene, d, quoted).values())
 
 
 def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
@@ -88,23 +118,34 @@ def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
 
 
 def description_token_limit(tokenizer) -> int:
-    """The most tokens any description of ``describe`` can take with ``tokenizer``, plus one for the end of the turn:
-    the reasoning cap at which no description is cut. Byte-level BPE never merges across the spaces between
-    clauses, so a description's length is the sum of its clauses' (each after its space); the clauses that depend on
-    the count (objects, ground) are maximised jointly over every count, floating number and overlap."""
+    """The most tokens any description of ``describe`` (verdict included) can take with ``tokenizer``, plus one for
+    the end of the turn: the reasoning cap at which no description is cut. Byte-level BPE never merges across
+    spaces, so a description's length is the sum of its clauses' (each after its space); each clause is maximised
+    over every option it has (the objects and blend clauses jointly: both depend on the count, colour and
+    background), an upper bound that every option combination meets or stays under."""
     def longest(texts) -> int:
         return max(len(tokenizer.encode(" " + t, add_special_tokens=False)) for t in texts)
 
-    fixed = sum(longest(options) for options in LEVELS.values()) + longest(("off centre.", "centred."))
-    per_count = []
+    options: dict[str, set] = {}
     for count in range(1, len(NUMBER_WORDS)):
-        objects = [clauses(Scene(count, shape, colour, bg), Defects(colour, shape, count))["objects"]
-                   for shape in SHAPES for colour in COLOURS for bg in BACKGROUNDS]
-        grounds = [clauses(Scene(count, SHAPES[0], "red", "white"),
-                           Defects("red", SHAPES[0], count, floating=f, overlap=o))["ground"]
-                   for f in range(min(count, 2) + 1) for o in ((False, True) if count > 1 else (False,))]
-        per_count.append(longest(objects) + longest(grounds))
-    return fixed + max(per_count) + 1
+        for shape in SHAPES:
+            for colour in COLOURS:
+                for bg in BACKGROUNDS:
+                    for floating in range(min(count, 2) + 1):
+                        for overlap in (False, True) if count > 1 else (False,):
+                            scene = Scene(count, shape, colour, bg)
+                            d = Defects(colour, shape, count, floating=floating, overlap=overlap)
+                            part = clauses(scene, d)
+                            for key, text in part.items():
+                                joint = key in ("objects", "blend")
+                                options.setdefault("objects+blend" if joint else key, set()).add(
+                                    part["objects"] + " " + part["blend"] if joint else text)
+    for key, levels in LEVELS.items():
+        options[key] = set(levels)
+    options["centre"] = {"centred.", "off centre."}
+    verdicts = [verdict(Scene(1, SHAPES[0], "red", "white"), Defects(colour, shape, count))
+                for count in (1, 2) for colour in ("red", "blue") for shape in (SHAPES[0], SHAPES[1])]
+    return sum(longest(texts) for texts in options.values()) + longest(verdicts) + 1
 
 
 def questions(scene: Scene, d: Defects) -> list[tuple[str, str]]:
@@ -141,8 +182,8 @@ CONTEXT_WORDS = ("the a an of on in with and or is are this that here there pict
                  "prompt asked request user page card example task answer given below above next").split()
 
 
-def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str]:
-    """(system, instruction): a random context around the request to describe, so that a description follows the
+def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str, bool]:
+    """(system, instruction, whether it quotes the scene's prompt): a random context around the request to describe, so that a description follows the
     image whatever text surrounds it: a system turn half of the time, zero to four lines "Word: words..." (one of
     them the scene's text-to-image prompt half of the time) before the instruction, which itself is present half
     of the time. Drawn from the row's own generator: deterministic given (seed, index, candidate)."""
@@ -151,17 +192,19 @@ def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> t
     words = lambda lo, hi: " ".join(CONTEXT_WORDS[rand(len(CONTEXT_WORDS))] for _ in range(lo + rand(hi - lo + 1)))
     system = (words(4, 14).capitalize() + ".") if rand(2) else ""
     lines = [words(1, 1).capitalize() + ": " + words(2, 16) for _ in range(rand(5))]
-    if rand(2):
+    quoted = bool(rand(2))
+    if quoted:
         lines.insert(rand(len(lines) + 1), f"Prompt: {scene.prompt}")
     if rand(2) or not lines:
         lines.append(INSTRUCTION)
-    return system, "\n".join(lines)
+    return system, "\n".join(lines), quoted
 
 
 def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET,
              with_questions: bool = False, contexts: bool = False, match_questions: bool = False) -> list[Caption]:
     """Rendered candidates of scenes ``start .. start + n_scenes - 1``: each image's description (with
-    ``contexts``: asked in a random surrounding text, ``context``), then (with ``with_questions``) one row per
+    ``contexts``: asked in a random surrounding text, ``context``, and ending with the verdict where that text
+    quotes the scene's prompt), then (with ``with_questions``) one row per
     question about it, or (with ``match_questions`` alone) one row asking whether it shows the scene's prompt."""
     if start < PRETRAIN_OFFSET:
         raise ValueError(f"start must be >= PRETRAIN_OFFSET ({PRETRAIN_OFFSET}): lower indices are rubric data")
@@ -169,9 +212,9 @@ def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: in
     for index in range(start, start + n_scenes):
         for c in range(candidates):
             scene, d, image = gen.candidate(index, c)
-            system, instruction = context(gen, scene, index, c) if contexts else ("", INSTRUCTION)
+            system, instruction, quoted = context(gen, scene, index, c) if contexts else ("", INSTRUCTION, False)
             labels = attributes(scene, d)
-            out.append(Caption(image, describe(scene, d), index, c, instruction, system, labels))
+            out.append(Caption(image, describe(scene, d, quoted), index, c, instruction, system, labels))
             if with_questions:
                 out += [Caption(image, a, index, c, q, attributes=labels) for q, a in questions(scene, d)]
             elif match_questions:

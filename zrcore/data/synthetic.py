@@ -5,11 +5,14 @@ defects drawn at random, and its true score per dimension follows from them on t
 
 - alignment:    5 - 1.5 [wrong colour] - 1.5 [wrong shape] - 1.0 |count - asked|   (at least 1)
 - realism:      5 - 1.0 blur_level - 1.0 noise_level                               (levels 0..2 each)
-- aesthetics:   5 - 1.0 clutter_level - 1.5 [object colour clashes with background] - 0.5 [off-centre]
+- aesthetics:   5 - 1.0 clutter_level - 1.5 [objects blend into the background] - 0.5 [off-centre]
 - plausibility: 5 - 1.5 floating_objects - 1.0 [objects overlap]
 
-Simulated raters add Gaussian noise (std ``rater_noise``) to the true score, round to the half-point grid and clip
-to the scale; the record's score aggregates them with ``zrcore.metrics.aggregate_ratings`` (drop the highest and
+The objects blend into the background (``CLASH``) when the luminance of their colour and of the background differ by
+less than ``BLEND_CONTRAST`` levels (Rec. 601 luma, Y = 0.299 R + 0.587 G + 0.114 B): a visible property, not a
+lookup. Simulated raters add Gaussian noise (std ``rater_noise``) to the true score, round to the half-point grid and
+clip to the scale, each dimension's draws seeded by the dimension's name (``DIMENSIONS``), so that a record's
+labels do not depend on which other dimensions a run asks for; the record's score aggregates them with ``zrcore.metrics.aggregate_ratings`` (drop the highest and
 lowest, average). Everything is deterministic given the seed.
 """
 
@@ -29,7 +32,22 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40),
            "purple": (140, 60, 170), "orange": (240, 140, 30)}
 BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (20, 20, 20)}
-CLASH = {("yellow", "white"), ("purple", "black"), ("blue", "black"), ("red", "gray"), ("green", "gray")}
+BLEND_CONTRAST = 50  # luma levels: objects closer than this to the background's luma blend into it
+
+
+def luma(rgb: tuple[int, int, int]) -> float:
+    """Rec. 601 luma of an RGB colour: 0.299 R + 0.587 G + 0.114 B."""
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def blends(colour: str, background: str) -> bool:
+    """Whether objects of ``colour`` blend into ``background``: luma difference below ``BLEND_CONTRAST``."""
+    return abs(luma(COLOURS[colour]) - luma(BACKGROUNDS[background])) < BLEND_CONTRAST
+
+
+# the low-contrast pairs (object colour, background): five of the 18, all on gray (green 9 levels from it, orange 29,
+# purple 32, red 34, blue 44; yellow 63)
+CLASH = frozenset((c, b) for c in COLOURS for b in BACKGROUNDS if blends(c, b))
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 
@@ -74,7 +92,7 @@ def true_scores(scene: Scene, d: Defects) -> dict[str, float]:
     }
 
 
-CLUTTER_MARKS = (0, 2, 5)  # marks drawn per clutter level
+CLUTTER_MARKS = (0, 3, 8)  # marks drawn per clutter level
 
 
 def contrast_colour(background: str, g: torch.Generator) -> tuple[int, int, int]:
@@ -183,8 +201,12 @@ class SyntheticRubric:
         return Defects(colour, shape, count, blur=blur, noise=noise, clutter=clutter, off_centre=off_centre,
                        floating=floating, overlap=overlap)
 
-    def ratings(self, true: float, index: int, candidate: int, dim: int) -> list[float]:
-        g = self._gen(3, index, candidate, dim)
+    def ratings(self, true: float, index: int, candidate: int, dimension: str) -> list[float]:
+        """The raters' scores of one record, seeded by (seed, index, candidate, the dimension's place in
+        ``DIMENSIONS``): the same whatever dimensions a run asks for."""
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"unknown dimension {dimension!r}; the synthetic set has {list(DIMENSIONS)}")
+        g = self._gen(3, index, candidate, DIMENSIONS.index(dimension))
         noisy = true + self.rater_noise * torch.randn(self.n_raters, generator=g)
         return [_snap(float(x)) for x in noisy]
 
@@ -201,10 +223,10 @@ class SyntheticRubric:
             for c in range(candidates):
                 scene, d, image = self.candidate(index, c)
                 truth = true_scores(scene, d)
-                for di, dim in enumerate(dimensions):
+                for dim in dimensions:
                     if dim not in truth:
                         raise ValueError(f"unknown dimension {dim!r}; the synthetic set has {list(truth)}")
-                    ratings = self.ratings(truth[dim], index, c, di)
+                    ratings = self.ratings(truth[dim], index, c, dim)
                     score = float(aggregate_ratings([ratings])[0])
                     std = math.sqrt(sum((r - score) ** 2 for r in ratings) / len(ratings))
                     out.append(Record(scene.prompt, image, dim, score, prompt_id=f"syn-{index}", ratings=ratings,

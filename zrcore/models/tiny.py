@@ -24,7 +24,7 @@ PRESETS = {
 TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
-VOCAB_SIZE = 512
+VOCAB_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=4)

@@ -216,7 +216,8 @@ class PretrainConfig(RunConfig):
     candidates: int = arg(4, "images per scene")
     eval_scenes: int = arg(16, "held-out scenes after the training ones (a caption-loss check)")
     questions: bool = arg(False, "also one short question per part of each image (captions.questions)")
-    match_questions: bool = arg(True, "also 'Does the image show <its prompt>?' per image (captions.match_question)")
+    match_questions: bool = arg(False, "also 'Does the image show <its prompt>?' per image (captions.match_question; "
+                                       "off: the descriptions' verdict on a quoted prompt teaches the comparison)")
     contexts: bool = arg(True, "each description asked in a random surrounding text (captions.context)")
     vision_warmup_steps: int = arg(400, "first the vision tower alone classifies the attributes (0: no warm-up; "
                                         "zrcore.training.vision_warmup)")
