@@ -1,7 +1,8 @@
 """The one training loop every recipe runs (reward models and the generator alike).
 
 ``TrainLoop.fit``: resume from the newest complete checkpoint, evaluate at the start, then per step
-``train_step`` -> learning-rate scheduler step -> metrics averaged over ranks -> evaluation every ``eval_every``
+``train_step`` -> learning-rate scheduler step -> metrics averaged over ranks (``lr``: the rate the step trained
+with) -> evaluation every ``eval_every``
 steps -> log / progress bar -> atomic DCP checkpoint every ``save_every`` steps -> the stop helper (simulated kills
 in tests); at the end evaluate, export (a trained reward model as a Hugging Face folder) and report.
 
@@ -172,6 +173,10 @@ class TrainLoop:
                   f"now {self.rt.world})")
         return True
 
+    def current_lr(self) -> float:
+        """The learning rate the optimizer's first parameter group steps with now."""
+        return float(self.opt.param_groups[0]["lr"])
+
     def evaluate(self, name: str) -> dict:
         """``evaluate_shard`` on this rank's padded part of ``eval_set``, gathered; ``eval_metrics`` of the whole
         (collective: every rank calls it)."""
@@ -209,6 +214,7 @@ class TrainLoop:
             t_step = time.perf_counter()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.rt.device)
+            lr = self.current_lr()  # the rate this step trains with (the scheduler then sets the next one)
             metrics = self.train_step(self.step)
             self.sched.step()
             if cuda:
@@ -216,7 +222,7 @@ class TrainLoop:
                 metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
             metrics["time/step"] = time.perf_counter() - t_step
             self.step += 1
-            metrics = self.rt.mean_over_ranks(metrics | {"lr": self.sched.get_last_lr()[0]})
+            metrics = self.rt.mean_over_ranks(metrics | {"lr": lr})
             if self.eval_due(self.step):
                 metrics |= self.log_row(self.evaluate(f"step{self.step}"))
             if self.step % cfg.log_every == 0:
