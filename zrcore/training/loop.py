@@ -11,7 +11,9 @@ Evaluation is sharded here too: each rank runs ``evaluate_shard`` on its contigu
 and every rank computes ``eval_metrics`` from the whole.
 
 Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self.eval_set``, call
-``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``.
+``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``; what they
+keep for the report beyond ``results`` goes through ``recipe_state`` / ``load_recipe_state`` (checkpointed with the
+run).
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class TrainLoop:
         # fp16 autocast needs loss scaling (bf16 and fp32 do not; fsdp with fp16 is refused by the Runtime)
         fp16 = self.rt.dtype == torch.float16 and self.rt.mode != "fsdp"
         self.scaler = torch.amp.GradScaler(self.rt.device.type) if fp16 else None
+
+    def recipe_state(self) -> dict:
+        """JSON-able state of the recipe that a checkpoint keeps beside ``results`` (e.g. sampled traces for the
+        report), so that a resumed run reports what an uninterrupted one does."""
+        return {}
+
+    def load_recipe_state(self, state: dict) -> None:
+        """Restores what ``recipe_state`` returned (a checkpoint without it gives {})."""
 
     def frozen_state(self) -> dict:
         """name -> frozen module whose parameters a checkpoint keeps (they can change, e.g. a reset reference)."""
@@ -149,7 +159,8 @@ class TrainLoop:
 
     def save(self) -> None:
         meta = {"step": self.step, "scheduler": self.sched.state_dict(), "results": self.results,
-                "grad_scaler": None if self.scaler is None else self.scaler.state_dict()}
+                "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "recipe": self.recipe_state()}
         save_checkpoint(self.out, self.rt, self.module, self.opt, meta, self.frozen_state(), self.extra_tensors)
 
     def maybe_resume(self) -> bool:
@@ -164,6 +175,7 @@ class TrainLoop:
                 group["lr"] = self.cfg.lr * fn(self.sched.last_epoch)  # the new schedule at the resumed step
         self.step = meta["step"]
         self.results = meta.get("results", {})
+        self.load_recipe_state(meta.get("recipe") or {})
         self.extra_tensors = meta.get("extra_tensors", {})
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])

@@ -137,6 +137,14 @@ class Trainer(TrainLoop):
     def log_row(self, result: dict) -> dict:
         return {f"eval/{k}": v for k, v in result["all"].items()}
 
+    def recipe_state(self) -> dict:
+        """The sampled traces of the evaluations so far (the report shows the start's and the end's)."""
+        return {"traces": self.traces}
+
+    def load_recipe_state(self, state: dict) -> None:
+        """The traces of a checkpoint's evaluations: a resumed run reports the start's traces too."""
+        self.traces = state.get("traces", {})
+
     # ---- end of the run ----------------------------------------------------------------------------------------
     def report(self) -> None:
         ceiling = ceiling_metrics(self.eval_set)
