@@ -11,9 +11,9 @@ Evaluation is sharded here too: each rank runs ``evaluate_shard`` on its contigu
 and every rank computes ``eval_metrics`` from the whole.
 
 Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self.eval_set``, call
-``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``; what they
-keep for the report beyond ``results`` goes through ``recipe_state`` / ``load_recipe_state`` (checkpointed with the
-run).
+``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``; a config value
+they resolve while building goes through ``config_resolved``, and what they keep for the report beyond ``results``
+through ``recipe_state`` / ``load_recipe_state`` (checkpointed with the run).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
 from zrcore.training.optim import build_optimizer
-from zrcore.training.run_dir import prepare_run_dir
+from zrcore.training.run_dir import prepare_run_dir, record_resolved
 
 log = logging.getLogger("zrcore")
 
@@ -87,6 +87,15 @@ class TrainLoop:
 
     def load_recipe_state(self, state: dict) -> None:
         """Restores what ``recipe_state`` returned (a checkpoint without it gives {})."""
+
+    def config_resolved(self, given: dict) -> None:
+        """After ``__init__`` has resolved config values (``given``: flat field -> the value as given, e.g.
+        {"sampling.max_reasoning_tokens": 0}): config.yaml, the run-dir record and the metrics log's config show the
+        resolved values; the record keeps the given ones, so that the same command still resumes."""
+        if self.main:
+            save_config(self.cfg, self.out / "config.yaml")
+            record_resolved(self.cfg, given)
+        self.log.config = dataclasses.asdict(self.cfg)
 
     def frozen_state(self) -> dict:
         """name -> frozen module whose parameters a checkpoint keeps (they can change, e.g. a reset reference)."""
