@@ -4,11 +4,14 @@ iterations, mean ± std over seeds per kappa, and the rise of each run against t
     python recipes/generator_seeds.py --reward_model runs/paper_synthetic/student-RISD-s0/model \\
         --output_dir runs/generator_seeds --seeds 0 1 2 --kappas 0 1 --extra --latent_size 56
 
-Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K`` (finished runs are not repeated); the script
-writes ``table.md`` (reward at the start and the end, the rise, rise / std of the rise over seeds) and
-``val_reward.png`` (the change from the start, one band per kappa). With ``--held_out_reward_model`` (a student
-trained independently, e.g. on another seed) the table also gives the rise of the same validation images under
-that model, which the generator never trained on: a rise under the trained-on reward alone is reward hacking.
+Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K``; a finished run is reused when it was made
+with the same settings and code, else the script refuses naming the folder (``--rerun_changed``: run it again). Every
+run is validated on the same prompts from the same noise (``--val_seed``, not the run's seed), so that the spread
+over seeds is the generators', not the prompt sets'. The script writes ``table.md`` (reward at the start and the
+end, the rise, rise / std of the rise over seeds) and ``val_reward.png`` (the change from the start, one band per
+kappa). With ``--held_out_reward_model`` (a student trained independently, e.g. on another seed) the table also
+gives the rise of the same validation images under that model, which the generator never trained on: a rise under
+the trained-on reward alone is reward hacking.
 """
 
 import argparse
@@ -28,23 +31,27 @@ def curve(out_dir: Path, key: str = "val/reward") -> tuple[list[int], list[float
     return [r["step"] for r in rows], [r[key] for r in rows]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Runs (or reuses) every (kappa, seed) run and writes table.md and val_reward.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reward_model", required=True, help="a student checkpoint folder (train_risd.py)")
     parser.add_argument("--output_dir", default="runs/generator_seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kappas", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--held_out_reward_model", default="", help="an independent student that only scores")
+    parser.add_argument("--rerun_changed", action="store_true",
+                        help="run again afresh a finished run made with other settings or code (default: refuse)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="options passed to every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.output_dir)
     held = ["--held_out_reward_model", args.held_out_reward_model] if args.held_out_reward_model else []
     curves: dict[tuple[str, float], list] = {}
     for kappa in args.kappas:
         for seed in args.seeds:
             run_dir = out / f"kappa{kappa:g}-s{seed}"
-            run_once(ROOT / "train_generator.py", ["--reward_model", args.reward_model, "--seed", str(seed),
-                                                   "--aggregation", "pessimistic", "--kappa", str(kappa), *held, *args.extra], run_dir)
+            run_args = ["--reward_model", args.reward_model, "--seed", str(seed), "--aggregation", "pessimistic",
+                        "--kappa", str(kappa), *held, *args.extra]
+            run_once(ROOT / "train_generator.py", run_args, run_dir, rerun_changed=args.rerun_changed)
             curves.setdefault(("trained-on", kappa), []).append(curve(run_dir))
             if held:
                 curves.setdefault(("held-out", kappa), []).append(curve(run_dir, "val/held_out/reward"))
@@ -90,6 +97,7 @@ def plot(curves: dict, path: Path) -> None:
 
 if __name__ == "__main__":
     from zrcore._log import cli_logging
+    from zrcore.training.entry import run_main
 
     cli_logging()
-    main()
+    run_main(main, prog="generator_seeds.py")

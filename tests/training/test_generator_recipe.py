@@ -101,3 +101,24 @@ def test_generator_seed_study_tabulates_the_runs_it_made(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:3] == ["trained-on", str(kappa), "2"]
         assert cells[5] == f"{statistics.mean(rises):+.4f} ± {statistics.stdev(rises):.4f}"
+
+
+def test_validation_prompts_and_noise_do_not_depend_on_the_run_seed(tmp_path):
+    """Runs of several seeds are validated on the same prompts from the same noise (``val_seed`` picks them), so
+    that a spread over seeds is the generators' own."""
+    from tests.training.runs import GENERATOR_TINY
+
+    def validated(name: str, *extra: str) -> tuple[list[str], list[torch.Tensor]]:
+        trainer = GeneratorTrainer(parse_config(GeneratorConfig, GENERATOR_TINY + ["--output_dir", str(tmp_path / name),
+                                                                                   *extra]))
+        noise = []
+        latents = trainer._latents
+        trainer._latents = lambda seeds: noise.append(latents(seeds)) or noise[-1]
+        trainer.evaluate("start")
+        return trainer.eval_set, noise
+
+    prompts0, noise0 = validated("s0", "--seed", "0")
+    prompts1, noise1 = validated("s1", "--seed", "1")
+    assert prompts0 == prompts1 and len(prompts0) == 2
+    assert len(noise0) == len(noise1) == 1 and torch.equal(noise0[0], noise1[0])
+    assert validated("v1", "--seed", "0", "--val_seed", "1")[0] != prompts0

@@ -41,7 +41,7 @@ def test_the_loop_steps_the_scheduler_and_evaluates_every_eval_every(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if "lr" in r]
     schedule = lr_lambda(cfg)
-    assert lrs == [cfg.lr * schedule(s) for s in range(1, 7)]  # one scheduler step per training step
+    assert lrs == [cfg.lr * schedule(s) for s in range(6)]  # each step's own rate, one scheduler step per step
     evals = [r["step"] for r in rows if "eval/sum" in r]
     assert evals == [0, 2, 4, 6]  # start, every 2 steps, the end (step 6 is the final evaluation)
     assert results["final"] == {"sum": 10.0, "n": 5}

@@ -7,8 +7,8 @@ Layout of ``output_dir/checkpoint/``:
   replicated tensors once);
 - ``rng_rank{r}.pt``: the torch / CUDA / Python RNG states of rank r;
 - ``extra.pt``: plain tensors a recipe keeps (e.g. the generator's validation images before training);
-- ``trainer_state.json``: step (the data position), LR scheduler, evaluation results, recipe state. It is written
-  last: a folder without it is incomplete.
+- ``trainer_state.json``: step (the data position), LR scheduler, evaluation results, recipe state (e.g. the
+  reward trainers' sampled reasoning traces, for the report). It is written last: a folder without it is incomplete.
 
 Every rank writes into ``checkpoint.tmp/``; when all are done rank 0 renames it into place (the previous one is
 first renamed to ``checkpoint.old`` and removed after), so a run killed while saving leaves a loadable checkpoint.

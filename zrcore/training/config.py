@@ -352,6 +352,8 @@ class GeneratorConfig(RunConfig):
     latent_size: int = arg(28, "latents [16, s, s] -> images [3, 2s, 2s]")
     train_prompts: int = arg(32, "synthetic training prompts")
     val_prompts: int = arg(4, "validation prompts, sampled from fixed noise")
+    val_seed: int = arg(0, "the seed of the validation prompts, fixed (like their noise) so that runs of several "
+                           "seeds are validated on the same prompts")
     eval_every: int = arg(5, "validate every N steps (0: only at the start and the end)")
 
     def __post_init__(self):

@@ -1,7 +1,8 @@
 """Generator optimisation through the student reward (paper section 5): sample with gradients through the last K
 denoising steps, decode, score on the rubric dimensions, aggregate, ascend the reward.
 
-Validation every ``eval_every`` steps samples fixed prompts from fixed noise without gradients and logs the mean
+Validation every ``eval_every`` steps samples fixed prompts (drawn with ``val_seed``, not the run's seed) from fixed
+noise (``VAL_SEED``) without gradients and logs the mean
 predicted score and spread per dimension (the curves of the paper's figure 5), and, with ``held_out_reward_model``,
 the reward the same images get from an independently trained reward model (``val/held_out/*``): a rise under the
 trained-on reward alone is reward hacking; at the end a grid of the validation
@@ -32,6 +33,13 @@ from zrcore.training.model_setup import configure_reward_model
 log = logging.getLogger("zrcore")
 
 VAL_SEED = 12345
+
+
+def validation_prompts(val_seed: int, n: int) -> list[str]:
+    """The ``n`` validation prompts of ``val_seed``: the same for every run seed, so that runs of several seeds are
+    validated alike."""
+    gen = SyntheticRubric(seed=val_seed)
+    return [gen.scene(10_000 + i).prompt for i in range(n)]
 
 
 def _grid(images: list[torch.Tensor], rows: int) -> Image.Image:  # noqa: F821
@@ -79,7 +87,7 @@ class GeneratorTrainer(TrainLoop):
         self.sampler = FlowMatchSampler(velocity_for(transformer, net=net), scheduler, vae)
         gen = SyntheticRubric(seed=cfg.seed)
         self.train_prompts = [gen.scene(i).prompt for i in range(cfg.train_prompts)]
-        self.eval_set = [gen.scene(10_000 + i).prompt for i in range(cfg.val_prompts)]  # the validation prompts
+        self.eval_set = validation_prompts(cfg.val_seed, cfg.val_prompts)
         self.setup_optimizer(transformer, net)
 
     def _latents(self, seeds: list[int]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The one training loop every recipe runs (reward models and the generator alike).
 
 ``TrainLoop.fit``: resume from the newest complete checkpoint, evaluate at the start, then per step
-``train_step`` -> learning-rate scheduler step -> metrics averaged over ranks -> evaluation every ``eval_every``
+``train_step`` -> learning-rate scheduler step -> metrics averaged over ranks (``lr``: the rate the step trained
+with) -> evaluation every ``eval_every``
 steps -> log / progress bar -> atomic DCP checkpoint every ``save_every`` steps -> the stop helper (simulated kills
 in tests); at the end evaluate, export (a trained reward model as a Hugging Face folder) and report.
 
@@ -10,7 +11,9 @@ Evaluation is sharded here too: each rank runs ``evaluate_shard`` on its contigu
 and every rank computes ``eval_metrics`` from the whole.
 
 Subclasses build their modules in ``__init__`` (``self.rt.prepare``), set ``self.eval_set``, call
-``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``.
+``setup_optimizer`` and implement ``train_step``, ``evaluate_shard``, ``eval_metrics`` and ``report``; a config value
+they resolve while building goes through ``config_resolved``, and what they keep for the report beyond ``results``
+through ``recipe_state`` / ``load_recipe_state`` (checkpointed with the run).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from zrcore.training.config import save_config
 from zrcore.training.distributed import Runtime
 from zrcore.training.metrics_log import MetricsLog, Progress
 from zrcore.training.optim import build_optimizer
-from zrcore.training.run_dir import prepare_run_dir
+from zrcore.training.run_dir import prepare_run_dir, record_resolved
 
 log = logging.getLogger("zrcore")
 
@@ -76,6 +79,23 @@ class TrainLoop:
         # fp16 autocast needs loss scaling (bf16 and fp32 do not; fsdp with fp16 is refused by the Runtime)
         fp16 = self.rt.dtype == torch.float16 and self.rt.mode != "fsdp"
         self.scaler = torch.amp.GradScaler(self.rt.device.type) if fp16 else None
+
+    def recipe_state(self) -> dict:
+        """JSON-able state of the recipe that a checkpoint keeps beside ``results`` (e.g. sampled traces for the
+        report), so that a resumed run reports what an uninterrupted one does."""
+        return {}
+
+    def load_recipe_state(self, state: dict) -> None:
+        """Restores what ``recipe_state`` returned (a checkpoint without it gives {})."""
+
+    def config_resolved(self, given: dict) -> None:
+        """After ``__init__`` has resolved config values (``given``: flat field -> the value as given, e.g.
+        {"sampling.max_reasoning_tokens": 0}): config.yaml, the run-dir record and the metrics log's config show the
+        resolved values; the record keeps the given ones, so that the same command still resumes."""
+        if self.main:
+            save_config(self.cfg, self.out / "config.yaml")
+            record_resolved(self.cfg, given)
+        self.log.config = dataclasses.asdict(self.cfg)
 
     def frozen_state(self) -> dict:
         """name -> frozen module whose parameters a checkpoint keeps (they can change, e.g. a reset reference)."""
@@ -148,7 +168,8 @@ class TrainLoop:
 
     def save(self) -> None:
         meta = {"step": self.step, "scheduler": self.sched.state_dict(), "results": self.results,
-                "grad_scaler": None if self.scaler is None else self.scaler.state_dict()}
+                "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "recipe": self.recipe_state()}
         save_checkpoint(self.out, self.rt, self.module, self.opt, meta, self.frozen_state(), self.extra_tensors)
 
     def maybe_resume(self) -> bool:
@@ -163,6 +184,7 @@ class TrainLoop:
                 group["lr"] = self.cfg.lr * fn(self.sched.last_epoch)  # the new schedule at the resumed step
         self.step = meta["step"]
         self.results = meta.get("results", {})
+        self.load_recipe_state(meta.get("recipe") or {})
         self.extra_tensors = meta.get("extra_tensors", {})
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])
@@ -171,6 +193,10 @@ class TrainLoop:
             log.info(f"resumed from {meta['path']} at step {self.step} (saved by {meta['world_size']} processes, "
                   f"now {self.rt.world})")
         return True
+
+    def current_lr(self) -> float:
+        """The learning rate the optimizer's first parameter group steps with now."""
+        return float(self.opt.param_groups[0]["lr"])
 
     def evaluate(self, name: str) -> dict:
         """``evaluate_shard`` on this rank's padded part of ``eval_set``, gathered; ``eval_metrics`` of the whole
@@ -209,6 +235,7 @@ class TrainLoop:
             t_step = time.perf_counter()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.rt.device)
+            lr = self.current_lr()  # the rate this step trains with (the scheduler then sets the next one)
             metrics = self.train_step(self.step)
             self.sched.step()
             if cuda:
@@ -216,7 +243,7 @@ class TrainLoop:
                 metrics["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
             metrics["time/step"] = time.perf_counter() - t_step
             self.step += 1
-            metrics = self.rt.mean_over_ranks(metrics | {"lr": self.sched.get_last_lr()[0]})
+            metrics = self.rt.mean_over_ranks(metrics | {"lr": lr})
             if self.eval_due(self.step):
                 metrics |= self.log_row(self.evaluate(f"step{self.step}"))
             if self.step % cfg.log_every == 0:

@@ -12,7 +12,6 @@ import torch
 from zrcore.data.records import batch_groups
 from zrcore.models.loading import load_reward_model
 from zrcore.seeding import seed_everything
-from zrcore.training.config import save_config
 from zrcore.training.evaluate import ceiling_metrics, format_table, predict, score_metrics
 from zrcore.training.loop import TrainLoop
 from zrcore.training.metrics_log import plot_curves
@@ -56,8 +55,7 @@ class Trainer(TrainLoop):
             from zrcore.data.captions import description_token_limit
 
             cfg.sampling.max_reasoning_tokens = description_token_limit(rm.tokenizer)
-            if self.main:
-                save_config(cfg, self.out / "config.yaml")
+            self.config_resolved({"sampling.max_reasoning_tokens": 0})
         if self.eval_mode == "teacher":
             rm.sampling = {k: v for k, v in self.eval_kwargs().items() if k != "rollout_batch_size"}
         if data is None:
@@ -136,6 +134,14 @@ class Trainer(TrainLoop):
 
     def log_row(self, result: dict) -> dict:
         return {f"eval/{k}": v for k, v in result["all"].items()}
+
+    def recipe_state(self) -> dict:
+        """The sampled traces of the evaluations so far (the report shows the start's and the end's)."""
+        return {"traces": self.traces}
+
+    def load_recipe_state(self, state: dict) -> None:
+        """The traces of a checkpoint's evaluations: a resumed run reports the start's traces too."""
+        self.traces = state.get("traces", {})
 
     # ---- end of the run ----------------------------------------------------------------------------------------
     def report(self) -> None:
