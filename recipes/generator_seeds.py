@@ -8,16 +8,23 @@ Each run is ``recipes/train_generator.py`` with ``--seed S --kappa K``; a finish
 with the same settings and code, else the script refuses naming the folder (``--rerun_changed``: run it again). Every
 run is validated on the same prompts from the same noise (``--val_seed``, not the run's seed), so that the spread
 over seeds is the generators', not the prompt sets'. The script writes ``table.md`` (reward at the start and the
-end, the rise, rise / std of the rise over seeds) and ``val_reward.png`` (the change from the start, one band per
-kappa). With ``--held_out_reward_model`` (a student trained independently, e.g. on another seed) the table also
-gives the rise of the same validation images under that model, which the generator never trained on: a rise under
-the trained-on reward alone is reward hacking.
+end, the rise: mean ± std over the seeds, its 95% interval and whether the reward rises, falls or is inconclusive:
+the interval covers 0) and ``val_reward.png`` (the change from the start, one band per kappa). With
+``--held_out_reward_model`` (a student trained independently, e.g. on another seed) the table also gives the rise
+of the same validation images under that model, which the generator never trained on: a rise under the trained-on
+reward alone is reward hacking.
+
+The interval is a bootstrap over the seeds only (``zrcore.bootstrap.mean_bootstrap`` of the seeds' rises): a
+generator run logs the mean reward of its validation images, not each prompt's, so the validation prompts cannot be
+resampled. With 3 seeds or fewer the 95% percentile interval is the range of the seeds' rises (S draws that all
+pick the same seed have probability S^-S >= 1/27 > 2.5%): "rises" then means that every seed rose.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from zrcore import bootstrap
 from zrcore.training.sweep import mean_std, run_once
 
 ROOT = Path(__file__).resolve().parent
@@ -55,18 +62,30 @@ def main(argv: list[str] | None = None) -> None:
             curves.setdefault(("trained-on", kappa), []).append(curve(run_dir))
             if held:
                 curves.setdefault(("held-out", kappa), []).append(curve(run_dir, "val/held_out/reward"))
-    lines = ["| reward model | kappa | seeds | val reward start | val reward end | rise | rise / std(rise) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| reward model | kappa | seeds | val reward start | val reward end | rise | rise 95% interval (bootstrap "
+             "over the seeds only: no per-prompt rewards are logged) | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for (which, kappa), runs in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0] != "trained-on")):
         start = mean_std([r[1][0] for r in runs])
         end = mean_std([r[1][-1] for r in runs])
-        rise = mean_std([r[1][-1] - r[1][0] for r in runs])
-        ratio = f"{rise[0] / rise[1]:.1f}" if rise[1] > 0 else "n/a"
+        rises = [r[1][-1] - r[1][0] for r in runs]
+        rise = mean_std(rises)
+        interval, verdict = rise_interval(rises)
         lines.append(f"| {which} | {kappa:g} | {len(runs)} | {start[0]:.4f} ± {start[1]:.4f} | {end[0]:.4f} ± "
-                     f"{end[1]:.4f} | {rise[0]:+.4f} ± {rise[1]:.4f} | {ratio} |")
+                     f"{end[1]:.4f} | {rise[0]:+.4f} ± {rise[1]:.4f} | {interval} | {verdict} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(curves, out / "val_reward.png")
     print((out / "table.md").read_text())
+
+
+def rise_interval(rises: list[float]) -> tuple[str, str]:
+    """The 95% interval of the mean rise over the seeds (bootstrap over the seeds, B = 2000, seed 0) and its
+    verdict: "rises" (above 0), "falls" (below 0) or "inconclusive" (it covers 0, or a single seed)."""
+    if len(rises) < 2:
+        return "-", "inconclusive (one seed)"
+    iv = bootstrap.mean_bootstrap(rises, n_boot=2000, seed=0)
+    verdict = "rises" if iv.low > 0 else "falls" if iv.high < 0 else "inconclusive"
+    return f"[{iv.low:+.4f}, {iv.high:+.4f}]", verdict
 
 
 def plot(curves: dict, path: Path) -> None:

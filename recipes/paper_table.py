@@ -11,15 +11,21 @@ the same seed. Every row trains on the same data and steps with the same one-hot
 (``eval_seed``), so the seeds vary training only. Runs already finished (their results.json exists) are not
 repeated, so the command can be restarted.
 
-Writes ``table.md`` (mean ± std per row over the seeds, the ceiling of a model that knows the true scores, HPA
-per dimension, and the paper's orderings: which hold by more than twice the larger seed std) and ``table.json``
-(every seed's numbers per row and dimension).
+Writes ``table.md``: per row the mean over the seeds of HPA and PLCC (the average over the dimensions) with a 95%
+interval, the other metrics as mean ± std over the seeds, HPA per dimension with its interval, the ceiling of a
+model that knows the true scores, and the paper's orderings: the difference of the two rows' means with the 95%
+interval of a paired bootstrap over the held-out prompts and the seeds (``zrcore.bootstrap``; the rows' runs must
+score the same held-out records) and whether it holds, is reversed or is not resolved; RISD's closeness to its GDSO
+teacher as the interval of teacher - student against 0.03 HPA. The statistics come from each run's per-record
+predictions (``eval_final.json``; the zero-shot row from the GDSO run's ``eval_start.json``). ``table.json`` keeps
+every seed's numbers per row and dimension and the intervals.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from zrcore import bootstrap
 from zrcore.training.sweep import mean_std, run_once
 
 ROOT = Path(__file__).resolve().parent
@@ -76,73 +82,135 @@ def main() -> None:
     ceiling = None
     for seed in args.seeds:
         for size, name, script, extra in methods(out, seed):
+            run_dir = out / folder(size, name, seed)
             res = run_once(ROOT / script, [*common, "--steps", str(steps[size]), "--seed", str(seed),
-                                            "--preset", size, *extra], out / folder(size, name, seed))
-            table.setdefault((size, name), []).append(res["final"])
+                                            "--preset", size, *extra], run_dir)
+            table.setdefault((size, name), {})[seed] = run_dir / "eval_final.json"
             if name == "GDSO":
-                table.setdefault((size, "zero-shot"), []).append(res["start"])
+                table.setdefault((size, "zero-shot"), {})[seed] = run_dir / "eval_start.json"
                 ceiling = res.get("ceiling", ceiling)
             write_table(table, ceiling, out, args)
     print((out / "table.md").read_text())
 
 
-def summarise(rows: list[dict]) -> dict:
-    """dimension -> metric -> {mean, std, values} over the seeds' results."""
-    return {dim: {k: dict(zip(("mean", "std"), mean_std([r[dim][k] for r in rows])), values=[r[dim][k] for r in rows])
-                  for k in KEYS}
-            for dim in rows[0] if isinstance(rows[0][dim], dict)}
+BOOT = {"n_boot": 2000, "seed": 0}  # the bootstrap's replicates and generator seed: the intervals are deterministic
 
 
-def orderings(summary: dict) -> list[str]:
-    """Each of the paper's orderings on HPA and PLCC (averaged over the dimensions): the difference of the means
-    and whether it exceeds twice the larger seed std; RISD's closeness to its GDSO teacher on HPA."""
-    lines = []
+def load_row(evals: dict[int, Path]) -> dict:
+    """One row from its runs' evaluation files (seed -> eval_<name>.json): each seed's metrics as the run computed
+    them and its per-(dimension, prompt) statistics for the bootstrap."""
+    row = {"seeds": sorted(evals), "metrics": [], "stats": []}
+    for seed in row["seeds"]:
+        path = Path(evals[seed])
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: the paper table needs every run's per-record predictions "
+                             f"(runs made before they were written must be rerun)")
+        data = json.loads(path.read_text())
+        row["metrics"].append(data["metrics"])
+        row["stats"].append(bootstrap.prompt_stats(data["predictions"], name=str(path)))
+    return row
+
+
+def summarise(row: dict) -> dict:
+    """dimension -> metric -> {mean, std, values} over the seeds, and for HPA and PLCC the 95% interval of the mean
+    over the seeds (bootstrap over the held-out prompts and the seeds)."""
+    results = row["metrics"]
+    out = {dim: {k: dict(zip(("mean", "std"), mean_std([r[dim][k] for r in results])),
+                         values=[r[dim][k] for r in results]) for k in KEYS}
+           for dim in results[0] if isinstance(results[0][dim], dict)}
+    for metric, per_dim in bootstrap.paired_bootstrap(row["stats"], **BOOT).items():
+        for dim, iv in per_dim.items():
+            out[dim][metric]["interval"] = [iv.low, iv.high]
+    return out
+
+
+def _cell(stats: dict) -> str:
+    low, high = stats["interval"]
+    return f"{stats['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _paired(a: dict, b: dict) -> tuple[list, list, list[int]]:
+    """The two rows' statistics on the seeds both have, in the same order (runs of one seed are paired)."""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    return ([a["stats"][a["seeds"].index(s)] for s in seeds], [b["stats"][b["seeds"].index(s)] for s in seeds],
+            seeds)
+
+
+def orderings(rows: dict) -> tuple[list[str], list[dict]]:
+    """Each of the paper's orderings on HPA and PLCC (averaged over the dimensions): the difference of the rows'
+    means over their common seeds, its 95% paired-bootstrap interval and verdict; RISD's closeness to its GDSO
+    teacher on HPA. Returns the table's lines and their numbers."""
+    lines, found = [], []
     for better, worse, claim in ORDERINGS:
-        a, b = summary.get("/".join(better)), summary.get("/".join(worse))
+        a, b = rows.get("/".join(better)), rows.get("/".join(worse))
         if a is None or b is None:
             continue
-        seeds = min(len(a["all"]["hpa"]["values"]), len(b["all"]["hpa"]["values"]))
+        runs_a, runs_b, seeds = _paired(a, b)
+        if not seeds:
+            continue
+        res = bootstrap.paired_bootstrap(runs_a, runs_b, **BOOT)
         for key in ("hpa", "plcc"):
-            diff = a["all"][key]["mean"] - b["all"][key]["mean"]
-            bar = 2 * max(a["all"][key]["std"], b["all"][key]["std"])
-            verdict = ("one seed: no spread to judge by" if seeds < 2 else "holds" if diff > bar
-                       else "reversed" if -diff > bar else "not resolved")
-            lines.append(f"- {claim} on {key.upper()}: {diff:+.3f} (2 std = {bar:.3f}): {verdict}")
-    risd, gdso = summary.get("student/RISD"), summary.get("teacher/GDSO")
+            iv = res[key]["all"]
+            lines.append(f"- {claim} on {key.upper()}: {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] "
+                         f"({len(seeds)} seeds): {iv.verdict}")
+            found.append({"claim": claim, "metric": key, "seeds": seeds, **iv.to_dict(), "verdict": iv.verdict})
+    risd, gdso = rows.get("student/RISD"), rows.get("teacher/GDSO")
     if risd and gdso:
-        gap = gdso["all"]["hpa"]["mean"] - risd["all"]["hpa"]["mean"]
-        lines.append(f"- RISD within 0.03 HPA of its GDSO teacher: gap {gap:+.3f}: "
-                     f"{'holds' if gap <= 0.03 else 'does not hold'} (tokens {risd['all']['tokens']['mean']:.1f} "
-                     f"vs {gdso['all']['tokens']['mean']:.1f})")
-    return lines
+        runs_t, runs_s, seeds = _paired(gdso, risd)
+        if seeds:
+            close = bootstrap.closeness(runs_t, runs_s, bound=0.03, metric="hpa", **BOOT)
+            iv = close.interval
+            tokens = [mean_std([m["all"]["tokens"] for m in row["metrics"]])[0] for row in (risd, gdso)]
+            meaning = ("the student trails its teacher by at most 0.03 HPA at 97.5% one-sided confidence" if close.holds
+                       else "a gap above 0.03 HPA is not ruled out (nor shown)")
+            lines.append(f"- RISD within 0.03 HPA of its GDSO teacher: teacher - student {iv.estimate:+.3f} "
+                         f"[{iv.low:+.3f}, {iv.high:+.3f}] ({len(seeds)} seeds): "
+                         f"{'holds' if close.holds else 'not shown'}: {meaning} (tokens {tokens[0]:.1f} vs "
+                         f"{tokens[1]:.1f})")
+            found.append({"claim": "RISD within 0.03 HPA of its GDSO teacher", "metric": "hpa", "seeds": seeds,
+                          **close.to_dict()})
+    return lines, found
 
 
 def write_table(table: dict, ceiling: dict | None, out: Path, args) -> None:
-    """table.md and table.json (see the module docstring)."""
-    summary = {f"{size}/{name}": summarise(table[(size, name)]) for size, name in ORDER if table.get((size, name))}
-    lines = ["| size | method | seeds | " + " | ".join(KEYS) + " |", "|---|---|---:|" + "---:|" * len(KEYS)]
+    """table.md and table.json (see the module docstring) from ``table``: (size, name) -> {seed: the run's
+    eval_<name>.json}."""
+    loaded = {f"{size}/{name}": load_row(table[(size, name)]) for size, name in ORDER if table.get((size, name))}
+    summary = {key: summarise(row) for key, row in loaded.items()}
+    others = [k for k in KEYS if k not in ("hpa", "plcc")]
+    lines = ["| size | method | seeds | HPA [95% CI] | PLCC [95% CI] | " + " | ".join(others) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(others)]
     for key, stats in summary.items():
         size, name = key.split("/", 1)
-        cells = [f"{stats['all'][k]['mean']:.3f} ± {stats['all'][k]['std']:.3f}" for k in KEYS]
-        lines.append(f"| {size} | {name} | {len(stats['all']['hpa']['values'])} | " + " | ".join(cells) + " |")
+        cells = [_cell(stats["all"]["hpa"]), _cell(stats["all"]["plcc"])]
+        cells += [f"{stats['all'][k]['mean']:.3f} ± {stats['all'][k]['std']:.3f}" for k in others]
+        lines.append(f"| {size} | {name} | {len(loaded[key]['seeds'])} | " + " | ".join(cells) + " |")
     if ceiling:
         lines.append("| - | ceiling (true score) | - | " + " | ".join(
-            f"{ceiling['all'][k]:.3f}" if k in ceiling["all"] else "-" for k in KEYS) + " |")
+            f"{ceiling['all'][k]:.3f}" if k in ceiling["all"] else "-" for k in ("hpa", "plcc", *others)) + " |")
+    prompts = {len(row["stats"][0].prompt_ids) for row in loaded.values()}
+    lines += ["", f"HPA and PLCC (the average over the dimensions): the mean over the seeds and its 95% interval, from "
+              f"{BOOT['n_boot']} bootstrap replicates that resample the held-out prompts "
+              f"({', '.join(map(str, sorted(prompts)))}) and the seeds with replacement (``zrcore.bootstrap``); with "
+              f"one seed the interval reflects the held-out prompts only. The other columns: mean ± std over the "
+              f"seeds."]
     dims = [d for d in next(iter(summary.values())) if d != "all"] if summary else []
-    lines += ["", "HPA per dimension (mean ± std over the seeds):", "",
+    lines += ["", "HPA per dimension (mean over the seeds [95% interval]):", "",
               "| size | method | " + " | ".join(dims) + " |", "|---|---|" + "---:|" * len(dims)]
     for key, stats in summary.items():
         size, name = key.split("/", 1)
-        lines.append(f"| {size} | {name} | " + " | ".join(
-            f"{stats[d]['hpa']['mean']:.3f} ± {stats[d]['hpa']['std']:.3f}" for d in dims) + " |")
+        lines.append(f"| {size} | {name} | " + " | ".join(_cell(stats[d]["hpa"]) for d in dims) + " |")
     if ceiling:
         lines.append("| - | ceiling (true score) | " + " | ".join(f"{ceiling[d]['hpa']:.3f}" for d in dims) + " |")
-    lines += ["", "The paper's orderings (mean difference against twice the larger seed std):", "",
-              *orderings(summary)]
+    order_lines, order_numbers = orderings(loaded)
+    lines += ["", "The paper's orderings: the difference of the two rows' means over their common seeds [its 95% "
+              "interval, paired bootstrap: the same prompt and seed draws for both rows]; holds when the interval "
+              "is above 0, reversed when below, else not resolved:", "", *order_lines]
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    payload = json.dumps({"rows": summary, "ceiling": ceiling, "seeds": args.seeds, "steps": args.steps,
-                          "student_steps": args.student_steps or args.steps, "data": args.data,
-                          "eval_prompts": args.eval_prompts, "extra": args.extra}, indent=1)
+    payload = json.dumps({"rows": summary, "seeds_per_row": {k: row["seeds"] for k, row in loaded.items()},
+                          "orderings": order_numbers, "bootstrap": BOOT | {"level": 0.95}, "ceiling": ceiling,
+                          "seeds": args.seeds, "steps": args.steps, "student_steps": args.student_steps or args.steps,
+                          "data": args.data, "eval_prompts": args.eval_prompts, "extra": args.extra}, indent=1)
     (out / "table.json").write_text(payload)
     if args.json:
         Path(args.json).write_text(payload)
