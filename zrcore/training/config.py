@@ -266,11 +266,14 @@ class GDSOTeacherConfig(TrainConfig):
     alpha_pt: float = arg(1.0, "weight of the pointwise CE term (eq. 14)")
     alpha_pw: float = arg(1.0, "weight of the pairwise term (eq. 14)")
     adv_scale: str = arg("group", "advantage scale (eq. 3): group | batch | none")
+    adv_eps: float = arg(1e-4, "eps of the advantages (eq. 3): A = (r - mean(r)) / (std(r) + eps), >= 0 (TRL's 1e-4; "
+                               "a group of equal rewards gets A = 0 whatever eps)")
     include_ties: bool = arg(False, "tied candidates count as pairs of the pairwise term")
     reward_from: str = arg("distribution", "distribution | text (the score token sampled from q and parsed)")
     eval_samples: int = arg(2, "reasoning samples per image at evaluation (q averaged over them)")
-    grad_balance_every: int = arg(10, "log ||grad|| of the policy, CE and pairwise terms every N steps (0: never; "
-                                      "one process only)")
+    grad_balance_every: int = arg(0, "log ||grad|| of the policy, CE and pairwise terms every N steps (0: never, "
+                                     "the default: each logged step costs one extra backward per term; one process "
+                                     "only)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -278,6 +281,10 @@ class GDSOTeacherConfig(TrainConfig):
         _require_choice(self, "loss_type", LOSS_TYPES)
         _require_choice(self, "adv_scale", ADVANTAGE_SCALES)
         self.require_positive("updates_per_rollout", "ref_reset_every", "eval_samples")
+        if not self.adv_eps >= 0:
+            raise ValueError(f"adv_eps must be >= 0 (eq. 3: std + eps divides), got {self.adv_eps}")
+        if self.grad_balance_every < 0:
+            raise ValueError(f"grad_balance_every must be >= 0 (0: never), got {self.grad_balance_every}")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"micro_batch_tokens must be >= 0 (0: one pass), got {self.micro_batch_tokens}")
         if self.micro_batch_tokens and self.adv_scale == "batch":
