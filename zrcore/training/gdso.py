@@ -17,8 +17,8 @@ from zrcore import losses
 from zrcore._renamed import module_getattr
 from zrcore.bins import ScoreDistribution
 from zrcore.models.reward_model import PolicyOutput
-from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
-from zrcore.seeding import step_seed
+from zrcore.models.rollout import append_sampled_scores, judge_groups, rollouts_of
+from zrcore.seeding import score_token_seed
 from zrcore.training.trainer import Trainer
 
 
@@ -86,10 +86,9 @@ class GDSOTeacherTrainer(Trainer):
         with torch.no_grad(), rt.autocast():
             batch = rollouts_of(judge_groups(self.rm, local, first, step, c.seed, c.sampling, with_logprobs=True))
         reward_mean = None
-        if c.reward_from == "text":  # the score token sampled from q, appended, parsed and reinforced
-            seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
-            picked = sample_bins(batch.distribution.probs, seeds)
-            batch = batch.with_score_tokens(self.rm.score_tokens(picked), bins=picked)
+        if c.reward_from == "text":  # the score token sampled from q_T, appended, parsed and reinforced
+            seeds = [score_token_seed(c.seed, step, first * m * g + r) for r in range(p * m * g)]
+            batch, picked = append_sampled_scores(batch, self.rm, seeds, c.sampling.temperature)
             reward_mean = self.rm.bins.values[picked].view(p, m, g)
         with torch.no_grad(), rt.autocast():
             old_logps = batch.logprobs  # from the forward that read q at sampling time (same policy, same batch)
