@@ -77,7 +77,9 @@ def group_advantages(
     """Eq. 3: A = (r - mean_group(r)) / (std + eps), per group of the last axis (G samples).
 
     std uses Bessel's correction over the valid samples (0 for a group with fewer than 2); ``scale="batch"``
-    divides by the std of all valid rewards, ``"none"`` does not divide. Masked samples get advantage 0.
+    divides by the std of all valid rewards, ``"none"`` does not divide. ``eps`` (Algorithm 1's epsilon, default
+    1e-4 as TRL's) bounds the scale of a group whose rewards barely differ: |A| <= |r - mean| / eps. Masked samples,
+    and with ``eps=0`` a group of equal rewards (0 / 0), get advantage 0.
     """
     _checks.tensor("rewards", rewards, floating=True)
     if rewards.dim() < 1:
@@ -100,7 +102,9 @@ def group_advantages(
         all_mean = r.sum() / total.clamp_min(1)
         var = (((rewards.detach() - all_mean) * v) ** 2).sum() / (total - 1).clamp_min(1)
         std = torch.where(total > 1, var.sqrt(), torch.zeros_like(var))
-    return centred / (std + eps)
+    scale_by = std + eps
+    return torch.where(scale_by > 0, centred / torch.where(scale_by > 0, scale_by, torch.ones_like(scale_by)),
+                       torch.zeros_like(centred))
 
 
 def gdso_rewards(
@@ -250,7 +254,8 @@ def gdso_loss(
     mean [P, M, G] and log_probs [P, M, G, K] are the score distributions read after each rollout (with grad);
     scores [P, M] the human scores; target the CE target (bin indices [P, M] or soft [P, M, K]; required when
     alpha_pt != 0). Rewards (eq. 13) use ``reward_mean`` when given (e.g. scores parsed from sampled text, the
-    "reward from text" ablation) and ``mean`` otherwise; advantages are eq. 3 per (prompt, candidate).
+    "reward from text" ablation) and ``mean`` otherwise; advantages are eq. 3 per (prompt, candidate),
+    A = (r - mean(r)) / (std(r) + adv_eps) (``group_advantages`` with ``scale=adv_scale``).
     GRPO baseline: lambda_pw = alpha_pt = alpha_pw = 0.
 
     ``share`` (a batch split over processes or micro-batches): each term is multiplied by ``share(units, term)``

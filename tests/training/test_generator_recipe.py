@@ -3,20 +3,30 @@ import json
 import pytest
 import torch
 
+from zrcore.diffusion import reward_of_images
+from zrcore.models import build_tiny_reward_model, load_reward_model
 from zrcore.training.config import GeneratorConfig, parse_config
 from zrcore.training.generator import GeneratorTrainer
 
 
 @pytest.mark.slow
 def test_generator_recipe_runs_and_writes_its_outputs(tmp_path):
+    held_out = tmp_path / "held_out"  # another student than the trained-on one (tiny, seed 0)
+    build_tiny_reward_model("qwen2_vl", "student", seed=1).save_pretrained(held_out)
     args = ["--steps", "2", "--batch_size", "1", "--latent_size", "14", "--num_steps", "2", "--val_prompts", "2",
             "--eval_every", "1", "--dimensions", "realism,aesthetics", "--progress", "false", "--output_dir",
-            str(tmp_path / "gen"), "--held_out_reward_model", "tiny"]
-    res = GeneratorTrainer(parse_config(GeneratorConfig, args)).fit()
+            str(tmp_path / "gen"), "--held_out_reward_model", str(held_out)]
+    trainer = GeneratorTrainer(parse_config(GeneratorConfig, args))
+    res = trainer.fit()
     assert set(res) == {"before", "after"} and "val/realism" in res["after"]
-    # the held-out reward model scores the same validation images; here it is the same tiny model, so it agrees
+    # the held-out student scores the final validation images itself: its own numbers, not the trained-on model's
+    with torch.no_grad():
+        reward, dists = reward_of_images(load_reward_model(str(held_out)), trainer.eval_set,
+                                         trainer.extra_tensors["after_images"], ["realism", "aesthetics"])
+    expected = {"reward": float(reward.mean())} | {d: float(q.mean.mean()) for d, q in dists.items()}
     for key in ("reward", "realism", "aesthetics"):
-        assert res["after"][f"val/held_out/{key}"] == pytest.approx(res["after"][f"val/{key}"], abs=1e-6)
+        assert res["after"][f"val/held_out/{key}"] == pytest.approx(expected[key], abs=1e-5)
+        assert res["after"][f"val/held_out/{key}"] != pytest.approx(res["after"][f"val/{key}"], abs=1e-4)
     rows = [json.loads(line) for line in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
     # step 0 (validation before training), steps 1-2 (training; step 1 validates), the final validation at step 2
     assert [r["step"] for r in rows] == [0, 1, 2, 2]

@@ -12,10 +12,10 @@ colocate or server mode when ``use_vllm=True``, else transformers ``generate``) 
 one no-grad forward of the patched model over prompt + trace + end-of-turn (forced when the trace was cut) + scoring
 suffix, as ``RewardModel.judge`` builds them; with ``sampler="judge"`` ``RewardModel.judge`` samples (seeded per row)
 and scores. The GDSO reward (eq. 13: lambda_pt r_pt + lambda_pw r_pw, from the expected scores) becomes TRL's
-advantage (eq. 3, per candidate over its G samples); the old, reference and (vLLM) sampling log-probs and the vLLM
-importance-sampling ratio are TRL's. The loss is TRL's policy loss plus alpha_pt L_ce (eq. 8) + alpha_pw L_pw
-(eq. 11, ``zrcore.ops.pairwise_gap``), both with gradients through q, which the patched model
-(``zrcore.integrations.transformers``) reads at the score position through the fused op. With
+advantage (eq. 3, per candidate over its G samples: A = (r - mean) / (std + adv_eps)); the old, reference and
+(vLLM) sampling log-probs and the vLLM importance-sampling ratio are TRL's. The loss is TRL's policy loss plus
+alpha_pt L_ce (eq. 8) + alpha_pw L_pw (eq. 11, ``zrcore.ops.pairwise_gap``), both with gradients through q, which the
+patched model (``zrcore.integrations.transformers``) reads at the score position through the fused op. With
 lambda_pw = alpha_pt = alpha_pw = 0 it is TRL's GRPO with the pointwise reward.
 """
 
@@ -55,6 +55,8 @@ class GDSOConfig(GRPOConfig):
     alpha_pt: float = field(default=1.0, metadata={"help": "weight of the pointwise CE loss (eq. 14)"})
     alpha_pw: float = field(default=1.0, metadata={"help": "weight of the pairwise loss (eq. 14)"})
     include_ties: bool = field(default=False, metadata={"help": "keep tied pairs with target gap 0"})
+    adv_eps: float = field(default=1e-4, metadata={
+        "help": "eps of the advantages (eq. 3): A = (r - mean(r)) / (std(r) + eps), >= 0 (1e-4: TRL's own)"})
     sampler: str = field(default="trl", metadata={
         "help": "who samples the reasoning traces: 'trl' (TRL's generation: vLLM with use_vllm=True, else "
                 "transformers generate) or 'judge' (RewardModel.judge: transformers generate seeded per row)"})
@@ -69,6 +71,8 @@ class GDSOConfig(GRPOConfig):
         if self.use_transformers_continuous_batching:
             raise ValueError("use_transformers_continuous_batching is not supported: it does not take images; use "
                              "use_vllm=True or the default transformers generation")
+        if not self.adv_eps >= 0:
+            raise ValueError(f"adv_eps must be >= 0 (eq. 3: std + eps divides), got {self.adv_eps}")
         if self.num_candidates < 2:
             raise ValueError(f"num_candidates must be >= 2 (GDSO compares candidates), got {self.num_candidates}")
         block = self.num_candidates * self.num_generations
@@ -231,7 +235,7 @@ class GDSOTrainer(GRPOTrainer):
         scores = torch.tensor([float(r["score"]) for r in rows], dtype=torch.float32).view(p, m).to(device)
         rewards = losses.gdso_rewards(mean, scores, score_range=rm.bins.range, lambda_pt=a.lambda_pt,
                                       lambda_pw=a.lambda_pw, include_ties=a.include_ties)
-        adv = losses.group_advantages(rewards, scale=a.scale_rewards)
+        adv = losses.group_advantages(rewards, eps=a.adv_eps, scale=a.scale_rewards)
         batch["advantages"] = adv.reshape(-1).float()
         batch["num_items_in_batch"] = self.accelerator.gather(batch["completion_mask"].sum()).sum()
         batch["zr_row"] = torch.arange(len(inputs), device=device)

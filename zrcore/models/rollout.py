@@ -280,13 +280,18 @@ class Rollouts(NamedTuple):
                              logprobs=None if self.logprobs is None else self.logprobs[start:stop],
                              score_logprobs=None if self.score_logprobs is None else self.score_logprobs[start:stop])
 
-    def with_score_tokens(self, score_ids: torch.Tensor, bins: torch.Tensor | None = None) -> Rollouts:
+    def with_score_tokens(self, score_ids: torch.Tensor, bins: torch.Tensor | None = None,
+                          behaviour: torch.Tensor | None = None) -> Rollouts:
         """The batch with one sampled score token per row ([B] ids) appended after the scoring suffix: it joins the
         completion (the policy emits it and is trained on it, as a parsed-score policy is) and q stays read at the
         position that predicts it. ``bins``: the tokens' bin indices [B], which carry the old log-probs over to
-        the appended token (from ``score_logprobs``); without them ``logprobs`` is dropped."""
+        the appended token (from ``score_logprobs``); without them ``logprobs`` is dropped. ``behaviour``: the
+        log-probs [B] the tokens were drawn with, the appended column of ``behaviour_logprobs`` (0 without them;
+        ``append_sampled_scores`` gives them)."""
         tok = score_ids.to(self.sequences.device)[:, None]
         one = torch.ones_like(tok)
+        drawn = torch.zeros_like(tok, dtype=torch.float32) if behaviour is None else \
+            behaviour.to(tok.device, torch.float32).reshape(-1, 1)
         logprobs = None
         if self.logprobs is not None and self.score_logprobs is not None and bins is not None:
             picked = self.score_logprobs.gather(1, bins.to(self.score_logprobs.device).long()[:, None])
@@ -294,8 +299,7 @@ class Rollouts(NamedTuple):
         return self._replace(logprobs=logprobs, sequences=torch.cat([self.sequences, tok], 1),
                              attention_mask=torch.cat([self.attention_mask, one.to(self.attention_mask.dtype)], 1),
                              completion_mask=torch.cat([self.completion_mask, one.bool()], 1),
-                             behaviour_logprobs=torch.cat([self.behaviour_logprobs,
-                                                           torch.zeros_like(tok, dtype=torch.float32)], 1),
+                             behaviour_logprobs=torch.cat([self.behaviour_logprobs, drawn], 1),
                              score_position=-2)
 
 
@@ -334,3 +338,24 @@ def sample_bins(probs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """One bin index per row of probs [B, K], each from its own seeded generator."""
     return torch.cat([torch.multinomial(p, 1, generator=seeding.generator(s))
                       for p, s in zip(probs.float().cpu(), seeds)])
+
+
+def tempered_score_log_probs(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log q_T [..., K], the score distribution at sampling temperature T: q_T = softmax(z_S / T) over the K bins,
+    computed as softmax(log q / T) (log q = z_S - logsumexp(z_S): the shift cancels). It is the policy's tempered
+    next-token distribution softmax(z / T) at the scoring position conditioned on a score token, the distribution
+    whose full-vocabulary log-prob log pi(s_k) / T ``policy_forward`` reinforces. T = 1: log q itself."""
+    log_probs = log_probs.float()
+    return log_probs if temperature == 1 else torch.log_softmax(log_probs / temperature, dim=-1)
+
+
+def append_sampled_scores(batch: Rollouts, rm, seeds: list[int], temperature: float) -> tuple[Rollouts, torch.Tensor]:
+    """(the batch with one score token per row appended, the drawn bins [B]): row r's bin drawn from q_T
+    (``tempered_score_log_probs`` of the batch's q at the sampling ``temperature``) with seed ``seeds[r]``. Its
+    behaviour log-prob is log q_T(bin), the log-prob of the draw (as a reasoning token's is that of its draw over the
+    unsuppressed vocabulary); its old log-prob, carried over from the scoring forward when that returned them, is the
+    full-vocabulary log pi(s_k) / T that ``policy_forward`` gives it, so the ratio starts at 1."""
+    log_q = tempered_score_log_probs(batch.distribution.log_probs, temperature)
+    picked = sample_bins(log_q.exp(), seeds)
+    drawn = log_q.gather(1, picked.to(log_q.device)[:, None]).squeeze(1)
+    return batch.with_score_tokens(rm.score_tokens(picked), bins=picked, behaviour=drawn), picked

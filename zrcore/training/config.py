@@ -58,6 +58,8 @@ class SamplingConfig:
     """How reasoning traces are sampled: ``--sampling.FIELD`` on the command line, ``sampling: {FIELD: ...}`` in
     YAML."""
 
+    TEACHER_DEFAULTS: ClassVar[bool] = False  # temperature 0 allowed: "the teacher's own" (DistillSamplingConfig)
+
     num_samples: int = arg(4, "samples per image: G of GDSO and OPD, the teacher's traces per image in RISD")
     max_reasoning_tokens: int = arg(0, "cap on a trace's tokens; 0: the longest description of zrcore.data.captions "
                                        "plus its end-of-turn")
@@ -76,10 +78,27 @@ class SamplingConfig:
         if self.max_reasoning_tokens < 0:
             raise ValueError(f"sampling.max_reasoning_tokens must be >= 1, or 0 for the longest description, got "
                              f"{self.max_reasoning_tokens}")
-        if not self.temperature > 0:
-            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 or (self.TEACHER_DEFAULTS and self.temperature == 0)):
+            unset = ", or 0 for the teacher's own" if self.TEACHER_DEFAULTS else ""
+            raise ValueError(f"sampling.temperature must be > 0{unset}, got {self.temperature}")
         if self.decode not in ("dynamic", "static_compiled"):
             raise ValueError(f"sampling.decode must be 'dynamic' or 'static_compiled', got {self.decode!r}")
+
+
+@dataclass
+class DistillSamplingConfig(SamplingConfig):
+    """Sampling in a recipe distilled from a teacher checkpoint (RISD: the teacher's traces; OPD: the student's):
+    ``max_reasoning_tokens`` and ``temperature`` left at 0 take the teacher's own values, the ones it was trained
+    with (its zrcore_sampling.yaml, written by train_gdso.py), else the longest description and 1; a value set
+    here (command line or YAML) wins."""
+
+    TEACHER_DEFAULTS: ClassVar[bool] = True
+
+    num_samples: int = arg(2, "samples per image: the teacher's traces per image in RISD, the student's in OPD")
+    max_reasoning_tokens: int = arg(0, "cap on a trace's tokens; 0: the teacher's own (its zrcore_sampling.yaml), "
+                                       "else the longest description of zrcore.data.captions plus its end-of-turn")
+    temperature: float = arg(0.0, "sampling temperature (> 0); 0: the teacher's own (its zrcore_sampling.yaml), "
+                                  "else 1")
 
 
 @dataclass
@@ -267,11 +286,15 @@ class GDSOTeacherConfig(TrainConfig):
     alpha_pt: float = arg(1.0, "weight of the pointwise CE term (eq. 14)")
     alpha_pw: float = arg(1.0, "weight of the pairwise term (eq. 14)")
     adv_scale: str = arg("group", "advantage scale (eq. 3): group | batch | none")
+    adv_eps: float = arg(1e-4, "eps of the advantages (eq. 3): A = (r - mean(r)) / (std(r) + eps), >= 0 (TRL's 1e-4; "
+                               "a group of equal rewards gets A = 0 whatever eps)")
     include_ties: bool = arg(False, "tied candidates count as pairs of the pairwise term")
-    reward_from: str = arg("distribution", "distribution | text (the score token sampled from q and parsed)")
+    reward_from: str = arg("distribution", "distribution | text (the score token sampled from q at "
+                                           "sampling.temperature, appended, parsed and reinforced)")
     eval_samples: int = arg(2, "reasoning samples per image at evaluation (q averaged over them)")
-    grad_balance_every: int = arg(10, "log ||grad|| of the policy, CE and pairwise terms every N steps (0: never; "
-                                      "one process only)")
+    grad_balance_every: int = arg(0, "log ||grad|| of the policy, CE and pairwise terms every N steps (0: never, "
+                                     "the default: each logged step costs one extra backward per term; one process "
+                                     "only)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -279,6 +302,10 @@ class GDSOTeacherConfig(TrainConfig):
         _require_choice(self, "loss_type", LOSS_TYPES)
         _require_choice(self, "adv_scale", ADVANTAGE_SCALES)
         self.require_positive("updates_per_rollout", "ref_reset_every", "eval_samples")
+        if not self.adv_eps >= 0:
+            raise ValueError(f"adv_eps must be >= 0 (eq. 3: std + eps divides), got {self.adv_eps}")
+        if self.grad_balance_every < 0:
+            raise ValueError(f"grad_balance_every must be >= 0 (0: never), got {self.grad_balance_every}")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"micro_batch_tokens must be >= 0 (0: one pass), got {self.micro_batch_tokens}")
         if self.micro_batch_tokens and self.adv_scale == "batch":
@@ -297,8 +324,13 @@ class RISDConfig(TrainConfig):
 
     output_dir: str = arg("runs/risd", "folder of the run")
     teacher: str = arg("", "teacher checkpoint folder (output_dir/model of train_gdso.py; required)")
-    sampling: SamplingConfig = arg(help="the teacher's reasoning sampling (see SamplingConfig)",
-                                   factory=lambda: SamplingConfig(num_samples=2))
+    sampling: DistillSamplingConfig = arg(help="the teacher's reasoning sampling, by default as the teacher was "
+                                               "trained (see DistillSamplingConfig)", factory=DistillSamplingConfig)
+
+    def __post_init__(self):
+        if isinstance(self.sampling, dict):
+            self.sampling = DistillSamplingConfig(**self.sampling)
+        super().__post_init__()
 
 
 @dataclass
@@ -311,10 +343,13 @@ class OPDConfig(TrainConfig):
     teacher: str = arg("", "teacher checkpoint folder (required)")
     normalize: str = arg("trajectory", "eq. 19: trajectory ((1/T) per trajectory, then the mean) | token (the "
                                        "batch's token mean)")
-    sampling: SamplingConfig = arg(help="the student's reasoning sampling (see SamplingConfig)",
-                                   factory=lambda: SamplingConfig(num_samples=2))
+    sampling: DistillSamplingConfig = arg(help="the student's reasoning sampling, by default as the teacher was "
+                                               "trained (see DistillSamplingConfig); the teacher's log-probs are "
+                                               "taken at the teacher's own temperature", factory=DistillSamplingConfig)
 
     def __post_init__(self):
+        if isinstance(self.sampling, dict):
+            self.sampling = DistillSamplingConfig(**self.sampling)
         super().__post_init__()
         _require_choice(self, "normalize", ("trajectory", "token"))
 

@@ -17,8 +17,8 @@ from zrcore import losses
 from zrcore._renamed import module_getattr
 from zrcore.bins import ScoreDistribution
 from zrcore.models.reward_model import PolicyOutput
-from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
-from zrcore.seeding import step_seed
+from zrcore.models.rollout import append_sampled_scores, judge_groups, rollouts_of
+from zrcore.seeding import score_token_seed
 from zrcore.training.trainer import Trainer
 
 
@@ -42,7 +42,8 @@ class GDSOTeacherTrainer(Trainer):
                 "temperature": s.temperature, "rollout_batch_size": s.rollout_batch_size}
 
     def gdso_loss(self, out_policy, old_logps, ref_logps, completion_mask, scores, target, reward_mean, share):
-        """Eq. 14 for a batch (or a micro-batch of whole prompts) of rollouts, each term scaled by ``share``."""
+        """Eq. 14 for a batch (or a micro-batch of whole prompts) of rollouts, each term scaled by ``share``; the
+        advantages are eq. 3 with the config's eps, A = (r - mean(r)) / (std(r) + adv_eps) per (prompt, candidate)."""
         c = self.cfg
         dist = out_policy.distribution
         p, m, g = scores.shape[0], scores.shape[1], c.sampling.num_samples
@@ -51,7 +52,7 @@ class GDSOTeacherTrainer(Trainer):
             dist.log_probs.view(p, m, g, -1), scores, score_range=self.rm.bins.range, target=target,
             ref_logps=None if ref_logps is None else _wide(ref_logps), reward_mean=reward_mean, beta=c.beta,
             eps_low=c.eps_low, eps_high=c.eps_high, loss_type=c.loss_type, lambda_pt=c.lambda_pt,
-            lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt, alpha_pw=c.alpha_pw, adv_scale=c.adv_scale,
+            lambda_pw=c.lambda_pw, alpha_pt=c.alpha_pt, alpha_pw=c.alpha_pw, adv_eps=c.adv_eps, adv_scale=c.adv_scale,
             include_ties=c.include_ties, max_completion_length=c.sampling.max_reasoning_tokens, share=share)
 
     def micro_batch_share(self, batch, scores, target, parts, m: int, g: int):
@@ -85,10 +86,9 @@ class GDSOTeacherTrainer(Trainer):
         with torch.no_grad(), rt.autocast():
             batch = rollouts_of(judge_groups(self.rm, local, first, step, c.seed, c.sampling, with_logprobs=True))
         reward_mean = None
-        if c.reward_from == "text":  # the score token sampled from q, appended, parsed and reinforced
-            seeds = [step_seed(c.seed, step, 10**9 + first * m * g + r) for r in range(p * m * g)]
-            picked = sample_bins(batch.distribution.probs, seeds)
-            batch = batch.with_score_tokens(self.rm.score_tokens(picked), bins=picked)
+        if c.reward_from == "text":  # the score token sampled from q_T, appended, parsed and reinforced
+            seeds = [score_token_seed(c.seed, step, first * m * g + r) for r in range(p * m * g)]
+            batch, picked = append_sampled_scores(batch, self.rm, seeds, c.sampling.temperature)
             reward_mean = self.rm.bins.values[picked].view(p, m, g)
         with torch.no_grad(), rt.autocast():
             old_logps = batch.logprobs  # from the forward that read q at sampling time (same policy, same batch)

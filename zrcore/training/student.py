@@ -3,16 +3,26 @@ reasoning-marginal distribution, eq. 15) and the OPD baseline (on-policy distill
 
 Each rank takes a contiguous share of the step's prompts and scales its loss by its share of the loss's units
 (records, or completion tokens for OPD), so the averaged gradient is that of the global batch.
+
+RISD and OPD sample as the teacher was trained: the sampling fields the run leaves at 0 (``DistillSamplingConfig``:
+``max_reasoning_tokens``, ``temperature``) take the teacher checkpoint's recorded values (its zrcore_sampling.yaml),
+before the run's settings are recorded, so its config.yaml shows what was used. OPD's teacher log-probs
+log pi_T(y_t) are taken at the teacher's own temperature.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
+import yaml
 
 from zrcore import losses
-from zrcore.models.rollout import judge_groups, rollouts_of, sample_bins
-from zrcore.seeding import step_seed
+from zrcore.models.rollout import append_sampled_scores, judge_groups, rollouts_of
+from zrcore.seeding import score_token_seed
 from zrcore.training.trainer import Trainer, build_reward_model
+
+log = logging.getLogger("zrcore")
 
 
 def _records(groups: list) -> list:
@@ -52,7 +62,42 @@ def check_teacher_path(path: str) -> str:
     return path
 
 
-class RISDTrainer(_StudentTrainer):
+def recorded_sampling(path: str) -> dict:
+    """How the checkpoint at ``path`` was trained to sample (its zrcore_sampling.yaml, as ``RewardModel.sampling``
+    reads it: ``samples``, ``max_reasoning_tokens``, ``temperature``); {} when it has none."""
+    from zrcore.models.reward_model import _checkpoint_path, _side_file
+
+    found = _side_file(_checkpoint_path(check_teacher_path(path)), "zrcore_sampling.yaml")
+    return dict(yaml.safe_load(found.read_text()) or {}) if found is not None else {}
+
+
+def take_teacher_sampling(cfg) -> dict:
+    """Fills the fields of ``cfg.sampling`` left to the teacher (0) with the teacher checkpoint's recorded values:
+    ``max_reasoning_tokens`` (left 0 when the teacher has none: the Trainer puts the longest description) and
+    ``temperature`` (1 when the teacher has none). Fields set in the run are kept. Returns the teacher's record."""
+    own = recorded_sampling(cfg.teacher)
+    s = cfg.sampling
+    if s.max_reasoning_tokens == 0 and own.get("max_reasoning_tokens"):
+        s.max_reasoning_tokens = int(own["max_reasoning_tokens"])
+    if s.temperature == 0:
+        s.temperature = float(own.get("temperature") or 1.0)
+    return own
+
+
+class _DistilledTrainer(_StudentTrainer):
+    """A student trained against a frozen teacher checkpoint (``cfg.teacher``), sampling as the teacher was trained
+    where the run leaves it (``take_teacher_sampling``, before the run records its settings)."""
+
+    def __init__(self, cfg, model=None, data=None):
+        self.teacher_sampling = take_teacher_sampling(cfg)
+        super().__init__(cfg, model, data)
+        if self.main:
+            s = cfg.sampling
+            log.info(f"{self.name}: sampling with max_reasoning_tokens={s.max_reasoning_tokens}, temperature="
+                     f"{s.temperature} (the teacher's record: {self.teacher_sampling or 'none'})")
+
+
+class RISDTrainer(_DistilledTrainer):
     def frozen_models(self, rm) -> dict:
         teacher = build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher), device=self.rt.device,
                                      trainable=False)
@@ -75,10 +120,15 @@ class RISDTrainer(_StudentTrainer):
         return self.update(losses.risd_loss(q_s.log_probs, q_t.to(q_s.log_probs)), q_s.log_probs.shape[0])
 
 
-class OPDTrainer(_StudentTrainer):
-    """The student samples reasoning and a score token; per-token advantage log pi_T - log pi_S_old (eq. 18)."""
+class OPDTrainer(_DistilledTrainer):
+    """The student samples reasoning and a score token; per-token advantage log pi_T - log pi_S_old (eq. 18), pi_T
+    at the teacher's own temperature (its record; the student's when it has none), pi_S at the student's."""
 
     eval_mode = "teacher"  # the OPD student reasons before it scores
+
+    @property
+    def teacher_temperature(self) -> float:
+        return float(self.teacher_sampling.get("temperature") or self.cfg.sampling.temperature)
 
     def frozen_models(self, rm) -> dict:
         return {"teacher": build_reward_model(self.cfg, path=check_teacher_path(self.cfg.teacher),
@@ -94,17 +144,17 @@ class OPDTrainer(_StudentTrainer):
         c = self.cfg
         with self.rt.autocast():
             batch = rollouts_of(judge_groups(self.rm, groups, first, step, c.seed, c.sampling))
-        # append the sampled score token: the last completion token the student emits
+        # append the score token drawn from the student's q at its temperature: the last completion token it emits
         rows = batch.sequences.shape[0]
-        seeds = [step_seed(c.seed, step, 10**9 + first * rows // len(groups) + r) for r in range(rows)]
-        return batch.with_score_tokens(self.rm.score_tokens(sample_bins(batch.distribution.probs, seeds)))
+        seeds = [score_token_seed(c.seed, step, first * rows // len(groups) + r) for r in range(rows)]
+        return append_sampled_scores(batch, self.rm, seeds, c.sampling.temperature)[0]
 
     def train_step(self, step: int) -> dict:
         c = self.cfg
         groups, first = self.local_batch(step)
         batch = self.sample(groups, first, step)
         with torch.no_grad(), self.rt.autocast():
-            t_lp = self.frozen["teacher"].policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
+            t_lp = self.frozen["teacher"].policy_forward(batch, self.teacher_temperature, with_distribution=False).logps
             old_lp = self.rm.policy_forward(batch, c.sampling.temperature, with_distribution=False).logps
         adv = losses.opd_advantages(t_lp.float(), old_lp.float())
         with self.rt.autocast():
