@@ -12,8 +12,8 @@ The objects blend into the background (``CLASH``) when the luminance of their co
 less than ``BLEND_CONTRAST`` levels (Rec. 601 luma, Y = 0.299 R + 0.587 G + 0.114 B): a visible property, not a
 lookup. Simulated raters add Gaussian noise (std ``rater_noise``) to the true score, round to the half-point grid and
 clip to the scale, each dimension's draws seeded by the dimension's name (``DIMENSIONS``), so that a record's
-labels do not depend on which other dimensions a run asks for; the record's score aggregates them with ``zrcore.metrics.aggregate_ratings`` (drop the highest and
-lowest, average). Everything is deterministic given the seed.
+labels do not depend on which other dimensions a run asks for; the record's score aggregates them with
+``zrcore.metrics.aggregate_ratings`` (drop the highest and lowest, average). Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
