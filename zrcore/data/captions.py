@@ -186,7 +186,8 @@ def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> t
     """(system, instruction, whether it quotes the scene's prompt): a random context around the request to
     describe, so that a description follows the image whatever text surrounds it: a system turn half of the time,
     zero to four lines "Word: words..." (one of them the scene's text-to-image prompt half of the time) before the
-    instruction, which itself is present half of the time. Drawn from the row's own generator: deterministic given (seed, index, candidate)."""
+    instruction, which itself is present half of the time. Drawn from the row's own generator: deterministic given
+    (seed, index, candidate)."""
     g = gen._gen(5, index, candidate)
     rand = lambda n: int(torch.randint(n, (1,), generator=g))
     words = lambda lo, hi: " ".join(CONTEXT_WORDS[rand(len(CONTEXT_WORDS))] for _ in range(lo + rand(hi - lo + 1)))
