@@ -73,7 +73,7 @@ def test_contexts_vary_and_never_judge():
         scene, d, _ = gen.candidate(c.index, c.candidate)
         quoted = f"Prompt: {scene.prompt}" in c.instruction
         assert c.text == p.text + (" " + verdict(scene, d) if quoted else ""), (c.instruction, c.text)
-    assert 0.3 < sum(r.text.endswith("as asked.") for r in ctx) / len(ctx) < 0.7
+    assert 0.3 < sum("as asked" in r.text for r in ctx) / len(ctx) < 0.7
     assert {r.instruction for r in plain} == {INSTRUCTION} and {r.system for r in plain} == {""}
     assert len({r.instruction for r in ctx}) > 100 and len({r.system for r in ctx}) > 50
     assert 0.3 < sum(r.system == "" for r in ctx) / len(ctx) < 0.7
@@ -187,7 +187,8 @@ def test_the_reasoning_cap_fits_every_description():
     tok = build_tiny_tokenizer()
     limit = description_token_limit(tok)
     n_tokens = lambda text: len(_encode(tok, " " + text))
-    longest_levels = [max(options, key=n_tokens) for options in LEVELS.values()]
+    first = lambda text: len(_encode(tok, text))  # the first clause opens the turn: no space before it
+    longest_levels = [max(options, key=n_tokens if i else first) for i, options in enumerate(LEVELS.values())]
     centre = max(("centred.", "off centre."), key=n_tokens)
     verdicts = [verdict(Scene(2, "circle", "red", "white"), Defects(c, s, n))
                 for n in (2, 3) for c in ("red", "blue") for s in ("circle", "square")]

@@ -120,11 +120,12 @@ def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
 def description_token_limit(tokenizer) -> int:
     """The most tokens any description of ``describe`` (verdict included) can take with ``tokenizer``, plus one for
     the end of the turn: the reasoning cap at which no description is cut. Byte-level BPE never merges across
-    spaces, so a description's length is the sum of its clauses' (each after its space); each clause is maximised
+    spaces, so a description's length is the sum of its clauses' (the first one opens the turn, each other one
+    follows its space); each clause is maximised
     over every option it has (the objects and blend clauses jointly: both depend on the count, colour and
     background), an upper bound that every option combination meets or stays under."""
-    def longest(texts) -> int:
-        return max(len(tokenizer.encode(" " + t, add_special_tokens=False)) for t in texts)
+    def longest(texts, space: bool = True) -> int:
+        return max(len(tokenizer.encode(" " * space + t, add_special_tokens=False)) for t in texts)
 
     options: dict[str, set] = {}
     for count in range(1, len(NUMBER_WORDS)):
@@ -145,7 +146,9 @@ def description_token_limit(tokenizer) -> int:
     options["centre"] = {"centred.", "off centre."}
     verdicts = [verdict(Scene(1, SHAPES[0], "red", "white"), Defects(colour, shape, count))
                 for count in (1, 2) for colour in ("red", "blue") for shape in (SHAPES[0], SHAPES[1])]
-    return sum(longest(texts) for texts in options.values()) + longest(verdicts) + 1
+    first = next(iter(clauses(Scene(1, SHAPES[0], "red", "white"), Defects("red", SHAPES[0], 1))))
+    return (sum(longest(texts, space=key != first) for key, texts in options.items()) + longest(verdicts)
+            + 1)
 
 
 def questions(scene: Scene, d: Defects) -> list[tuple[str, str]]:
