@@ -4,7 +4,7 @@ Every import in zrcore counts, those inside functions included (they run, only l
 module may import its own layer and the layers below it:
 
     0  zrcore._C (compiled), _checks, _log, _renamed, bins, seeding, sharding    shared policies and helpers
-    1  zrcore.ops, zrcore.metrics                                        kernels and metrics
+    1  zrcore.ops, zrcore.metrics, zrcore.bootstrap                      kernels, metrics and their intervals
     2  zrcore.losses                                                     the method's losses
     3  zrcore.data                                                       records, synthetic and real data
     4  zrcore.models                                                     reward models, rollouts
@@ -27,7 +27,7 @@ ROOT = Path(zrcore.__file__).parent
 COMPILED = ("zrcore._C",)  # built from csrc/: imports nothing of the package
 LAYERS = (
     ("zrcore._C", "zrcore._checks", "zrcore._log", "zrcore._renamed", "zrcore.bins", "zrcore.seeding", "zrcore.sharding"),
-    ("zrcore.ops", "zrcore.metrics"),
+    ("zrcore.ops", "zrcore.metrics", "zrcore.bootstrap"),
     ("zrcore.losses",),
     ("zrcore.data",),
     ("zrcore.models",),
