@@ -72,7 +72,9 @@ def test_contexts_vary_and_never_judge():
     for p, c in zip(plain, ctx):  # the same descriptions of the same images, with a verdict where the prompt is quoted
         scene, d, _ = gen.candidate(c.index, c.candidate)
         quoted = f"Prompt: {scene.prompt}" in c.instruction
-        assert c.text == p.text + (" " + verdict(scene, d) if quoted else ""), (c.instruction, c.text)
+        said = clauses(scene, d, quoted)
+        assert c.text == " ".join(said.values()) and ("verdict" in said) == quoted, (c.instruction, c.text)
+        assert c.text.replace(" " + verdict(scene, d), "") == p.text
     assert 0.3 < sum("as asked" in r.text for r in ctx) / len(ctx) < 0.7
     assert {r.instruction for r in plain} == {INSTRUCTION} and {r.system for r in plain} == {""}
     assert len({r.instruction for r in ctx}) > 100 and len({r.system for r in ctx}) > 50
@@ -91,10 +93,12 @@ def test_description_follows_what_was_drawn():
     drawn = Defects("blue", "square", 3, blur=2, noise=0, clutter=1, off_centre=True, floating=1, overlap=True)
     assert describe(scene, drawn) == ("very blurred. clean. some clutter. off centre. one floats. two overlap. three "
                                       "blue squares on a white background. they stand out.")
-    assert describe(scene, drawn, quoted=True).endswith(" they stand out. not as asked: count, colour, shape.")
+    assert describe(scene, drawn, quoted=True).endswith(
+        " three blue squares on a white background. asked for two red circles: not as asked: count, colour, shape. "
+        "they stand out.")
     assert describe(Scene(1, "circle", "green", "gray"), Defects("green", "circle", 1), quoted=True) == (
-        "sharp. clean. no clutter. centred. nothing floats. one green circle on a gray background. it blends into "
-        "the background. as asked.")
+        "sharp. clean. no clutter. centred. nothing floats. one green circle on a gray background. asked for one "
+        "green circle: as asked. it blends into the background.")
 
 
 def test_verdict_names_exactly_what_differs_from_the_prompt():
@@ -106,7 +110,8 @@ def test_verdict_names_exactly_what_differs_from_the_prompt():
                 wrong = [n for n, bad in (("count", count != 2), ("colour", colour != "red"),
                                           ("shape", shape != "circle")) if bad]
                 said = verdict(scene, Defects(colour, shape, count))
-                assert said == ("not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
+                assert said == "asked for two red circles: " + (
+                    "not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
 
 
 def _luma(pixels) -> float:
@@ -190,8 +195,10 @@ def test_the_reasoning_cap_fits_every_description():
     first = lambda text: len(_encode(tok, text))  # the first clause opens the turn: no space before it
     longest_levels = [max(options, key=n_tokens if i else first) for i, options in enumerate(LEVELS.values())]
     centre = max(("centred.", "off centre."), key=n_tokens)
-    verdicts = [verdict(Scene(2, "circle", "red", "white"), Defects(c, s, n))
-                for n in (2, 3) for c in ("red", "blue") for s in ("circle", "square")]
+    verdicts = [verdict(Scene(n, s, c, "white"), Defects(c2, s2, 3 - n if n < 3 else 1))
+                for n in range(1, len(NUMBER_WORDS)) for s in SHAPES for c in COLOURS
+                for c2 in COLOURS for s2 in SHAPES]
+    longest_verdict = max(verdicts, key=n_tokens)
     longest = 0
     for count in range(1, len(NUMBER_WORDS)):
         for f in range(min(count, 2) + 1):
@@ -201,8 +208,8 @@ def test_the_reasoning_cap_fits_every_description():
                         for bg in BACKGROUNDS:
                             part = clauses(Scene(count, shape, colour, bg),
                                            Defects(colour, shape, count, floating=f, overlap=overlap))
-                            text = " ".join([*longest_levels, centre, part["ground"], part["objects"], part["blend"],
-                                             max(verdicts, key=n_tokens)])
+                            text = " ".join([*longest_levels, centre, part["ground"], part["objects"],
+                                             longest_verdict, part["blend"]])
                             longest = max(longest, len(_encode(tok, text)))
     assert limit == longest + 1
     gen = SyntheticRubric(seed=3, image_size=16)

@@ -4,16 +4,17 @@ A description names what was drawn and how it looks, never how good it is (and s
 of it, answered with that part alone, so that the first answer position learns to read the image):
 
     "slightly blurred. clean. some clutter. off centre. one floats. two overlap. two red circles on a gray
-     background. they blend into the background. not as asked: count."
+     background. asked for three red circles: not as asked: count. they blend into the background."
 
 the visible defects (blur, noise and clutter levels) first, then the position (centred or off centre, how many
 objects float above the ground line, whether two overlap), then the objects (count, colour, shape as rendered, not
-as asked) and background, whether they blend into it (``zrcore.data.synthetic.blends``: low luma contrast), and,
-when the surrounding text quotes the scene's text-to-image prompt, a verdict on it: "as asked." or "not as asked:"
-with what differs (count, colour, shape). Everything the pixels alone decide comes first, because a clause late in
-the text is mostly predicted from the words before it: placed last, defects and positions were not learned from the
-pixels (docs/RESULTS.md). The verdict comes last on purpose: it compares the quoted prompt with the objects clause
-just written, the way a VLM learns to check an image against its caption.
+as asked) and background, and, when the surrounding text quotes the scene's text-to-image prompt, a verdict on it:
+the asked objects copied, then "as asked." or "not as asked:" with what differs (count, colour, shape); last,
+whether the objects blend into the background (``zrcore.data.synthetic.blends``: low luma contrast). Everything the
+pixels alone decide comes first, because a clause late in the text is mostly predicted from the words before it:
+placed last, defects and positions were not learned from the pixels (docs/RESULTS.md). The verdict follows the
+objects clause on purpose: it compares the quoted prompt with the words just written, each asked word at a fixed
+distance from its drawn one, the way a VLM learns to check an image against its caption.
 It holds no score, no score label and no sentence of the rubric: the model learns to see before it is taught to
 judge. ``attributes`` gives the same content as classes (blur level, count, colour...), for the vision tower's
 warm-up.
@@ -58,11 +59,15 @@ LEVELS = {
 
 
 def verdict(scene: Scene, d: Defects) -> str:
-    """Whether candidate ``d`` shows ``scene``'s prompt: "as asked." or "not as asked: " and what differs, among
-    count, colour and shape, in that order."""
+    """Whether candidate ``d`` shows ``scene``'s prompt: the asked objects copied from the prompt, then "as asked."
+    or "not as asked: " and what differs, among count, colour and shape, in that order:
+    "asked for two red circles: not as asked: count." The copy puts each asked word at a fixed distance from the
+    drawn word of the objects clause just before it, so that the comparison is local."""
     wrong = [name for name, asked, drawn in (("count", scene.count, d.count), ("colour", scene.colour, d.colour),
                                              ("shape", scene.shape, d.shape)) if asked != drawn]
-    return "not as asked: " + ", ".join(wrong) + "." if wrong else "as asked."
+    plural = "s" if scene.count > 1 else ""
+    asked = f"asked for {NUMBER_WORDS[scene.count]} {scene.colour} {scene.shape}{plural}: "
+    return asked + ("not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
 
 
 def clauses(scene: Scene, d: Defects, quoted: bool = False) -> dict[str, str]:
@@ -79,11 +84,11 @@ def clauses(scene: Scene, d: Defects, quoted: bool = False) -> dict[str, str]:
         "centre": "off centre." if d.off_centre else "centred.",
         "ground": floating + (" two overlap." if d.overlap else ""),
         "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
-        "blend": f"{they} into the background." if blends(d.colour, scene.background) else
-                 ("they stand out." if d.count > 1 else "it stands out."),
     }
-    if quoted:
+    if quoted:  # right after the objects clause it compares with
         out["verdict"] = verdict(scene, d)
+    out["blend"] = f"{they} into the background." if blends(d.colour, scene.background) else \
+        ("they stand out." if d.count > 1 else "it stands out.")
     return out
 
 
@@ -118,12 +123,12 @@ def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
 
 
 def description_token_limit(tokenizer) -> int:
-    """The most tokens any description of ``describe`` (verdict included) can take with ``tokenizer``, plus one for
-    the end of the turn: the reasoning cap at which no description is cut. Byte-level BPE never merges across
-    spaces, so a description's length is the sum of its clauses' (the first one opens the turn, each other one
-    follows its space); each clause is maximised
-    over every option it has (the objects and blend clauses jointly: both depend on the count, colour and
-    background), an upper bound that every option combination meets or stays under."""
+    """The most tokens any description of ``describe`` can take with ``tokenizer``, verdict included (its longest:
+    every attribute differs), plus one for the end of the turn: the reasoning cap at which no description is cut.
+    Byte-level BPE never merges across spaces, so a description's length is the sum of its clauses' (the first one
+    opens the turn, each other one follows its space); each clause is maximised over every option it has (the
+    objects and blend clauses jointly: both depend on the count, colour and background), an upper bound that every
+    option combination meets or stays under."""
     def longest(texts, space: bool = True) -> int:
         return max(len(tokenizer.encode(" " * space + t, add_special_tokens=False)) for t in texts)
 
@@ -144,8 +149,10 @@ def description_token_limit(tokenizer) -> int:
     for key, levels in LEVELS.items():
         options[key] = set(levels)
     options["centre"] = {"centred.", "off centre."}
-    verdicts = [verdict(Scene(1, SHAPES[0], "red", "white"), Defects(colour, shape, count))
-                for count in (1, 2) for colour in ("red", "blue") for shape in (SHAPES[0], SHAPES[1])]
+    others = lambda seq, x: [y for y in seq if y != x][0]
+    verdicts = [verdict(Scene(count, shape, colour, "white"),
+                        Defects(others(COLOURS, colour), others(SHAPES, shape), others((1, 2), count)))
+                for count in range(1, len(NUMBER_WORDS)) for shape in SHAPES for colour in COLOURS]
     first = next(iter(clauses(Scene(1, SHAPES[0], "red", "white"), Defects("red", SHAPES[0], 1))))
     return (sum(longest(texts, space=key != first) for key, texts in options.items()) + longest(verdicts)
             + 1)
