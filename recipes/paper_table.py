@@ -66,8 +66,12 @@ def main() -> None:
     parser.add_argument("--data", default="synthetic", choices=["synthetic", "agiqa"])
     parser.add_argument("--output_dir", default="")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=60, help="training steps of every teacher-size row")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="training steps of every teacher-size row (0: the recipes' default, the main job's)")
     parser.add_argument("--student_steps", type=int, default=0, help="of every student row (default: --steps)")
+    parser.add_argument("--methods", nargs="+", default=[],
+                        help="only these rows, as size/name (e.g. teacher/GDSO student/RISD; default: all); "
+                             "student/RISD and student/OPD need teacher/GDSO")
     parser.add_argument("--eval_prompts", type=int, default=48, help="synthetic held-out prompts")
     parser.add_argument("--json", default="", help="also write table.json here (e.g. docs/paper_synthetic.json)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="options passed to every recipe")
@@ -78,13 +82,22 @@ def main() -> None:
         common += ["--dimensions", "realism,alignment"]
     common += args.extra
     steps = {"teacher": args.steps, "student": args.student_steps or args.steps}
+    known = {f"{size}/{name}" for size, name in ORDER if name != "zero-shot"}
+    unknown = sorted(set(args.methods) - known)
+    if unknown:
+        parser.error(f"--methods: unknown rows {unknown}; choose from {sorted(known)}")
+    if {"student/RISD", "student/OPD"} & set(args.methods) and "teacher/GDSO" not in args.methods:
+        parser.error("--methods: student/RISD and student/OPD are distilled from teacher/GDSO: name it too")
     table: dict = {}
     ceiling = None
     for seed in args.seeds:
         for size, name, script, extra in methods(out, seed):
+            if args.methods and f"{size}/{name}" not in args.methods:
+                continue
             run_dir = out / folder(size, name, seed)
-            res = run_once(ROOT / script, [*common, "--steps", str(steps[size]), "--seed", str(seed),
-                                            "--preset", size, *extra], run_dir)
+            n_steps = ["--steps", str(steps[size])] if steps[size] else []
+            res = run_once(ROOT / script, [*common, *n_steps, "--seed", str(seed), "--preset", size, *extra],
+                           run_dir)
             table.setdefault((size, name), {})[seed] = run_dir / "eval_final.json"
             if name == "GDSO":
                 table.setdefault((size, "zero-shot"), {})[seed] = run_dir / "eval_start.json"

@@ -191,7 +191,7 @@ class TrainConfig(RunConfig):
     data_root: str = arg("", "the AGIQA-3K folder ('': the default search)")
     dimensions: list[str] = arg(help="rubric dimensions to train and evaluate, comma-separated",
                                 factory=lambda: ["alignment", "realism", "aesthetics", "plausibility"])
-    train_prompts: int = arg(48, "synthetic: prompts in the training set")
+    train_prompts: int = arg(192, "synthetic: prompts in the training set")
     eval_prompts: int = arg(48, "synthetic: held-out prompts")
     eval_seed: int = arg(1000, "synthetic: the seed of the held-out set and its evaluation sampling; fixed, so "
                                "that runs of several seeds are scored on the same images")
@@ -200,6 +200,7 @@ class TrainConfig(RunConfig):
     eval_limit: int = arg(0, "at most this many evaluation records per dimension, whole prompts at a time (0: all)")
     eval_batch_size: int = arg(16, "records per evaluation call")
     # optimisation
+    steps: int = arg(120, "optimisation steps")
     batch_size: int = arg(4, "prompts per step (each with its candidates): the global batch, split over processes "
                              "(uneven shards allowed)")
     sampling: SamplingConfig = arg(help="reasoning sampling (see SamplingConfig)", factory=SamplingConfig)
