@@ -85,3 +85,16 @@ def test_opd_samples_as_the_teacher_and_scores_with_the_teachers_temperature(tmp
     picked = torch.tensor([bin_of[int(t)] for t in after.sequences[:, -1]])
     torch.testing.assert_close(after.behaviour_logprobs[:, -1].double(), log_q_t.gather(1, picked[:, None]).squeeze(1),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_a_sweep_reuses_a_distilled_run_whose_sampling_came_from_the_teacher(tmp_path, teacher):
+    """The cap and temperature filled from the teacher's record are recorded as resolved from the 0s given, so the
+    same arguments match the finished run (a sweep reuses it), while another cap does not."""
+    from zrcore.training.sweep import stale_reason
+
+    args = TINY + ["--teacher", teacher]
+    RISDTrainer(parse_config(RISDConfig, args + ["--output_dir", str(tmp_path)]))
+    recorded = yaml.safe_load((tmp_path / "run_config.yaml").read_text())["sampling"]
+    assert (recorded["max_reasoning_tokens"], recorded["temperature"]) == (5, 0.6)
+    assert stale_reason(args, tmp_path) is None
+    assert "max_reasoning_tokens" in stale_reason(args + ["--sampling.max_reasoning_tokens", "3"], tmp_path)

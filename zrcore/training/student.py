@@ -71,17 +71,20 @@ def recorded_sampling(path: str) -> dict:
     return dict(yaml.safe_load(found.read_text()) or {}) if found is not None else {}
 
 
-def take_teacher_sampling(cfg) -> dict:
+def take_teacher_sampling(cfg) -> tuple[dict, dict]:
     """Fills the fields of ``cfg.sampling`` left to the teacher (0) with the teacher checkpoint's recorded values:
     ``max_reasoning_tokens`` (left 0 when the teacher has none: the Trainer puts the longest description) and
-    ``temperature`` (1 when the teacher has none). Fields set in the run are kept. Returns the teacher's record."""
+    ``temperature`` (1 when the teacher has none). Fields set in the run are kept. Returns (the teacher's record,
+    the filled fields as given: flat field -> 0, for ``TrainLoop.config_resolved``)."""
     own = recorded_sampling(cfg.teacher)
-    s = cfg.sampling
+    s, given = cfg.sampling, {}
     if s.max_reasoning_tokens == 0 and own.get("max_reasoning_tokens"):
         s.max_reasoning_tokens = int(own["max_reasoning_tokens"])
+        given["sampling.max_reasoning_tokens"] = 0
     if s.temperature == 0:
         s.temperature = float(own.get("temperature") or 1.0)
-    return own
+        given["sampling.temperature"] = 0.0
+    return own, given
 
 
 class _DistilledTrainer(_StudentTrainer):
@@ -89,8 +92,10 @@ class _DistilledTrainer(_StudentTrainer):
     where the run leaves it (``take_teacher_sampling``, before the run records its settings)."""
 
     def __init__(self, cfg, model=None, data=None):
-        self.teacher_sampling = take_teacher_sampling(cfg)
+        self.teacher_sampling, given = take_teacher_sampling(cfg)
         super().__init__(cfg, model, data)
+        if given:  # the record keeps the 0s as given, so that the same command (or a sweep's) still matches it
+            self.config_resolved(given)
         if self.main:
             s = cfg.sampling
             log.info(f"{self.name}: sampling with max_reasoning_tokens={s.max_reasoning_tokens}, temperature="
