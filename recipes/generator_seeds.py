@@ -14,10 +14,11 @@ the interval covers 0) and ``val_reward.png`` (the change from the start, one ba
 of the same validation images under that model, which the generator never trained on: a rise under the trained-on
 reward alone is reward hacking.
 
-The interval is a bootstrap over the seeds only (``zrcore.bootstrap.mean_bootstrap`` of the seeds' rises): a
-generator run logs the mean reward of its validation images, not each prompt's, so the validation prompts cannot be
-resampled. With 3 seeds or fewer the 95% percentile interval is the range of the seeds' rises (S draws that all
-pick the same seed have probability S^-S >= 1/27 > 2.5%): "rises" then means that every seed rose.
+The interval is a bootstrap over the validation prompts and the seeds (``zrcore.bootstrap.mean_bootstrap`` of each
+run's per-prompt rise, from its ``eval_start.json`` and ``eval_final.json``; the prompts are the same in every run,
+so they are paired). Runs without those files (made before they were written) give an interval over the seeds only:
+with 3 seeds or fewer that is the range of the seeds' rises (S draws that all pick the same seed have probability
+S^-S >= 1/27 > 2.5%), so "rises" then means that every seed rose.
 """
 
 import argparse
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output_dir)
     held = ["--held_out_reward_model", args.held_out_reward_model] if args.held_out_reward_model else []
     curves: dict[tuple[str, float], list] = {}
+    prompt_rises: dict[tuple[str, float], list] = {}
     for kappa in args.kappas:
         for seed in args.seeds:
             run_dir = out / f"kappa{kappa:g}-s{seed}"
@@ -60,17 +62,20 @@ def main(argv: list[str] | None = None) -> None:
                         "--kappa", str(kappa), *held, *args.extra]
             run_once(ROOT / "train_generator.py", run_args, run_dir, rerun_changed=args.rerun_changed)
             curves.setdefault(("trained-on", kappa), []).append(curve(run_dir))
+            prompt_rises.setdefault(("trained-on", kappa), []).append(per_prompt_rise(run_dir, "reward"))
             if held:
                 curves.setdefault(("held-out", kappa), []).append(curve(run_dir, "val/held_out/reward"))
+                prompt_rises.setdefault(("held-out", kappa), []).append(per_prompt_rise(run_dir, "held_out"))
     lines = ["| reward model | kappa | seeds | val reward start | val reward end | rise | rise 95% interval (bootstrap "
-             "over the seeds only: no per-prompt rewards are logged) | verdict |",
+             "over validation prompts and seeds; * seeds only) | verdict |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for (which, kappa), runs in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0] != "trained-on")):
         start = mean_std([r[1][0] for r in runs])
         end = mean_std([r[1][-1] for r in runs])
         rises = [r[1][-1] - r[1][0] for r in runs]
         rise = mean_std(rises)
-        interval, verdict = rise_interval(rises)
+        per_prompt = prompt_rises[(which, kappa)]
+        interval, verdict = rise_interval(per_prompt if all(p is not None for p in per_prompt) else rises)
         lines.append(f"| {which} | {kappa:g} | {len(runs)} | {start[0]:.4f} ± {start[1]:.4f} | {end[0]:.4f} ± "
                      f"{end[1]:.4f} | {rise[0]:+.4f} ± {rise[1]:.4f} | {interval} | {verdict} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
@@ -78,14 +83,28 @@ def main(argv: list[str] | None = None) -> None:
     print((out / "table.md").read_text())
 
 
-def rise_interval(rises: list[float]) -> tuple[str, str]:
-    """The 95% interval of the mean rise over the seeds (bootstrap over the seeds, B = 2000, seed 0) and its
-    verdict: "rises" (above 0), "falls" (below 0) or "inconclusive" (it covers 0, or a single seed)."""
+def per_prompt_rise(run_dir: Path, key: str) -> list[float] | None:
+    """The run's rise per validation prompt (its eval_final.json minus its eval_start.json, ``key``: "reward" or
+    "held_out"), None when the run did not write them."""
+    files = [run_dir / f"eval_{name}.json" for name in ("start", "final")]
+    if not all(f.exists() for f in files):
+        return None
+    start, final = (json.loads(f.read_text())[key] for f in files)
+    if start is None or final is None or len(start) != len(final):
+        return None
+    return [b - a for a, b in zip(start, final)]
+
+
+def rise_interval(rises: list) -> tuple[str, str]:
+    """The 95% interval of the mean rise (B = 2000, seed 0) and its verdict: "rises" (above 0), "falls" (below 0)
+    or "inconclusive" (it covers 0, or a single seed). ``rises``: per seed, a list of per-prompt rises (the
+    bootstrap resamples the prompts and the seeds) or one number (the seeds only: the interval is marked *)."""
     if len(rises) < 2:
         return "-", "inconclusive (one seed)"
     iv = bootstrap.mean_bootstrap(rises, n_boot=2000, seed=0)
     verdict = "rises" if iv.low > 0 else "falls" if iv.high < 0 else "inconclusive"
-    return f"[{iv.low:+.4f}, {iv.high:+.4f}]", verdict
+    mark = "" if isinstance(rises[0], list) else "*"
+    return f"[{iv.low:+.4f}, {iv.high:+.4f}]{mark}", verdict
 
 
 def plot(curves: dict, path: Path) -> None:

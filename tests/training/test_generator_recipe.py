@@ -108,9 +108,42 @@ def test_generator_seed_study_tabulates_the_runs_it_made(tmp_path):
             rows = [json.loads(x) for x in (out / f"kappa{kappa}-s{seed}" / "metrics.jsonl").read_text().splitlines()]
             vals = [r["val/reward"] for r in rows if "val/reward" in r]
             rises.append(vals[-1] - vals[0])
+            for name, logged in (("start", vals[0]), ("final", vals[-1])):  # the per-prompt rewards behind the log
+                per_prompt = json.loads((out / f"kappa{kappa}-s{seed}" / f"eval_{name}.json").read_text())["reward"]
+                assert statistics.mean(per_prompt) == pytest.approx(logged, abs=1e-6)
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:3] == ["trained-on", str(kappa), "2"]
         assert cells[5] == f"{statistics.mean(rises):+.4f} ± {statistics.stdev(rises):.4f}"
+        assert not cells[6].endswith("*")  # resampled over the prompts too, not the seeds only
+
+
+def test_the_rise_interval_resamples_prompts_where_runs_wrote_them(tmp_path):
+    """generator_seeds: per-prompt rises from eval_start / eval_final; the interval over prompts and seeds of a
+    clear rise excludes 0, runs without the files fall back to the seeds (marked *)."""
+    import importlib.util
+
+    from tests.training.runs import ROOT
+
+    spec = importlib.util.spec_from_file_location("generator_seeds", ROOT / "recipes" / "generator_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    g = torch.Generator().manual_seed(0)
+    runs = []
+    for s in range(3):
+        run = tmp_path / f"s{s}"
+        run.mkdir()
+        start = torch.rand(8, generator=g)
+        final = start + 0.1 + 0.01 * torch.randn(8, generator=g)
+        for name, v in (("start", start), ("final", final)):
+            (run / f"eval_{name}.json").write_text(json.dumps({"reward": v.tolist(), "held_out": None}))
+        runs.append(run)
+    rises = [seeds.per_prompt_rise(r, "reward") for r in runs]
+    assert all(len(r) == 8 for r in rises) and seeds.per_prompt_rise(runs[0], "held_out") is None
+    interval, verdict = seeds.rise_interval(rises)
+    low, high = (float(x) for x in interval.strip("[]").split(","))
+    assert verdict == "rises" and 0.08 < low < 0.1 < high < 0.12
+    assert seeds.per_prompt_rise(tmp_path, "reward") is None
+    assert seeds.rise_interval([0.1, 0.2, 0.15])[0].endswith("*")
 
 
 def test_validation_prompts_and_noise_do_not_depend_on_the_run_seed(tmp_path):

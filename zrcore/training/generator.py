@@ -140,6 +140,10 @@ class GeneratorTrainer(TrainLoop):
                 row[f"val/held_out/{d}"] = float(columns[f"held_out/{d}"].mean())
         if name in ("start", "final"):
             self.extra_tensors[f"{'before' if name == 'start' else 'after'}_images"] = columns["images"]
+            if self.main:  # per validation prompt, in their fixed order: the rise can be resampled by prompt
+                per_prompt = {"reward": columns["reward"].tolist(),
+                              "held_out": columns["held_out"].tolist() if self.held_out is not None else None}
+                (self.out / f"eval_{name}.json").write_text(json.dumps(per_prompt))
         return row
 
     def log_row(self, result: dict) -> dict:
