@@ -1,5 +1,5 @@
 """The paper's comparisons in miniature (Tables 2 and 3): every method from the same pretrained start, over several
-seeds, then mean and std of the metrics per method, on the synthetic rubric set or on AGIQA-3K.
+seeds, then the mean of the metrics per method with intervals, on the synthetic rubric set or on AGIQA-3K.
 
     python recipes/paper_table.py --data synthetic --output_dir runs/paper_synthetic --seeds 0 1 2
     python recipes/paper_table.py --data agiqa --output_dir runs/paper_agiqa --seeds 0 1 2 --extra --eval_limit 150
@@ -8,8 +8,9 @@ Teacher size (the tiny ``teacher`` preset): zero-shot (the GDSO run's start), SF
 reward, GDSO with the parsed-text reward, GDSO without the pairwise terms (lambda_pw = alpha_pw = 0), GDSO. Student
 size (``student`` preset), all at ``--student_steps``: SFT, RISD and OPD, both distilled from the GDSO teacher of
 the same seed. Every row trains on the same data and steps with the same one-hot target; the held-out set is fixed
-(``eval_seed``), so the seeds vary training only. Runs already finished (their results.json exists) are not
-repeated, so the command can be restarted.
+(``eval_seed``), so the seeds vary training only. ``--steps`` 0 (the default) runs every recipe at its own default
+steps (the main job's); ``--methods`` runs a subset of the rows. A finished run is reused when it was made with the
+same settings and code (``zrcore.training.sweep.run_once``), so the command can be restarted.
 
 Writes ``table.md``: per row the mean over the seeds of HPA and PLCC (the average over the dimensions) with a 95%
 interval, the other metrics as mean ± std over the seeds, HPA per dimension with its interval, the ceiling of a
