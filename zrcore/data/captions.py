@@ -19,9 +19,9 @@ It holds no score, no score label and no sentence of the rubric: the model learn
 judge. ``attributes`` gives the same content as classes (blur level, count, colour...), for the vision tower's
 warm-up.
 
-With ``contexts`` the request sits inside a random surrounding text (``context``: a system turn, neutral
-"Word: words" lines, the scene's own text-to-image prompt), so that the description follows the image whatever the
-user turn says. The rubric prompt of a reward model is such a text: the pretrained teacher, prompted with it,
+With ``contexts`` the request sits inside a random surrounding text (``context``: a system turn, lines of neutral
+words and of the descriptions' own words, the scene's own text-to-image prompt three times in four), so that the
+description follows the image whatever the user turn says, even when it names a defect, a colour or a shape. The rubric prompt of a reward model is such a text: the pretrained teacher, prompted with it,
 writes a description of the image as its reasoning (docs/RESULTS.md).
 
 The images come from ``SyntheticRubric`` at indices from ``PRETRAIN_OFFSET`` on, a range disjoint from the
@@ -47,9 +47,10 @@ from zrcore.data.synthetic import (
 )
 
 PRETRAIN_OFFSET = 1_000_000
-FORMAT_VERSION = 5  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
+FORMAT_VERSION = 6  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
 # first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question, 5: positions
-# before the objects, the blend clause, the verdict on a quoted prompt, clutter of 0 / 3 / 8 marks, the tokenizer)
+# before the objects, the blend clause, the verdict on a quoted prompt, clutter of 0 / 3 / 8 marks, the tokenizer;
+# 6: contexts with the descriptions' words and plain sentences, the prompt quoted three times in four)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -190,20 +191,30 @@ CONTEXT_WORDS = ("the a an of on in with and or is are this that here there pict
                  "object objects thing things shape shapes colour colours line lines left right top bottom middle "
                  "small large look see show shows drawn made please what where which text word words note "
                  "prompt asked request user page card example task answer given below above next").split()
+# the descriptions' own words, also drawn into the context, so that a description does not change when the text
+# around it happens to name a defect, a position, a colour or a shape (a rubric prompt does)
+DESCRIPTION_WORDS = ("sharp slightly very blurred noisy clean some lot clutter centred off centre nothing float floats "
+                     "overlap blend blends stand stands out into background "
+                     + " ".join(COLOURS) + " " + " ".join(SHAPES) + " " + " ".join(NUMBER_WORDS[1:])).split()
+QUOTED_SHARE = 0.75  # how often the context quotes the scene's prompt (and the description ends in a verdict)
 
 
 def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str, bool]:
     """(system, instruction, whether it quotes the scene's prompt): a random context around the request to
     describe, so that a description follows the image whatever text surrounds it: a system turn half of the time,
-    zero to four lines "Word: words..." (one of them the scene's text-to-image prompt half of the time) before the
-    instruction, which itself is present half of the time. Drawn from the row's own generator: deterministic given
-    (seed, index, candidate)."""
+    zero to four lines, each "Word: words..." or a plain sentence, of neutral words and the descriptions' own words
+    (``CONTEXT_WORDS``, ``DESCRIPTION_WORDS``), then, ``QUOTED_SHARE`` of the time, the scene's text-to-image prompt
+    as a "Prompt: ..." line at a random place among them, and last the instruction half of the time (else the last
+    line is whatever came before). Drawn from the row's own generator: deterministic given (seed, index,
+    candidate)."""
     g = gen._gen(5, index, candidate)
     rand = lambda n: int(torch.randint(n, (1,), generator=g))
-    words = lambda lo, hi: " ".join(CONTEXT_WORDS[rand(len(CONTEXT_WORDS))] for _ in range(lo + rand(hi - lo + 1)))
+    vocab = CONTEXT_WORDS + DESCRIPTION_WORDS
+    words = lambda lo, hi: " ".join(vocab[rand(len(vocab))] for _ in range(lo + rand(hi - lo + 1)))
+    line = lambda: (words(1, 1).capitalize() + ": " + words(2, 16)) if rand(2) else (words(3, 14).capitalize() + ".")
     system = (words(4, 14).capitalize() + ".") if rand(2) else ""
-    lines = [words(1, 1).capitalize() + ": " + words(2, 16) for _ in range(rand(5))]
-    quoted = bool(rand(2))
+    lines = [line() for _ in range(rand(5))]
+    quoted = rand(1000) < 1000 * QUOTED_SHARE
     if quoted:
         lines.insert(rand(len(lines) + 1), f"Prompt: {scene.prompt}")
     if rand(2) or not lines:
