@@ -36,13 +36,14 @@ from zrcore.training.datasets import EVAL_OFFSET
 
 
 def split(n_train: int, n_eval: int, image_size: int) -> tuple[list, list, list]:
-    """(training, held-out) records of the main job's synthetic split, and realism records of the first ``n_eval``
-    scenes the pretraining stage describes (its own training images), each with its true description in meta."""
+    """(training, held-out) records of the main job's synthetic split, and records of the first ``n_eval`` scenes
+    the pretraining stage describes (its own training images), each with its true description in meta; every image
+    under every dimension's rubric prompt, so that the held-out and the pretraining images compare prompt for
+    prompt."""
     gen = SyntheticRubric(seed=0, image_size=image_size)
     out = []
-    for start, n, dims in ((0, n_train, DIMENSIONS), (EVAL_OFFSET, n_eval, DIMENSIONS),
-                           (PRETRAIN_OFFSET, n_eval, ("realism",))):
-        records = gen.records(n, 4, dimensions=dims, start=start)
+    for start, n in ((0, n_train), (EVAL_OFFSET, n_eval), (PRETRAIN_OFFSET, n_eval)):
+        records = gen.records(n, 4, dimensions=DIMENSIONS, start=start)
         for r in records:
             scene, d, _ = gen.candidate(r.meta["index"], r.meta["candidate"])
             r.meta["clauses"] = clauses(scene, d, quoted=True)  # the rubric prompt quotes the prompt
@@ -64,16 +65,21 @@ def own_descriptions(rm, records: list, max_tokens: int, batch: int = 64) -> lis
 
 
 def clause_accuracy(records: list, texts: list[str]) -> str:
-    """How often each clause of the true description appears word for word in the written one, beside the share
-    of its most common value (what a model that ignores the image would get)."""
-    images = {(r.meta["index"], r.meta["candidate"]): (r.meta["clauses"], t) for r, t in zip(records, texts)}
+    """How often each clause of the true description appears word for word in the written one (over every record:
+    each image under each dimension's rubric prompt), beside the share of its most common value (what a model that
+    ignores the image would get); then the share of the clauses right under each dimension's prompt."""
+    rows = [(r.dimension, r.meta["clauses"], t) for r, t in zip(records, texts)]
     parts = []
-    for key in next(iter(images.values()))[0]:
-        truths = [c[key] for c, _ in images.values()]
-        hit = sum(c[key] in t for c, t in images.values()) / len(images)
+    for key in rows[0][1]:
+        truths = [c[key] for _, c, _ in rows]
+        hit = sum(c[key] in t for _, c, t in rows) / len(rows)
         majority = max(truths.count(v) for v in set(truths)) / len(truths)
         parts.append(f"{key} {hit:.2f} (majority {majority:.2f})")
-    return ", ".join(parts)
+    per_prompt = []
+    for dim in sorted({d for d, _, _ in rows}):
+        mine = [(c, t) for d, c, t in rows if d == dim]
+        per_prompt.append(f"{dim} {sum(v in t for c, t in mine for v in c.values()) / sum(len(c) for c, _ in mine):.2f}")
+    return ", ".join(parts) + "; all clauses under each rubric prompt: " + ", ".join(per_prompt)
 
 
 def distribution(rm, records: list, reasonings: list[str] | None):
