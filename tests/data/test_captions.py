@@ -75,7 +75,7 @@ def test_contexts_vary_and_never_judge():
         said = clauses(scene, d, quoted)
         assert c.text == " ".join(said.values()) and ("verdict" in said) == quoted, (c.instruction, c.text)
         assert c.text.replace(" " + verdict(scene, d), "") == p.text
-    assert 0.6 < sum("as asked" in r.text for r in ctx) / len(ctx) < 0.9  # QUOTED_SHARE of them
+    assert 0.6 < sum("asked for" in r.text for r in ctx) / len(ctx) < 0.9  # QUOTED_SHARE of them
     assert {r.instruction for r in plain} == {INSTRUCTION} and {r.system for r in plain} == {""}
     assert len({r.instruction for r in ctx}) > 100 and len({r.system for r in ctx}) > 50
     assert 0.3 < sum(r.system == "" for r in ctx) / len(ctx) < 0.7
@@ -97,11 +97,11 @@ def test_description_follows_what_was_drawn():
     assert describe(scene, drawn) == ("very blurred. clean. some clutter. off centre. one floats. two overlap. three "
                                       "blue squares on a white background. they stand out.")
     assert describe(scene, drawn, quoted=True).endswith(
-        " three blue squares on a white background. asked for two red circles: not as asked: count, colour, shape. "
-        "they stand out.")
+        " three blue squares on a white background. asked for two red circles: count differs, colour differs, "
+        "shape differs. they stand out.")
     assert describe(Scene(1, "circle", "green", "gray"), Defects("green", "circle", 1), quoted=True) == (
         "sharp. clean. no clutter. centred. nothing floats. one green circle on a gray background. asked for one "
-        "green circle: as asked. it blends into the background.")
+        "green circle: count same, colour same, shape same. it blends into the background.")
 
 
 def test_verdict_names_exactly_what_differs_from_the_prompt():
@@ -110,11 +110,10 @@ def test_verdict_names_exactly_what_differs_from_the_prompt():
     for count in (2, 3):
         for colour in ("red", "blue"):
             for shape in ("circle", "square"):
-                wrong = [n for n, bad in (("count", count != 2), ("colour", colour != "red"),
-                                          ("shape", shape != "circle")) if bad]
+                word = lambda differs: "differs" if differs else "same"
                 said = verdict(scene, Defects(colour, shape, count))
-                assert said == "asked for two red circles: " + (
-                    "not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
+                assert said == (f"asked for two red circles: count {word(count != 2)}, colour {word(colour != 'red')}, "
+                                f"shape {word(shape != 'circle')}.")
 
 
 def _luma(pixels) -> float:
@@ -198,9 +197,9 @@ def test_the_reasoning_cap_fits_every_description():
     first = lambda text: len(_encode(tok, text))  # the first clause opens the turn: no space before it
     longest_levels = [max(options, key=n_tokens if i else first) for i, options in enumerate(LEVELS.values())]
     centre = max(("centred.", "off centre."), key=n_tokens)
-    verdicts = [verdict(Scene(n, s, c, "white"), Defects(c2, s2, 3 - n if n < 3 else 1))
+    verdicts = [verdict(Scene(n, s, c, "white"), Defects(c2, s2, n2))
                 for n in range(1, len(NUMBER_WORDS)) for s in SHAPES for c in COLOURS
-                for c2 in COLOURS for s2 in SHAPES]
+                for c2 in COLOURS for s2 in SHAPES for n2 in (n, 3 - n if n < 3 else 1)]
     longest_verdict = max(verdicts, key=n_tokens)
     longest = 0
     for count in range(1, len(NUMBER_WORDS)):

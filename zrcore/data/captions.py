@@ -4,12 +4,13 @@ A description names what was drawn and how it looks, never how good it is (and s
 of it, answered with that part alone, so that the first answer position learns to read the image):
 
     "slightly blurred. clean. some clutter. off centre. one floats. two overlap. two red circles on a gray
-     background. asked for three red circles: not as asked: count. they blend into the background."
+     background. asked for three red circles: count differs, colour same, shape same. they blend into the
+     background."
 
 the visible defects (blur, noise and clutter levels) first, then the position (centred or off centre, how many
 objects float above the ground line, whether two overlap), then the objects (count, colour, shape as rendered, not
 as asked) and background, and, when the surrounding text quotes the scene's text-to-image prompt, a verdict on it:
-the asked objects copied, then "as asked." or "not as asked:" with what differs (count, colour, shape); last,
+the asked objects copied, then "same" or "differs" for each of count, colour and shape; last,
 whether the objects blend into the background (``zrcore.data.synthetic.blends``: low luma contrast). Everything the
 pixels alone decide comes first, because a clause late in the text is mostly predicted from the words before it:
 placed last, defects and positions were not learned from the pixels (docs/RESULTS.md). The verdict follows the
@@ -50,7 +51,8 @@ PRETRAIN_OFFSET = 1_000_000
 FORMAT_VERSION = 6  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
 # first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question, 5: positions
 # before the objects, the blend clause, the verdict on a quoted prompt, clutter of 0 / 3 / 8 marks, the tokenizer;
-# 6: contexts with the descriptions' words and plain sentences, the prompt quoted three times in four)
+# 6: contexts with the descriptions' words and plain sentences, the prompt quoted three times in four, the
+# verdict per attribute)
 INSTRUCTION = "Describe the image."
 LEVELS = {
     "blur": ("sharp.", "slightly blurred.", "very blurred."),
@@ -60,15 +62,15 @@ LEVELS = {
 
 
 def verdict(scene: Scene, d: Defects) -> str:
-    """Whether candidate ``d`` shows ``scene``'s prompt: the asked objects copied from the prompt, then "as asked."
-    or "not as asked: " and what differs, among count, colour and shape, in that order:
-    "asked for two red circles: not as asked: count." The copy puts each asked word at a fixed distance from the
-    drawn word of the objects clause just before it, so that the comparison is local."""
-    wrong = [name for name, asked, drawn in (("count", scene.count, d.count), ("colour", scene.colour, d.colour),
-                                             ("shape", scene.shape, d.shape)) if asked != drawn]
+    """Whether candidate ``d`` shows ``scene``'s prompt: the asked objects copied from the prompt, then each of
+    count, colour and shape, in that order, with "same" or "differs":
+    "asked for two red circles: count differs, colour same, shape same." The copy puts each asked word at a fixed
+    distance from the drawn word of the objects clause just before it, and each comparison is named before its
+    answer, so that every answer compares one pair of words."""
     plural = "s" if scene.count > 1 else ""
     asked = f"asked for {NUMBER_WORDS[scene.count]} {scene.colour} {scene.shape}{plural}: "
-    return asked + ("not as asked: " + ", ".join(wrong) + "." if wrong else "as asked.")
+    return asked + ", ".join(f"{name} {'same' if a == b else 'differs'}" for name, a, b in (
+        ("count", scene.count, d.count), ("colour", scene.colour, d.colour), ("shape", scene.shape, d.shape))) + "."
 
 
 def clauses(scene: Scene, d: Defects, quoted: bool = False) -> dict[str, str]:
@@ -150,10 +152,12 @@ def description_token_limit(tokenizer) -> int:
     for key, levels in LEVELS.items():
         options[key] = set(levels)
     options["centre"] = {"centred.", "off centre."}
-    others = lambda seq, x: [y for y in seq if y != x][0]
+    other = lambda seq, x, differs: [y for y in seq if (y != x) == differs][0]
     verdicts = [verdict(Scene(count, shape, colour, "white"),
-                        Defects(others(COLOURS, colour), others(SHAPES, shape), others((1, 2), count)))
-                for count in range(1, len(NUMBER_WORDS)) for shape in SHAPES for colour in COLOURS]
+                        Defects(other(COLOURS, colour, dc), other(SHAPES, shape, ds),
+                                other(range(1, len(NUMBER_WORDS)), count, dn)))
+                for count in range(1, len(NUMBER_WORDS)) for shape in SHAPES for colour in COLOURS
+                for dn in (False, True) for dc in (False, True) for ds in (False, True)]
     first = next(iter(clauses(Scene(1, SHAPES[0], "red", "white"), Defects("red", SHAPES[0], 1))))
     return (sum(longest(texts, space=key != first) for key, texts in options.items()) + longest(verdicts)
             + 1)
