@@ -22,8 +22,9 @@ warm-up.
 
 With ``contexts`` the request sits inside a random surrounding text (``context``: a system turn, lines of neutral
 words and of the descriptions' own words, the scene's own text-to-image prompt three times in four), so that the
-description follows the image whatever the user turn says, even when it names a defect, a colour or a shape. The rubric prompt of a reward model is such a text: the pretrained teacher, prompted with it,
-writes a description of the image as its reasoning (docs/RESULTS.md).
+description follows the image whatever the user turn says, even when it names a defect, a colour or a shape. The
+rubric prompt of a reward model is such a text: the pretrained teacher, prompted with it, writes a description of
+the image as its reasoning (docs/RESULTS.md).
 
 The images come from ``SyntheticRubric`` at indices from ``PRETRAIN_OFFSET`` on, a range disjoint from the
 training prompts (from 0) and the held-out ones (from ``zrcore.training.datasets.EVAL_OFFSET``).

@@ -115,6 +115,18 @@ def _side_file(path: str | Path, name: str) -> Path | None:
         return None
 
 
+def recorded_sampling(path: str | Path) -> dict:
+    """How the checkpoint at ``path`` (a folder or a hub id) was trained to sample, from its zrcore_sampling.yaml
+    (``samples``, ``max_reasoning_tokens``, ``temperature``, as training wrote them); {} when it has none. What
+    ``RewardModel.from_pretrained`` puts in ``RewardModel.sampling``."""
+    found = _side_file(_checkpoint_path(path), "zrcore_sampling.yaml")
+    if found is None:
+        return {}
+    import yaml
+
+    return dict(yaml.safe_load(found.read_text()) or {})
+
+
 def _load_model(auto_cls, path, torch_dtype, kwargs: dict):
     """The transformers model of ``path``; missing or unexpected tensors, mismatched shapes and a model type
     without an image-text-to-text class are one-line errors."""
@@ -280,11 +292,7 @@ class RewardModel(torch.nn.Module):
             spec = yaml.safe_load(bins_file.read_text())
             bins = ScoreBins(spec["values"], spec["labels"])
         rm = cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
-        sampling_file = _side_file(path, "zrcore_sampling.yaml")
-        if sampling_file is not None:
-            import yaml
-
-            rm.sampling = dict(yaml.safe_load(sampling_file.read_text()) or {})
+        rm.sampling = recorded_sampling(path) or rm.sampling
         return rm
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:

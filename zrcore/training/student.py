@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 
 import torch
-import yaml
 
 from zrcore import losses
+from zrcore.models import recorded_sampling
 from zrcore.models.rollout import append_sampled_scores, judge_groups, rollouts_of
 from zrcore.seeding import score_token_seed
 from zrcore.training.trainer import Trainer, build_reward_model
@@ -62,21 +62,12 @@ def check_teacher_path(path: str) -> str:
     return path
 
 
-def recorded_sampling(path: str) -> dict:
-    """How the checkpoint at ``path`` was trained to sample (its zrcore_sampling.yaml, as ``RewardModel.sampling``
-    reads it: ``samples``, ``max_reasoning_tokens``, ``temperature``); {} when it has none."""
-    from zrcore.models.reward_model import _checkpoint_path, _side_file
-
-    found = _side_file(_checkpoint_path(check_teacher_path(path)), "zrcore_sampling.yaml")
-    return dict(yaml.safe_load(found.read_text()) or {}) if found is not None else {}
-
-
 def take_teacher_sampling(cfg) -> tuple[dict, dict]:
     """Fills the fields of ``cfg.sampling`` left to the teacher (0) with the teacher checkpoint's recorded values:
     ``max_reasoning_tokens`` (left 0 when the teacher has none: the Trainer puts the longest description) and
     ``temperature`` (1 when the teacher has none). Fields set in the run are kept. Returns (the teacher's record,
     the filled fields as given: flat field -> 0, for ``TrainLoop.config_resolved``)."""
-    own = recorded_sampling(cfg.teacher)
+    own = recorded_sampling(check_teacher_path(cfg.teacher))
     s, given = cfg.sampling, {}
     if s.max_reasoning_tokens == 0 and own.get("max_reasoning_tokens"):
         s.max_reasoning_tokens = int(own["max_reasoning_tokens"])
