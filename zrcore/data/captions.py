@@ -74,10 +74,9 @@ def verdict(scene: Scene, d: Defects) -> str:
         ("count", scene.count, d.count), ("colour", scene.colour, d.colour), ("shape", scene.shape, d.shape))) + "."
 
 
-def clauses(scene: Scene, d: Defects, quoted: bool = False, asked: Scene | None = None) -> dict[str, str]:
+def clauses(scene: Scene, d: Defects, quoted: bool = False) -> dict[str, str]:
     """The parts of the description of candidate ``d`` rendered for ``scene`` (see the module docstring); with
-    ``quoted`` (the surrounding text quotes a prompt) the verdict too, on ``asked``'s prompt (the quoted one; by
-    default the scene's own)."""
+    ``quoted`` (the surrounding text quotes the scene's prompt) the verdict too."""
     plural = "s" if d.count > 1 else ""
     floating = "nothing floats." if d.floating == 0 else \
         f"{NUMBER_WORDS[d.floating]} {'floats' if d.floating == 1 else 'float'}."
@@ -91,7 +90,7 @@ def clauses(scene: Scene, d: Defects, quoted: bool = False, asked: Scene | None 
         "objects": f"{NUMBER_WORDS[d.count]} {d.colour} {d.shape}{plural} on a {scene.background} background.",
     }
     if quoted:  # right after the objects clause it compares with
-        out["verdict"] = verdict(asked or scene, d)
+        out["verdict"] = verdict(scene, d)
     out["blend"] = f"{they} into the background." if blends(d.colour, scene.background) else \
         ("they stand out." if d.count > 1 else "it stands out.")
     return out
@@ -113,10 +112,10 @@ def attributes(scene: Scene, d: Defects) -> tuple[int, ...]:
     return tuple(values[k] for k in ATTRIBUTES)
 
 
-def describe(scene: Scene, d: Defects, quoted: bool = False, asked: Scene | None = None) -> str:
+def describe(scene: Scene, d: Defects, quoted: bool = False) -> str:
     """The description of candidate ``d`` rendered for ``scene``: its clauses in order (with ``quoted``, the
-    verdict on the quoted prompt, ``asked``'s or the scene's own, after the objects clause)."""
-    return " ".join(clauses(scene, d, quoted, asked).values())
+    verdict on the quoted prompt last)."""
+    return " ".join(clauses(scene, d, quoted).values())
 
 
 def match_question(scene: Scene, d: Defects) -> tuple[str, str]:
@@ -202,37 +201,30 @@ CONTEXT_WORDS = ("the a an of on in with and or is are this that here there pict
 DESCRIPTION_WORDS = ("sharp slightly very blurred noisy clean some lot clutter centred off centre nothing float floats "
                      "overlap blend blends stand stands out into background "
                      + " ".join(COLOURS) + " " + " ".join(SHAPES) + " " + " ".join(NUMBER_WORDS[1:])).split()
-QUOTED_SHARE = 0.75  # how often the context quotes a prompt (and the description has a verdict on it)
-OTHER_PROMPT_SHARE = 0.5  # of those, how often the quoted prompt is another one than the scene's
+QUOTED_SHARE = 0.75  # how often the context quotes the scene's prompt (and the description ends in a verdict)
 
 
-def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str, Scene | None]:
-    """(system, instruction, the scene whose prompt it quotes or None): a random context around the request to
+def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str, bool]:
+    """(system, instruction, whether it quotes the scene's prompt): a random context around the request to
     describe, so that a description follows the image whatever text surrounds it: a system turn half of the time,
     zero to four lines, each "Word: words..." or a plain sentence, of neutral words and the descriptions' own words
-    (``CONTEXT_WORDS``, ``DESCRIPTION_WORDS``), then, ``QUOTED_SHARE`` of the time, a text-to-image prompt as a
-    "Prompt: ..." line at a random place among them, and last the instruction half of the time (else the last line
-    is whatever came before). The quoted prompt is the scene's own, or (``OTHER_PROMPT_SHARE`` of the quotes) one
-    with count, colour and shape drawn anew: then the drawn objects seldom match it, so that the verdict can only be
-    learned by reading the prompt, not by copying the objects just written (which match the scene's own prompt most
-    of the time). Drawn from the row's own generator: deterministic given (seed, index, candidate)."""
+    (``CONTEXT_WORDS``, ``DESCRIPTION_WORDS``), then, ``QUOTED_SHARE`` of the time, the scene's text-to-image prompt
+    as a "Prompt: ..." line at a random place among them, and last the instruction half of the time (else the last
+    line is whatever came before). Drawn from the row's own generator: deterministic given (seed, index,
+    candidate)."""
     g = gen._gen(5, index, candidate)
     rand = lambda n: int(torch.randint(n, (1,), generator=g))
     vocab = CONTEXT_WORDS + DESCRIPTION_WORDS
     words = lambda lo, hi: " ".join(vocab[rand(len(vocab))] for _ in range(lo + rand(hi - lo + 1)))
-    heads = [w for w in vocab if w != "prompt"]  # "Prompt: ..." is the quote's line alone
-    line = lambda: ((heads[rand(len(heads))].capitalize() + ": " + words(2, 16)) if rand(2)
-                    else (words(3, 14).capitalize() + "."))
+    line = lambda: (words(1, 1).capitalize() + ": " + words(2, 16)) if rand(2) else (words(3, 14).capitalize() + ".")
     system = (words(4, 14).capitalize() + ".") if rand(2) else ""
     lines = [line() for _ in range(rand(5))]
-    asked = scene if rand(1000) < 1000 * QUOTED_SHARE else None
-    if asked is not None:
-        if rand(1000) < 1000 * OTHER_PROMPT_SHARE:
-            asked = Scene(1 + rand(3), SHAPES[rand(len(SHAPES))], tuple(COLOURS)[rand(len(COLOURS))], scene.background)
-        lines.insert(rand(len(lines) + 1), f"Prompt: {asked.prompt}")
+    quoted = rand(1000) < 1000 * QUOTED_SHARE
+    if quoted:
+        lines.insert(rand(len(lines) + 1), f"Prompt: {scene.prompt}")
     if rand(2) or not lines:
         lines.append(INSTRUCTION)
-    return system, "\n".join(lines), asked
+    return system, "\n".join(lines), quoted
 
 
 def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: int = PRETRAIN_OFFSET,
@@ -247,10 +239,9 @@ def captions(gen: SyntheticRubric, n_scenes: int, candidates: int = 4, start: in
     for index in range(start, start + n_scenes):
         for c in range(candidates):
             scene, d, image = gen.candidate(index, c)
-            system, instruction, asked = context(gen, scene, index, c) if contexts else ("", INSTRUCTION, None)
+            system, instruction, quoted = context(gen, scene, index, c) if contexts else ("", INSTRUCTION, False)
             labels = attributes(scene, d)
-            out.append(Caption(image, describe(scene, d, asked is not None, asked), index, c, instruction, system,
-                               labels))
+            out.append(Caption(image, describe(scene, d, quoted), index, c, instruction, system, labels))
             if with_questions:
                 out += [Caption(image, a, index, c, q, attributes=labels) for q, a in questions(scene, d)]
             elif match_questions:
