@@ -49,10 +49,10 @@ from zrcore.data.synthetic import (
 )
 
 PRETRAIN_OFFSET = 1_000_000
-FORMAT_VERSION = 6  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
+FORMAT_VERSION = 7  # part of the pretraining cache key: bumped whenever the texts or the images change (2: defects
 # first, 3: optional surrounding context, 4: visible clutter and overlap, the prompt-match question, 5: positions
 # before the objects, the blend clause, the verdict on a quoted prompt, clutter of 0 / 3 / 8 marks, the tokenizer;
-# 6: contexts with the descriptions' words and plain sentences, the prompt quoted three times in four, the
+# 6: contexts with the descriptions' words and plain sentences, the prompt quoted three times in four; 7: the
 # verdict per attribute)
 INSTRUCTION = "Describe the image."
 LEVELS = {
