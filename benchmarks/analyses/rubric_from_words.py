@@ -67,7 +67,8 @@ def own_descriptions(rm, records: list, max_tokens: int, batch: int = 64) -> lis
 def clause_accuracy(records: list, texts: list[str]) -> str:
     """How often each clause of the true description appears word for word in the written one (over every record:
     each image under each dimension's rubric prompt), beside the share of its most common value (what a model that
-    ignores the image would get); then the share of the clauses right under each dimension's prompt."""
+    ignores the image would get); then the share of the clauses right under each dimension's prompt, and each
+    clause's share under each prompt."""
     rows = [(r.dimension, r.meta["clauses"], t) for r, t in zip(records, texts)]
     parts = []
     for key in rows[0][1]:
@@ -75,11 +76,13 @@ def clause_accuracy(records: list, texts: list[str]) -> str:
         hit = sum(c[key] in t for _, c, t in rows) / len(rows)
         majority = max(truths.count(v) for v in set(truths)) / len(truths)
         parts.append(f"{key} {hit:.2f} (majority {majority:.2f})")
-    per_prompt = []
+    per_prompt, lines = [], []
     for dim in sorted({d for d, _, _ in rows}):
         mine = [(c, t) for d, c, t in rows if d == dim]
         per_prompt.append(f"{dim} {sum(v in t for c, t in mine for v in c.values()) / sum(len(c) for c, _ in mine):.2f}")
-    return ", ".join(parts) + "; all clauses under each rubric prompt: " + ", ".join(per_prompt)
+        lines.append(f"\n  under the {dim} prompt: " + ", ".join(
+            f"{key} {sum(c[key] in t for c, t in mine) / len(mine):.2f}" for key in rows[0][1]))
+    return ", ".join(parts) + "; all clauses under each rubric prompt: " + ", ".join(per_prompt) + "".join(lines)
 
 
 def distribution(rm, records: list, reasonings: list[str] | None):
