@@ -17,7 +17,8 @@ interval, the other metrics as mean ± std over the seeds, HPA per dimension wit
 model that knows the true scores, and the paper's orderings: the difference of the two rows' means with the 95%
 interval of a paired bootstrap over the held-out prompts and the seeds (``zrcore.bootstrap``; the rows' runs must
 score the same held-out records) and whether it holds, is reversed or is not resolved; RISD's closeness to its GDSO
-teacher as the interval of teacher - student against 0.03 HPA. The statistics come from each run's per-record
+teacher as the interval of teacher - student against 0.03 HPA (holds when its upper end is at most 0.03, fails
+when its lower end is above, else not shown). The statistics come from each run's per-record
 predictions (``eval_final.json``; the zero-shot row from the GDSO run's ``eval_start.json``). ``table.json`` keeps
 every seed's numbers per row and dimension and the intervals.
 """
@@ -175,14 +176,16 @@ def orderings(rows: dict) -> tuple[list[str], list[dict]]:
             close = bootstrap.closeness(runs_t, runs_s, bound=0.03, metric="hpa", **BOOT)
             iv = close.interval
             tokens = [mean_std([m["all"]["tokens"] for m in row["metrics"]])[0] for row in (risd, gdso)]
-            meaning = ("the student trails its teacher by at most 0.03 HPA at 97.5% one-sided confidence" if close.holds
-                       else "a gap above 0.03 HPA is not ruled out (nor shown)")
+            verdict, meaning = (
+                ("holds", "the student trails its teacher by at most 0.03 HPA at 97.5% one-sided confidence")
+                if close.holds else
+                ("fails", "the student trails its teacher by more than 0.03 HPA at 97.5% one-sided confidence")
+                if iv.low > 0.03 else ("not shown", "a gap above 0.03 HPA is not ruled out (nor shown)"))
             lines.append(f"- RISD within 0.03 HPA of its GDSO teacher: teacher - student {iv.estimate:+.3f} "
-                         f"[{iv.low:+.3f}, {iv.high:+.3f}] ({len(seeds)} seeds): "
-                         f"{'holds' if close.holds else 'not shown'}: {meaning} (tokens {tokens[0]:.1f} vs "
-                         f"{tokens[1]:.1f})")
+                         f"[{iv.low:+.3f}, {iv.high:+.3f}] ({len(seeds)} seeds): {verdict}: {meaning} (tokens "
+                         f"{tokens[0]:.1f} vs {tokens[1]:.1f})")
             found.append({"claim": "RISD within 0.03 HPA of its GDSO teacher", "metric": "hpa", "seeds": seeds,
-                          **close.to_dict()})
+                          **close.to_dict(), "verdict": verdict})
     return lines, found
 
 

@@ -126,6 +126,21 @@ def test_table_gives_each_row_its_seeds_mean_and_interval_and_judges_the_orderin
     assert found[("RISD within 0.03 HPA of its GDSO teacher", "hpa")]["holds"]
 
 
+def test_a_student_far_below_its_teacher_fails_the_closeness_claim(tmp_path):
+    """RISD at chance against a skilled teacher: the interval of the gap lies above 0.03 HPA, which the table says
+    (not merely "not shown")."""
+    table = fake_runs(tmp_path)
+    for seed, path in table[("student", "RISD")].items():
+        write_eval(path, 0.0, 100 * seed + 4)
+    paper_table.write_table(table, None, tmp_path, args_for(tmp_path))
+    line = next(x for x in (tmp_path / "table.md").read_text().splitlines()
+                if x.startswith("- RISD within 0.03 HPA of its GDSO teacher"))
+    assert ": fails: the student trails its teacher by more than 0.03 HPA" in line
+    found = json.loads((tmp_path / "table.json").read_text())["orderings"]
+    close = next(o for o in found if o["claim"] == "RISD within 0.03 HPA of its GDSO teacher")
+    assert close["interval"]["low"] > 0.03 and not close["holds"] and close["verdict"] == "fails"
+
+
 def test_table_refuses_runs_that_are_not_paired_or_missing(tmp_path):
     table = fake_runs(tmp_path, seeds=(0, 1))
     other = held_out()[:-1]  # one held-out record fewer
