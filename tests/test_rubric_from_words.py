@@ -2,12 +2,13 @@
 
 from benchmarks.analyses.rubric_from_words import clause_accuracy, split
 from zrcore.data.captions import PRETRAIN_OFFSET
+from zrcore.data.records import DIMENSIONS
 from zrcore.training.datasets import EVAL_OFFSET
 
 
 def _shares(report: str) -> dict[str, tuple[float, float]]:
     out = {}
-    for part in report.split(", "):
+    for part in report.split(";")[0].split(", "):
         key, hit, _, majority = part.split(" ")
         out[key] = (float(hit), float(majority.strip("()")))
     return out
@@ -17,7 +18,9 @@ def test_split_draws_training_held_out_and_pretraining_scenes():
     train, test, seen = split(2, 1, 56)
     assert {r.meta["index"] for r in train} == {0, 1}
     assert {r.meta["index"] for r in test} == {EVAL_OFFSET}
-    assert {r.meta["index"] for r in seen} == {PRETRAIN_OFFSET} and {r.dimension for r in seen} == {"realism"}
+    assert {r.meta["index"] for r in seen} == {PRETRAIN_OFFSET}
+    for part in (train, test, seen):  # every image under every dimension's rubric prompt
+        assert {(r.meta["candidate"], r.dimension) for r in part} == {(c, d) for c in range(4) for d in DIMENSIONS}
     for r in train + test + seen:
         assert r.meta["description"] == " ".join(r.meta["clauses"].values())
 
@@ -37,6 +40,21 @@ def test_clause_accuracy_counts_each_clause_against_its_majority():
     one = _shares(clause_accuracy(test, [first for _ in test]))
     share = sum(c["centre"] == first for c in images.values()) / len(images)
     assert abs(one["centre"][0] - share) < 0.006
+
+
+def test_clause_accuracy_reports_each_rubric_prompt_apart():
+    """A text right only under the alignment prompt: every clause right there, none under the others."""
+    _, test, _ = split(1, 1, 56)
+    report = clause_accuracy(test, [r.meta["description"] if r.dimension == "alignment" else "" for r in test])
+    overall = _shares(report)
+    assert all(abs(hit - 1 / len(DIMENSIONS)) < 1e-9 for hit, _ in overall.values())
+    per_prompt = dict(p.split(" ") for p in report.split("; all clauses under each rubric prompt: ")[1]
+                      .split("\n")[0].split(", "))
+    assert per_prompt == {d: ("1.00" if d == "alignment" else "0.00") for d in sorted(DIMENSIONS)}
+    lines = {line.split(":")[0].strip(): line for line in report.split("\n")[1:]}
+    assert set(lines) == {f"under the {d} prompt" for d in DIMENSIONS}
+    assert all(x.endswith(" 1.00") for x in lines["under the alignment prompt"].split(": ", 1)[1].split(", "))
+    assert all(x.endswith(" 0.00") for x in lines["under the realism prompt"].split(": ", 1)[1].split(", "))
 
 
 def test_match_question_answers_compare_yes_with_no():

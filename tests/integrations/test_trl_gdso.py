@@ -277,8 +277,9 @@ def test_vllm_branch_of_trl_generation(tmp_path, mode):
     engine = []
 
     def use_vllm(trainer, rm, targets):
-        # about log(1/512) per token under the tiny model: -8 gives ratios above the clip, -6 below
-        engine.append(_StandInVLLM(targets, [-8.0, -6.0] * 4))
+        # about log(1/1024) = -6.9 per token under the random-init tiny model (1,024 ids): -12 gives ratios far
+        # above the clip, -2 far below, whatever the tokenizer's merges make of the targets
+        engine.append(_StandInVLLM(targets, [-12.0, -2.0] * 4))
         trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, engine[0], -1
         trainer.vllm_importance_sampling_correction, trainer.vllm_importance_sampling_mode = True, mode
 
@@ -291,7 +292,7 @@ def test_vllm_branch_of_trl_generation(tmp_path, mode):
         assert ids == judged["prompt_ids"][r][judged["prompt_mask"][r].bool()].tolist()
     # the behaviour log-probs are vLLM's; the old ones and the ratio follow TRL's importance-sampling correction
     mask = sampled["completion_mask"]
-    want = torch.tensor([[-8.0], [-6.0]] * 4) * mask
+    want = torch.tensor([[-12.0], [-2.0]] * 4) * mask
     torch.testing.assert_close(sampled["sampling_per_token_logps"], want)
     diff = (sampled["old_per_token_logps"] - want) * mask
     if mode == "sequence_mask":
