@@ -77,3 +77,22 @@ def test_match_question_answers_compare_yes_with_no():
             lp = rm(ids, mask, img, comp).logps
             first[answer] = torch.stack([row[m][0] for row, m in zip(lp, comp)])
     assert said.tolist() == (first["yes."] > first["no."]).tolist()
+
+
+def test_verdict_checks_read_the_copied_words_at_their_positions():
+    """benchmarks/analyses/verdict.py: the teacher-forced copy checks locate the copied count, colour and shape (one
+    token each, checked against the text) and count every quoted row, on a random-init tiny model."""
+    from benchmarks.analyses.verdict import forced_copy, swapped_image_copy
+    from zrcore.data.captions import captions
+    from zrcore.data.synthetic import SyntheticRubric
+    from zrcore.models import build_tiny_reward_model
+
+    rm = build_tiny_reward_model("qwen2_vl", "student").eval()
+    gen = SyntheticRubric(seed=0, image_size=56)
+    quoted = sum("asked for" in r.text for r in captions(gen, 3, 4, start=PRETRAIN_OFFSET, contexts=True))
+    rows = [part.rsplit(" ", 2) for part in forced_copy(rm, gen, PRETRAIN_OFFSET, 3).split(", ")]
+    totals = {name: n for name, _, n in rows}
+    assert {totals[k] for k in ("count", "colour", "shape")} == {f"({quoted})"}
+    assert all(0.0 <= float(share) <= 1.0 for _, share, _ in rows)
+    won = swapped_image_copy(rm, gen, PRETRAIN_OFFSET, 3)
+    assert set(won) == {"prompt", "words", "image"} and sum(won.values()) <= quoted

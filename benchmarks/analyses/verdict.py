@@ -14,6 +14,10 @@ MODEL is a RewardModel folder (e.g. the main job's start ``runs/pretrained/qwen2
    never saw), the share of rows where the model gives the true copied word (count, colour, shape) a probability
    above 1/2, overall and where the drawn word differs from the asked one: whether the copy reads the prompt or
    repeats the objects clause just written.
+3. **Teacher-forced, with another row's image.** The same rows, each shown the image of another row; where the
+   prompt's asked colour, the colour the text's objects clause names and the shown image's colour are three
+   different colours, which of the three the model rates most likely as the copied colour: whether the copy comes
+   from the prompt, from the words written, or from the image.
 """
 
 from __future__ import annotations
@@ -60,28 +64,67 @@ def greedy_by_kind(rm, gen: SyntheticRubric, prompts: int) -> None:
         print(f"{kind:46s} {s[0]:3d} " + "  ".join(f"{x / s[0]:.2f}" for x in s[1:]))
 
 
+def copy_logps(rm, rows: list, texts: list[str], images: list) -> tuple[torch.Tensor, list[int]]:
+    """Teacher-forced log-probabilities [B, L] of ``texts`` as the answers of ``rows``' contexts with ``images``,
+    and per row the position of the copied count ("asked for <count> <colour> <shape>"; colour and shape follow)."""
+    ids, mask, comp, img = rm.text_inputs([r.instruction for r in rows], rm.image_inputs(images), texts,
+                                          [r.system for r in rows])
+    logps = rm(ids, mask, img, comp, 1.0, with_distribution=False).logps  # [B, L]: log p of each token
+    asked_id = rm.tokenizer.encode(" asked", add_special_tokens=False)[0]
+    starts = []
+    for b, text in enumerate(texts):
+        at = ids[b].tolist().index(asked_id, int(comp[b].nonzero()[0])) + 2
+        copied = text.split("asked for ")[1].split(":")[0].split(" ")
+        got = [rm.tokenizer.decode([int(t)]).strip() for t in ids[b, at:at + 3]]
+        if got != copied:  # one token per word, or the positions below would read other words
+            raise ValueError(f"the copy {copied} is not one token per word here: {got}")
+        starts.append(at)
+    return logps, starts
+
+
+def _copied(text: str) -> list[str]:
+    return text.split("asked for ")[1].split(":")[0].split(" ")
+
+
 @torch.no_grad()
 def forced_copy(rm, gen: SyntheticRubric, start: int, scenes: int) -> str:
     rows = [r for r in captions(gen, scenes, 4, start=start, contexts=True) if "asked for" in r.text]
-    asked_id = rm.tokenizer.encode(" asked", add_special_tokens=False)[0]
     right, total = defaultdict(int), defaultdict(int)
     for i in range(0, len(rows), 32):
         part = rows[i:i + 32]
-        ids, mask, comp, img = rm.text_inputs([r.instruction for r in part], rm.image_inputs([r.image for r in part]),
-                                              [r.text for r in part], [r.system for r in part])
-        logps = rm(ids, mask, img, comp, 1.0, with_distribution=False).logps  # [B, L]: log p of each token
-        for b, r in enumerate(part):
-            at = ids[b].tolist().index(asked_id, int(comp[b].nonzero()[0]))  # "asked for <count> <colour> <shape>"
+        logps, starts = copy_logps(rm, part, [r.text for r in part], [r.image for r in part])
+        for b, (r, at) in enumerate(zip(part, starts)):
             scene, d, _ = gen.candidate(r.index, r.candidate)
             drawn = (NUMBER_WORDS[d.count], d.colour, d.shape)
-            copied = r.text.split("asked for ")[1].split(":")[0].split(" ")
+            copied = _copied(r.text)
             for k, name in enumerate(ATTRS):
-                ok = float(logps[b, at + 2 + k]) > -0.6931
+                ok = float(logps[b, at + k]) > -0.6931
                 differs = not copied[k].startswith(drawn[k])
                 for key in (name, f"{name} where drawn differs") if differs else (name,):
                     right[key] += ok
                     total[key] += 1
     return ", ".join(f"{k} {right[k] / total[k]:.2f} ({total[k]})" for k in total)
+
+
+@torch.no_grad()
+def swapped_image_copy(rm, gen: SyntheticRubric, start: int, scenes: int, shift: int = 7) -> dict[str, int]:
+    """Check 3: per row (shown the image of the row ``shift`` places on) whose asked, written and shown colours all
+    differ, the source of the colour the model rates highest among the three: {"prompt" | "words" | "image": rows}."""
+    rows = [r for r in captions(gen, scenes, 4, start=start, contexts=True) if "asked for" in r.text]
+    won = {"prompt": 0, "words": 0, "image": 0}
+    for i, r in enumerate(rows):
+        other = rows[(i + shift) % len(rows)]
+        asked = _copied(r.text)[1]
+        colours = {"prompt": asked, "words": gen.candidate(r.index, r.candidate)[1].colour,
+                   "image": gen.candidate(other.index, other.candidate)[1].colour}
+        if len(set(colours.values())) < 3:
+            continue
+        copy = "asked for " + " ".join(_copied(r.text))
+        texts = [r.text.replace(copy, copy.replace(f" {asked} ", f" {c} ")) for c in colours.values()]
+        logps, starts = copy_logps(rm, [r] * 3, texts, [other.image] * 3)
+        scores = [float(logps[b, at + 1]) for b, at in enumerate(starts)]
+        won[list(colours)[max(range(3), key=scores.__getitem__)]] += 1
+    return won
 
 
 def main() -> None:
@@ -100,6 +143,8 @@ def main() -> None:
           forced_copy(rm, gen, PRETRAIN_OFFSET, args.scenes))
     print("teacher-forced copy right (p > 1/2), pretraining scenes it never saw:",
           forced_copy(rm, gen, PRETRAIN_OFFSET + args.unseen_from, args.scenes))
+    print("the copied colour rated most likely, with another row's image, where the prompt's, the words' and the "
+          "image's colours differ:", swapped_image_copy(rm, gen, PRETRAIN_OFFSET, args.scenes))
 
 
 if __name__ == "__main__":

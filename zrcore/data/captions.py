@@ -114,7 +114,7 @@ def attributes(scene: Scene, d: Defects) -> tuple[int, ...]:
 
 def describe(scene: Scene, d: Defects, quoted: bool = False) -> str:
     """The description of candidate ``d`` rendered for ``scene``: its clauses in order (with ``quoted``, the
-    verdict on the quoted prompt last)."""
+    verdict on the quoted prompt right after the objects clause)."""
     return " ".join(clauses(scene, d, quoted).values())
 
 
@@ -201,7 +201,7 @@ CONTEXT_WORDS = ("the a an of on in with and or is are this that here there pict
 DESCRIPTION_WORDS = ("sharp slightly very blurred noisy clean some lot clutter centred off centre nothing float floats "
                      "overlap blend blends stand stands out into background "
                      + " ".join(COLOURS) + " " + " ".join(SHAPES) + " " + " ".join(NUMBER_WORDS[1:])).split()
-QUOTED_SHARE = 0.75  # how often the context quotes the scene's prompt (and the description ends in a verdict)
+QUOTED_SHARE = 0.75  # how often the context quotes the scene's prompt (and the description has a verdict on it)
 
 
 def context(gen: SyntheticRubric, scene: Scene, index: int, candidate: int) -> tuple[str, str, bool]:

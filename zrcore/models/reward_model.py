@@ -292,7 +292,7 @@ class RewardModel(torch.nn.Module):
             spec = yaml.safe_load(bins_file.read_text())
             bins = ScoreBins(spec["values"], spec["labels"])
         rm = cls(model, tokenizer, image_processor, bins=bins, templates=tmpl)
-        rm.sampling = recorded_sampling(path) or rm.sampling
+        rm.sampling = recorded_sampling(path)
         return rm
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
